@@ -1,0 +1,226 @@
+"""The `videolm` command.
+
+Exit status: 0 when everything asked for succeeded; 1 when some inputs failed
+(the others are stored, the failures are in errors.jsonl); 2 for a usage or
+configuration error (nothing was run); 130 when interrupted (what was
+finished is kept; rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from videolm import __version__
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= i < n, got {text!r}")
+    return i, n
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_extract(sub) -> None:
+    from videolm.features.backbones import BACKBONES
+    from videolm.features.extract import ExtractConfig
+    from videolm.video.sampling import PRESETS
+
+    d = ExtractConfig()
+    p = sub.add_parser(
+        "extract", formatter_class=_Formatter, help="extract clip features into a feature store",
+        description="Extract one feature vector per clip from videos and images into a feature store.\n"
+                    "INPUTS: video/image files, directories (searched recursively), text lists (.txt), or\n"
+                    "CSV/JSONL manifests with a 'path' and optional 'video_id' column.\n"
+                    "A rerun into the same --out skips finished inputs.")
+    p.add_argument("inputs", nargs="+", help="files, directories, lists or manifests")
+    p.add_argument("-o", "--out", required=True, help="store directory to write (created or resumed)")
+    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES), help="feature network")
+    p.add_argument("--weights", default=d.weights,
+                   help="'none' (random init, seeded), a .safetensors/.pt file, or an official name (e.g. KINETICS400_V1)")
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS),
+                   help="clip timing preset; default: the backbone's own frames x sampling rate")
+    p.add_argument("--window", dest="window_s", type=float, default=d.window_s, help="clip length in seconds")
+    p.add_argument("--stride", dest="stride_s", type=float, default=d.stride_s,
+                   help="seconds between clip starts (default: = window; smaller overlaps)")
+    p.add_argument("--frames", type=int, default=d.frames, help="frames per clip")
+    p.add_argument("--short-side", type=int, default=d.short_side, help="resize the short side to this")
+    p.add_argument("--crop", type=int, default=d.crop, help="centre crop size")
+    p.add_argument("--drop-short", action="store_true", help="drop videos shorter than one clip instead of padding")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per backbone batch")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers decoding in parallel")
+    p.add_argument("--decode-threads", type=int, default=d.decode_threads, help="decoder threads per worker")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the backbone (default: torch's)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    p.add_argument("--dtype", default=d.dtype, choices=["float16", "float32"], help="stored feature dtype")
+    p.add_argument("--reader", default=d.reader, choices=["auto", "decord", "pyav"],
+                   help="video reader; auto tries decord, then PyAV")
+    p.add_argument("--limit", type=int, default=d.limit, help="process at most this many inputs in this run")
+    p.add_argument("--shard", type=_shard, default=d.shard,
+                   help="i/n: take every n-th input starting at i (default: from torchrun's RANK/WORLD_SIZE)")
+    p.add_argument("--videos-per-shard", type=int, default=d.videos_per_shard, help="inputs per .npy shard")
+    p.add_argument("--retry-failed", action="store_true", help="retry inputs that failed in an earlier run")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for random-init weights")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _add_store(sub) -> None:
+    p = sub.add_parser("store", formatter_class=_Formatter, help="inspect or merge feature stores")
+    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge}")
+    ssub.required = True
+    info = ssub.add_parser("info", formatter_class=_Formatter, help="summary of a store")
+    info.add_argument("dir", help="store directory")
+    merge = ssub.add_parser("merge", formatter_class=_Formatter,
+                            help="join stores (e.g. the parts of a sharded extraction) into one")
+    merge.add_argument("out", help="new store directory")
+    merge.add_argument("parts", nargs="+", help="part stores, in order")
+    merge.add_argument("--copy", action="store_true", help="copy shards instead of hard-linking them")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videolm", formatter_class=_Formatter,
+                                     description="Video-language pre-training toolkit (VideoBERT / CBT).")
+    parser.add_argument("--version", action="version", version=f"videolm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="cmd", metavar="{extract,store}")
+    sub.required = True
+    _add_extract(sub)
+    _add_store(sub)
+    return parser
+
+
+class _TqdmLogHandler(logging.Handler):
+    def emit(self, record):
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = _TqdmLogHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("videolm")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def _cmd_extract(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from videolm.features.backbones import BackboneError
+    from videolm.features.extract import ExtractConfig, Progress, extract
+    from videolm.features.inputs import UsageError, collect_inputs
+    from videolm.features.store import StoreError
+
+    out = args.out
+    shard = args.shard
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if shard is None and world > 1:  # under torchrun: each rank writes its own part
+        rank = int(os.environ.get("RANK", "0"))
+        shard = (rank, world)
+        out = os.path.join(out, f"part-{rank:05d}-of-{world:05d}")
+    try:
+        cfg = ExtractConfig(**{k: getattr(args, k) for k in (
+            "backbone", "weights", "preset", "window_s", "stride_s", "frames", "short_side", "crop", "drop_short",
+            "batch_size", "workers", "decode_threads", "device", "amp", "dtype", "reader", "limit",
+            "videos_per_shard", "retry_failed", "seed")}, shard=shard)
+        items, input_errors = collect_inputs(args.inputs)
+    except (ValueError, UsageError) as err:
+        raise CliError(str(err)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    errors_path = os.path.join(out, "errors.jsonl")
+    for e in input_errors:
+        tqdm.write(f"error: {e.where}: {e.reason}; recorded in {errors_path}", file=sys.stderr)
+
+    class Bars(Progress):
+        def start(self, total):
+            self.videos = tqdm(total=total, desc="inputs", unit="input", disable=args.quiet, position=0)
+            self.clip_bar = tqdm(desc="clips", unit="clip", disable=args.quiet, position=1)
+
+        def clips(self, n):
+            self.clip_bar.update(n)
+
+        def finished(self, item, status, message):
+            self.videos.update(1)
+            if status == "failed":
+                tqdm.write(f"error: {item.path}: {message}; recorded in {errors_path}", file=sys.stderr)
+            elif message:
+                tqdm.write(f"warning: {item.path}: {message}", file=sys.stderr)
+
+    bars = Bars()
+    try:
+        result = extract(items, out, cfg, input_errors, progress=bars)
+    except (BackboneError, StoreError) as err:
+        raise CliError(str(err)) from None
+    finally:
+        for bar in ("videos", "clip_bar"):
+            if hasattr(bars, bar):
+                getattr(bars, bar).close()
+    failed = result.failed + len(input_errors)
+    print(f"videolm extract: {result.ok} ok, {failed} failed, {result.skipped} already done; "
+          f"{result.clips} clips in {result.seconds:.1f} s ({result.clips_per_s:.2f} clips/s) -> {out}")
+    if world > 1 and args.shard is None:
+        print(f"when every rank has finished: videolm store merge MERGED {args.out}/part-*")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _cmd_store(args) -> int:
+    from videolm.features.store import FeatureStore, StoreError, merge_stores
+
+    try:
+        if args.store_cmd == "info":
+            store = FeatureStore(args.dir)
+            s = store.summary()
+            spec = store.meta.get("clip_spec", {})
+            print(f"store      {args.dir}")
+            print(f"backbone   {s['backbone']} (weights: {s['weights']})")
+            print(f"clip       {spec.get('window_s')} s window, stride {spec.get('stride_s') or spec.get('window_s')} s, "
+                  f"{spec.get('frames')} frames, {spec.get('crop')} px")
+            print(f"inputs     {s['videos']} videos, {s['images']} images in {s['shards']} shard(s)")
+            print(f"clips      {s['clips']} x {s['dim']} ({s['dtype']})")
+            print(f"failures   {s['failed']} (warnings: {s['warnings']}; see errors.jsonl)")
+            return EXIT_OK
+        store = merge_stores(args.out, args.parts, link=not args.copy)
+        s = store.summary()
+        print(f"merged {len(args.parts)} stores into {args.out}: {s['videos'] + s['images']} inputs, {s['clips']} clips")
+        return EXIT_OK
+    except StoreError as err:
+        raise CliError(str(err)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    commands = {"extract": _cmd_extract, "store": _cmd_store}
+    try:
+        return commands[args.cmd](args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished inputs are kept; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

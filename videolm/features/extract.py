@@ -1,0 +1,295 @@
+"""Clip-feature extraction: inputs in, a feature store out.
+
+DataLoader workers open and decode inputs (one input per worker at a time)
+and send uint8 clips; the main process batches clips across inputs, runs the
+backbone, and hands each finished input to the store writer. Batches always
+have ``batch_size`` clips (the last one is zero-padded), so a clip's features
+do not depend on which other clips shared its batch: a resumed run writes the
+same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from videolm.features.backbones import BACKBONES, build_backbone
+from videolm.features.inputs import InputError, InputItem
+from videolm.features.store import Finished, StoreWriter
+from videolm.video.decode import DecodeError
+from videolm.video.sampling import PRESETS, ClipSpec, open_clips
+from videolm.video.transforms import normalize_clips
+
+log = logging.getLogger(__name__)
+
+SOURCE_FPS = 30.0  # backbone sampling rates are given in frames of a 30 fps video
+CHUNK = 4  # clips per message from a worker
+
+
+@dataclass
+class ExtractConfig:
+    backbone: str = "s3d"
+    weights: str = "none"  # "none" (random, seeded), a file, or an official weight name
+    preset: str | None = None  # None: the backbone's own T x tau clip; or "videobert" / "cbt"
+    window_s: float | None = None  # None values come from the preset / backbone
+    stride_s: float | None = None
+    frames: int | None = None
+    short_side: int | None = None
+    crop: int | None = None
+    drop_short: bool = False
+    batch_size: int = 8
+    workers: int = 1  # DataLoader workers decoding while the backbone runs (0: decode in-process)
+    decode_threads: int = 1  # decoder threads per worker
+    device: str = "cpu"
+    amp: bool = False  # float16 autocast on CUDA
+    dtype: str = "float16"  # stored dtype: float16 or float32
+    reader: str = "auto"  # auto (decord, PyAV fallback), decord, pyav
+    limit: int | None = None  # at most this many inputs this run
+    shard: tuple[int, int] | None = None  # (i, n): take inputs i, i+n, i+2n, ...
+    videos_per_shard: int = 256
+    retry_failed: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r} ({', '.join(PRESETS)})")
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"shard must be i/n with 0 <= i < n, got {self.shard[0]}/{self.shard[1]}")
+
+
+def clip_spec_for(cfg: ExtractConfig) -> ClipSpec:
+    """The backbone's own clip (T frames every tau frames of a 30 fps video),
+    or a preset's timing with the backbone's normalisation; then overrides."""
+    spec = BACKBONES[cfg.backbone]
+    if cfg.preset is not None:
+        base = PRESETS[cfg.preset]
+        values = dict(base.to_dict(), mean=spec.mean, std=spec.std)
+    else:
+        values = dict(ClipSpec().to_dict(), window_s=spec.frames * spec.sampling_rate / SOURCE_FPS,
+                      frames=spec.frames, short_side=spec.short_side, crop=spec.crop, mean=spec.mean, std=spec.std)
+    for key in ("window_s", "stride_s", "frames", "short_side", "crop"):
+        if getattr(cfg, key) is not None:
+            values[key] = getattr(cfg, key)
+    if cfg.short_side is None and cfg.crop is not None and values["short_side"] < cfg.crop:
+        values["short_side"] = cfg.crop
+    values["drop_short"] = cfg.drop_short
+    return ClipSpec.from_dict(values)
+
+
+def _version() -> str:
+    from videolm import __version__
+
+    return __version__
+
+
+def store_meta(cfg: ExtractConfig, spec: ClipSpec, dim: int) -> dict:
+    return {"backbone": cfg.backbone, "weights": cfg.weights, "clip_spec": spec.to_dict(), "dim": dim,
+            "dtype": cfg.dtype, "videolm_version": _version()}
+
+
+class ClipStream(IterableDataset):
+    """Decodes inputs; worker ``w`` of ``W`` takes inputs ``w, w+W, ...``.
+    Yields ("clips", pos, first_clip, uint8 (n, T, H, W, 3), [(start, end)]),
+    then ("done", pos, row, n_clips, warnings) or ("error", pos, reason)."""
+
+    def __init__(self, items: list[InputItem], spec: ClipSpec, reader: str, threads: int):
+        self.items, self.spec, self.reader, self.threads = items, spec, reader, threads
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            torch.set_num_threads(1)
+        for pos in range(wid, len(self.items), nw):
+            yield from self._one(pos)
+
+    def _one(self, pos: int):
+        item = self.items[pos]
+        count, buf = 0, []
+        try:
+            opened = open_clips(item.path, self.spec, self.reader, self.threads)
+            for window, clip in opened.clips:
+                buf.append((window, clip))
+                if len(buf) == CHUNK:
+                    yield self._message(pos, count, buf)
+                    count, buf = count + len(buf), []
+            if buf:
+                yield self._message(pos, count, buf)
+                count += len(buf)
+        except DecodeError as err:
+            yield ("error", pos, str(err))
+            return
+        except Exception as err:  # an unexpected decoder failure must not stop the run; keep the trace in the log
+            log.debug("%s: %s", item.path, traceback.format_exc())
+            yield ("error", pos, f"{type(err).__name__}: {err}".splitlines()[0])
+            return
+        meta = opened.info
+        row = {"kind": "image" if meta.reader == "image" else "video", "reader": meta.reader,
+               "width": meta.width, "height": meta.height, "fps": round(meta.fps, 6),
+               "num_frames": meta.num_frames, "duration": round(meta.duration or 0.0, 6)}
+        warnings = []
+        if row["kind"] == "video" and row["duration"] < self.spec.window_s - 1e-9:
+            what = "dropped (--drop-short)" if self.spec.drop_short else "stored as one padded clip"
+            warnings.append(f"shorter than one clip ({row['duration']:.2f} s < {self.spec.window_s:.2f} s); {what}")
+        yield ("done", pos, row, count, warnings)
+
+    @staticmethod
+    def _message(pos, first, buf):
+        clips = torch.from_numpy(np.stack([c for _, c in buf]))  # (n, T, H, W, 3) uint8
+        times = [(w.start_s, w.end_s) for w, _ in buf]
+        return ("clips", pos, first, clips, times)
+
+
+@dataclass
+class ExtractResult:
+    out: str
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # already in the store from an earlier run
+    clips: int = 0
+    seconds: float = 0.0
+    errors: list[dict] = field(default_factory=list)  # this run's failures and warnings
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+
+class Progress:
+    """Hooks for a progress display; the CLI draws tqdm bars with them."""
+
+    def start(self, total_inputs: int) -> None: ...
+
+    def clips(self, n: int) -> None: ...
+
+    def finished(self, item: InputItem, status: str, message: str | None) -> None: ...
+
+
+class _Video:
+    """A video whose clips are in flight."""
+
+    def __init__(self):
+        self.features: dict[int, np.ndarray] = {}
+        self.times: dict[int, tuple[float, float]] = {}
+        self.expected: int | None = None
+        self.row: dict = {}
+        self.warnings: list[str] = []
+
+
+def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: list[InputError] = (),
+            progress: Progress | None = None) -> ExtractResult:
+    """Extract features of ``items`` into the store at ``out``; resumable."""
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    spec = clip_spec_for(cfg)
+    device = torch.device(cfg.device)
+    backbone = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed).to(device).eval()
+    dim = BACKBONES[cfg.backbone].dim
+    writer = StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard)
+    result = ExtractResult(out)
+    result.errors += [e.to_row() for e in input_errors]
+
+    if cfg.shard is not None:
+        items = items[cfg.shard[0] :: cfg.shard[1]]
+    todo = [it for it in items if not writer.is_done(it.video_id, cfg.retry_failed)]
+    result.skipped = len(items) - len(todo)
+    if cfg.limit is not None:
+        todo = todo[: cfg.limit]
+    writer.plan([it.video_id for it in todo])
+    progress.start(len(todo))
+    for it in todo:  # finished by an earlier, killed run
+        if writer.has_partial(it.video_id):
+            res = writer.results[it.video_id]
+            _count(result, res, progress, it)
+    writer.commit_ready()
+    decode = [it for it in todo if not writer.has_partial(it.video_id)]
+
+    stream = ClipStream(decode, spec, cfg.reader, cfg.decode_threads)
+    workers = min(cfg.workers, len(decode))
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    videos: dict[int, _Video] = {}
+    queue: list[tuple[int, int, torch.Tensor]] = []  # (pos, clip index, (T, H, W, 3))
+
+    def finish(pos: int, error: str | None = None):
+        item, video = decode[pos], videos.pop(pos)
+        if error is None:
+            feats = np.stack([video.features[i] for i in range(video.expected)]) if video.expected else \
+                np.zeros((0, dim), np.float32)
+            row = dict(video.row, clip_start=[video.times[i][0] for i in range(video.expected)],
+                       clip_end=[video.times[i][1] for i in range(video.expected)])
+            res = Finished(item.video_id, item.path, feats, row, None, video.warnings)
+        else:
+            res = Finished(item.video_id, item.path, None, {}, error)
+        writer.add(res)
+        _count(result, res, progress, item)
+
+    def run_batch(batch):
+        clips = torch.stack([c for _, _, c in batch])  # (b, T, H, W, 3) uint8
+        if len(batch) < cfg.batch_size:  # fixed batch shape: features independent of neighbours
+            pad = clips.new_zeros((cfg.batch_size - len(batch),) + tuple(clips.shape[1:]))
+            clips = torch.cat([clips, pad])
+        x = normalize_clips(clips.to(device, non_blocking=True), spec.mean, spec.std)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp and device.type == "cuda"):
+            feats = backbone(x).float().cpu().numpy()  # (B, D)
+        for (pos, idx, _), f in zip(batch, feats):
+            videos[pos].features[idx] = f
+        progress.clips(len(batch))
+        result.clips += len(batch)
+        for pos in {p for p, _, _ in batch}:
+            v = videos[pos]
+            if v.expected is not None and len(v.features) == v.expected:
+                finish(pos)
+
+    for message in loader:
+        kind, pos = message[0], message[1]
+        video = videos.setdefault(pos, _Video())
+        if kind == "clips":
+            _, _, first, clips, times = message
+            for j in range(clips.shape[0]):
+                queue.append((pos, first + j, clips[j]))
+                video.times[first + j] = times[j]
+        elif kind == "done":
+            _, _, video.row, video.expected, video.warnings = message
+            if len(video.features) == video.expected:
+                finish(pos)
+        else:  # error: drop whatever of it is queued
+            queue = [q for q in queue if q[0] != pos]
+            finish(pos, message[2])
+        while len(queue) >= cfg.batch_size:
+            batch, queue = queue[: cfg.batch_size], queue[cfg.batch_size :]
+            run_batch(batch)
+    if queue:
+        run_batch(queue)
+    writer.finalize([e.to_row() for e in input_errors])
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _count(result: ExtractResult, res: Finished, progress: Progress, item: InputItem) -> None:
+    if res.error is not None:
+        result.failed += 1
+        result.errors.append({"level": "error", "video_id": res.video_id, "path": res.path, "reason": res.error})
+        progress.finished(item, "failed", res.error)
+        return
+    result.ok += 1
+    for w in res.warnings:
+        result.errors.append({"level": "warning", "video_id": res.video_id, "path": res.path, "reason": w})
+    progress.finished(item, "ok", "; ".join(res.warnings) or None)
+
+
+def config_dict(cfg: ExtractConfig) -> dict:
+    return asdict(cfg)

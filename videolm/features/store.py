@@ -1,0 +1,418 @@
+"""The feature store: one vector per clip, sharded, memory-mapped, resumable.
+
+Layout of a store directory (readable with plain numpy + json, see docs/formats.md)::
+
+    meta.json            backbone, weights, clip spec, dim, dtype, videolm version
+    index.jsonl          one row per stored input, in shard order
+    errors.jsonl         one row per failed input (level "error") or warning
+    shards/00000.npy     (clips, dim) float16/float32, opens with mmap_mode="r"
+    shards/00000.jsonl   the rows of that shard (ok and failed): the source of truth
+    .partial/            finished inputs whose shard is not yet complete
+
+How a run stays resumable and deterministic: the inputs still to do are cut,
+in input order, into groups of ``videos_per_shard``; each group becomes one
+shard. A finished input is written at once to ``.partial/`` (so a kill loses
+at most the inputs in flight), and a group is committed as a shard -- npy,
+then its jsonl, each written to a temp file and renamed -- only after every
+group before it, so committed shards are always a prefix of the plan. A rerun
+skips inputs in committed shards (failed ones too, unless retried) and picks
+up partials; it therefore cuts the same groups and writes the same bytes as a
+run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+FORMAT = "videolm-features"
+FORMAT_VERSION = 1
+# meta keys that must agree for a rerun (or a merge) to add to a store
+COMPAT_KEYS = ("backbone", "weights", "clip_spec", "dim", "dtype")
+
+
+class StoreError(Exception):
+    """A store that cannot be opened or written as asked; one-line message."""
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_jsonl(path: str, rows) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ---------------------------------------------------------------- reading
+
+
+class FeatureStore:
+    """Read a store: ``store.features(video_id)`` is an (n_clips, dim) view of
+    a memory-mapped shard; nothing is loaded until asked for."""
+
+    def __init__(self, root: str):
+        self.root = root
+        meta_path = os.path.join(root, "meta.json")
+        index_path = os.path.join(root, "index.jsonl")
+        if not os.path.isfile(meta_path):
+            raise StoreError(f"{root}: not a feature store (no meta.json)")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        if self.meta.get("format") != FORMAT:
+            raise StoreError(f"{meta_path}: not a videolm feature store (format={self.meta.get('format')!r})")
+        self.rows = read_jsonl(index_path) if os.path.isfile(index_path) else []
+        self._by_id = {row["video_id"]: row for row in self.rows}
+        self._shards: dict[str, np.ndarray] = {}
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def dtype(self) -> str:
+        return self.meta["dtype"]
+
+    @property
+    def num_clips(self) -> int:
+        return sum(row["num_clips"] for row in self.rows)
+
+    def ids(self) -> list[str]:
+        return [row["video_id"] for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._by_id
+
+    def entry(self, video_id: str) -> dict:
+        try:
+            return self._by_id[video_id]
+        except KeyError:
+            raise KeyError(f"{self.root}: no video {video_id!r} in the store") from None
+
+    def shard(self, name: str) -> np.ndarray:
+        if name not in self._shards:
+            self._shards[name] = np.load(os.path.join(self.root, name), mmap_mode="r")
+        return self._shards[name]
+
+    def features(self, video_id: str) -> np.ndarray:
+        """(n_clips, dim), a read-only view into the memory-mapped shard."""
+        row = self.entry(video_id)
+        return self.shard(row["shard"])[row["offset"] : row["offset"] + row["num_clips"]]
+
+    def clip_times(self, video_id: str) -> np.ndarray:
+        """(n_clips, 2) start and end seconds of each clip."""
+        row = self.entry(video_id)
+        return np.stack([row["clip_start"], row["clip_end"]], axis=1)
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for row in self.rows:
+            yield row["video_id"], self.features(row["video_id"])
+
+    def errors(self) -> list[dict]:
+        path = os.path.join(self.root, "errors.jsonl")
+        return read_jsonl(path) if os.path.isfile(path) else []
+
+    def summary(self) -> dict:
+        errors = self.errors()
+        return {
+            "videos": sum(1 for r in self.rows if r.get("kind") != "image"),
+            "images": sum(1 for r in self.rows if r.get("kind") == "image"),
+            "clips": self.num_clips,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "backbone": self.meta.get("backbone"),
+            "weights": self.meta.get("weights"),
+            "failed": sum(1 for e in errors if e.get("level") == "error"),
+            "warnings": sum(1 for e in errors if e.get("level") == "warning"),
+            "shards": len({r["shard"] for r in self.rows}),
+        }
+
+
+def open_store(root: str) -> FeatureStore:
+    return FeatureStore(root)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def describe_mismatch(old: dict, new: dict) -> list[str]:
+    """Names of the meta keys (clip spec fields as ``clip_spec.x``) that differ."""
+    keys = []
+    for key in COMPAT_KEYS:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            keys.append(key)
+    return keys
+
+
+@dataclass
+class Finished:
+    """One input's result, as handed to the writer."""
+
+    video_id: str
+    path: str
+    features: np.ndarray | None = None  # (n_clips, dim); None when failed
+    row: dict = field(default_factory=dict)  # fps, duration, clip times, ...
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class StoreWriter:
+    """Write a store shard by shard (see the module doc for the protocol)."""
+
+    def __init__(self, root: str, meta: dict, videos_per_shard: int = 512):
+        if videos_per_shard < 1:
+            raise ValueError("videos_per_shard must be >= 1")
+        self.root = root
+        self.videos_per_shard = videos_per_shard
+        self.dtype = np.dtype(meta["dtype"])
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+        meta_path = os.path.join(root, "meta.json")
+        if os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                old = json.load(f)
+            diff = describe_mismatch(old, meta)
+            if old.get("format") != FORMAT:
+                raise StoreError(f"{root}: exists and is not a videolm feature store")
+            if diff:
+                raise StoreError(
+                    f"{root}: holds features from backbone={old.get('backbone')} weights={old.get('weights')} "
+                    f"with another setting ({', '.join(diff)} differ); write to another directory")
+        elif os.path.isdir(root) and os.listdir(root):
+            raise StoreError(f"{root}: exists, is not empty and is not a feature store")
+        os.makedirs(os.path.join(root, "shards"), exist_ok=True)
+        os.makedirs(os.path.join(root, ".partial"), exist_ok=True)
+        if not os.path.isfile(meta_path):
+            atomic_write_json(meta_path, meta)
+        self.meta = meta
+        self._clean_temp_files()
+        self.committed: dict[str, dict] = {}  # video_id -> its row in a committed shard
+        self.num_shards = 0
+        for path in sorted(glob.glob(os.path.join(root, "shards", "*.jsonl"))):
+            if not os.path.isfile(path[: -len(".jsonl")] + ".npy"):
+                continue
+            self.num_shards += 1
+            for row in read_jsonl(path):
+                self.committed[row["video_id"]] = row
+        self.groups: list[list[str]] = []
+        self.results: dict[str, Finished] = {}
+        self.next_group = 0
+
+    def _clean_temp_files(self) -> None:
+        """Leftovers of a killed run: temp files, and an npy whose jsonl never came."""
+        for path in glob.glob(os.path.join(self.root, "**", "*.tmp-*"), recursive=True):
+            os.remove(path)
+        for path in glob.glob(os.path.join(self.root, ".partial", "*.tmp-*")):
+            os.remove(path)
+        for npy in glob.glob(os.path.join(self.root, "shards", "*.npy")):
+            if not os.path.isfile(npy[: -len(".npy")] + ".jsonl"):
+                os.remove(npy)
+
+    # -- which inputs are left
+
+    def is_done(self, video_id: str, retry_failed: bool = False) -> bool:
+        row = self.committed.get(video_id)
+        if row is None:
+            return False
+        return not (retry_failed and row.get("status") == "failed")
+
+    def plan(self, video_ids: list[str]) -> None:
+        """Cut the inputs still to do (in input order) into this run's shards."""
+        n = self.videos_per_shard
+        self.groups = [video_ids[i : i + n] for i in range(0, len(video_ids), n)]
+        self.next_group = 0
+        wanted = set(video_ids)
+        for path in glob.glob(os.path.join(self.root, ".partial", "*.json")):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved["video_id"] in wanted and saved["video_id"] not in self.results:
+                self.results[saved["video_id"]] = self._load_partial(saved)
+
+    def has_partial(self, video_id: str) -> bool:
+        return video_id in self.results
+
+    # -- results
+
+    def _partial_paths(self, video_id: str) -> tuple[str, str]:
+        key = hashlib.sha1(video_id.encode()).hexdigest()[:20]
+        base = os.path.join(self.root, ".partial", key)
+        return base + ".npy", base + ".json"
+
+    def _load_partial(self, saved: dict) -> Finished:
+        npy, _ = self._partial_paths(saved["video_id"])
+        features = np.load(npy) if saved.get("error") is None else None
+        return Finished(saved["video_id"], saved["path"], features, saved["row"], saved.get("error"),
+                        saved.get("warnings", []))
+
+    def add(self, result: Finished) -> list[int]:
+        """Record one finished input (ok or failed); commit every group that is
+        now complete and next in order. Returns the shard numbers committed."""
+        if result.features is not None:
+            if result.features.ndim != 2 or result.features.shape[1] != self.meta["dim"]:
+                raise StoreError(f"{result.path}: features of shape {result.features.shape}, "
+                                 f"store expects (n, {self.meta['dim']})")
+            result.features = result.features.astype(self.dtype, copy=False)
+        npy, js = self._partial_paths(result.video_id)
+        if result.features is not None:
+            atomic_save_npy(npy, result.features)
+        atomic_write_json(js, {"video_id": result.video_id, "path": result.path, "row": result.row,
+                               "error": result.error, "warnings": result.warnings, "time": _now()})
+        self.results[result.video_id] = result
+        return self.commit_ready()
+
+    def commit_ready(self) -> list[int]:
+        done = []
+        while self.next_group < len(self.groups) and all(v in self.results for v in self.groups[self.next_group]):
+            done.append(self._commit(self.groups[self.next_group]))
+            self.next_group += 1
+        return done
+
+    def _commit(self, group: list[str]) -> int:
+        number = self.num_shards
+        name = f"shards/{number:05d}"
+        rows, arrays, offset = [], [], 0
+        for video_id in group:
+            res = self.results[video_id]
+            if res.error is not None:
+                rows.append({"video_id": video_id, "path": res.path, "status": "failed", "reason": res.error})
+                continue
+            n = int(res.features.shape[0])
+            row = {"video_id": video_id, "path": res.path, "status": "ok", **res.row,
+                   "shard": name + ".npy", "offset": offset, "num_clips": n}
+            if res.warnings:
+                row["warnings"] = res.warnings
+            rows.append(row)
+            arrays.append(res.features)
+            offset += n
+        dim = self.meta["dim"]
+        data = np.concatenate(arrays) if arrays else np.zeros((0, dim), self.dtype)
+        atomic_save_npy(os.path.join(self.root, name + ".npy"), data)
+        atomic_write_jsonl(os.path.join(self.root, name + ".jsonl"), rows)
+        self.num_shards += 1
+        for row in rows:
+            self.committed[row["video_id"]] = row
+        for video_id in group:
+            for path in self._partial_paths(video_id):
+                if os.path.exists(path):
+                    os.remove(path)
+            del self.results[video_id]
+        return number
+
+    def finalize(self, input_errors: list[dict] | None = None) -> None:
+        """Rewrite index.jsonl and errors.jsonl from the committed shards."""
+        pending = [g for g in self.groups[self.next_group:]]
+        if pending:
+            raise StoreError(f"{self.root}: {len(pending)} shard(s) still incomplete")
+        write_index(self.root, input_errors or [])
+        partial = os.path.join(self.root, ".partial")
+        if os.path.isdir(partial) and not os.listdir(partial):
+            os.rmdir(partial)
+
+
+def shard_rows(root: str) -> list[dict]:
+    """Every input's latest row, in shard order. An input retried after a
+    failure has a newer row in a later shard, which replaces the old one."""
+    latest: dict[str, dict] = {}
+    for path in sorted(glob.glob(os.path.join(root, "shards", "*.jsonl"))):
+        if not os.path.isfile(path[: -len(".jsonl")] + ".npy"):
+            continue
+        for row in read_jsonl(path):
+            latest.pop(row["video_id"], None)  # re-insert: order follows the newest row
+            latest[row["video_id"]] = row
+    return list(latest.values())
+
+
+def write_index(root: str, input_errors: list[dict]) -> None:
+    """index.jsonl (ok rows, shard order) and errors.jsonl (failures + warnings)."""
+    rows = shard_rows(root)
+    index = [{k: v for k, v in r.items() if k != "status"} for r in rows if r.get("status") == "ok"]
+    errors = list(input_errors)
+    for r in rows:
+        if r.get("status") == "failed":
+            errors.append({"level": "error", "video_id": r["video_id"], "path": r["path"], "reason": r["reason"]})
+        for w in r.get("warnings", []):
+            errors.append({"level": "warning", "video_id": r["video_id"], "path": r["path"], "reason": w})
+    atomic_write_jsonl(os.path.join(root, "index.jsonl"), index)
+    atomic_write_jsonl(os.path.join(root, "errors.jsonl"), errors)
+
+
+def merge_stores(out: str, parts: list[str], link: bool = True) -> FeatureStore:
+    """Join finished stores (e.g. one per rank of a sharded extraction) into one.
+    Shards are hard-linked where the filesystem allows, else copied."""
+    if not parts:
+        raise StoreError("merge: no part stores given")
+    stores = [FeatureStore(p) for p in parts]
+    first = stores[0]
+    for store in stores[1:]:
+        diff = describe_mismatch(first.meta, store.meta)
+        if diff:
+            raise StoreError(f"{store.root}: cannot merge with {first.root} ({', '.join(diff)} differ)")
+    if os.path.exists(os.path.join(out, "meta.json")) or (os.path.isdir(out) and
+                                                         set(os.listdir(out)) - {os.path.basename(p) for p in parts}):
+        raise StoreError(f"{out}: already exists and is not empty; merge into a new directory")
+    seen: dict[str, str] = {}
+    for store in stores:
+        for row in shard_rows(store.root):
+            if row["video_id"] in seen:
+                raise StoreError(f"{store.root}: video id {row['video_id']!r} is also in {seen[row['video_id']]}")
+            seen[row["video_id"]] = store.root
+    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+    meta = {k: v for k, v in first.meta.items() if k != "shard"}
+    atomic_write_json(os.path.join(out, "meta.json"), meta)
+    number = 0
+    input_errors = []
+    for store in stores:
+        input_errors += [e for e in store.errors() if "video_id" not in e]
+        current = {r["video_id"]: r for r in shard_rows(store.root)}
+        for path in sorted(glob.glob(os.path.join(store.root, "shards", "*.jsonl"))):
+            name = f"shards/{number:05d}"
+            src = path[: -len(".jsonl")] + ".npy"
+            dst = os.path.join(out, name + ".npy")
+            tmp = dst + f".tmp-{os.getpid()}"
+            try:
+                if not link:
+                    raise OSError
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            rows = [dict(r, shard=name + ".npy") if r.get("status") == "ok" else r for r in read_jsonl(path)
+                    if current.get(r["video_id"]) is r or current.get(r["video_id"]) == r]
+            atomic_write_jsonl(os.path.join(out, name + ".jsonl"), rows)
+            number += 1
+    write_index(out, input_errors)
+    return FeatureStore(out)

@@ -1,0 +1,218 @@
+"""Open videos and stills and stream their frames, resized while decoding.
+
+decord is tried first: it resizes inside the decoder (``width``/``height``) and
+reads frames in batches, which is what makes extraction fast. Files decord
+rejects (e.g. MPEG-1 streams with broken duration metadata) are read with
+PyAV, which resizes in swscale before the RGB conversion. At native resolution
+both give identical RGB frames (both use FFmpeg's YUV->RGB conversion); after
+resizing their scalers differ by a few grey levels.
+
+Frames are addressed by decode index ``i``; frame ``i`` is shown at ``i / fps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".ts", ".3gp")
+DECORD_BATCH = 32  # frames per decord get_batch call: bounds memory, amortises call overhead
+
+Frame = np.ndarray  # (H, W, 3) uint8
+FrameStream = Iterator[tuple[int, Callable[[], Frame]]]
+
+
+class DecodeError(Exception):
+    """A file that cannot be read; ``str()`` is a one-line reason."""
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    width: int  # source size, before any resize
+    height: int
+    fps: float
+    num_frames: int | None  # None when the container does not say (PyAV counts while decoding)
+    reader: str  # "decord" | "pyav" | "image"
+
+    @property
+    def duration(self) -> float | None:
+        if self.num_frames is None:
+            return None
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def is_image(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) after scaling the short side to ``short_side``, aspect kept."""
+    if short_side is None:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(short_side, round(width * scale)), max(short_side, round(height * scale))
+
+
+def center_crop(frame: Frame, crop: int | None) -> Frame:
+    if crop is None:
+        return frame
+    h, w = frame.shape[:2]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return frame[top : top + crop, left : left + crop]
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise DecodeError("file not found")
+    if os.path.isdir(path):
+        raise DecodeError("is a directory")
+    if os.path.getsize(path) == 0:
+        raise DecodeError("empty file (0 bytes)")
+
+
+def _one_line(err: BaseException) -> str:
+    """decord's messages carry a C++ source location and the path; keep the reason."""
+    lines = str(err).strip().splitlines()
+    line = lines[-1] if lines else type(err).__name__
+    line = re.sub(r"^\[[0-9:]+\]\s*", "", line)  # "[04:55:31] "
+    line = re.sub(r"^\S+\.(cc|cpp|h):\d+:\s*", "", line)  # "src/video/video_reader.cc:270: "
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # "[path] "
+    line = re.sub(r"^\[Errno -?\d+\]\s*", "", line)
+    line = re.sub(r":\s*'[^']*'$", "", line)  # PyAV appends ": '<path>'"
+    return line.strip()[:300] or type(err).__name__
+
+
+def probe(path: str) -> tuple[int, int, float, int | None]:
+    """(width, height, fps, frame count or None) from the container header, no decoding."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            width, height = stream.codec_context.width, stream.codec_context.height
+            frames = stream.frames or None
+    except av.FFmpegError as err:
+        raise DecodeError(f"cannot decode ({_one_line(err)})") from None
+    if not rate or not width or not height:
+        raise DecodeError("no frame rate or frame size in the video stream")
+    return width, height, float(rate), frames
+
+
+class DecordVideo:
+    """Frames via decord, resized in the decoder, read in batches of increasing index."""
+
+    def __init__(self, path: str, short_side: int | None = None, crop: int | None = None, threads: int = 1):
+        import decord
+
+        _check_file(path)
+        width, height, _, _ = probe(path)
+        rw, rh = resized_size(width, height, short_side)
+        kwargs = {} if short_side is None else {"width": rw, "height": rh}
+        try:
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads, **kwargs)
+            fps = float(self._vr.get_avg_fps())
+            n = len(self._vr)
+        except decord.DECORDError as err:
+            raise DecodeError(f"decord cannot open ({_one_line(err)})") from None
+        if n < 1 or fps <= 0:
+            raise DecodeError("decord found no frames")
+        self.crop = crop
+        self.info = VideoInfo(path, width, height, fps, n, "decord")
+
+    def frames(self, indices: list[int]) -> FrameStream:
+        """Yield ``(i, get)`` for the given increasing indices; one decode pass."""
+        import decord
+
+        for lo in range(0, len(indices), DECORD_BATCH):
+            chunk = indices[lo : lo + DECORD_BATCH]
+            try:
+                batch = self._vr.get_batch(chunk).asnumpy()  # (n, H, W, 3)
+            except decord.DECORDError as err:
+                raise DecodeError(f"decode failed near frame {chunk[0]} ({_one_line(err)})") from None
+            for i, frame in zip(chunk, batch):
+                yield i, (lambda f=frame: center_crop(f, self.crop))
+
+
+class PyAVVideo:
+    """Frames via PyAV, decoded sequentially; converts only the frames asked for."""
+
+    def __init__(self, path: str, short_side: int | None = None, crop: int | None = None, threads: int = 1):
+        _check_file(path)
+        width, height, fps, frames = probe(path)
+        self.size = resized_size(width, height, short_side) if short_side is not None else None
+        self.crop = crop
+        self.threads = threads
+        self.info = VideoInfo(path, width, height, fps, None, "pyav")
+
+    def _convert(self, frame) -> Frame:
+        if self.size is None:
+            out = frame.to_ndarray(format="rgb24")
+        else:
+            w, h = self.size
+            out = frame.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+        return center_crop(out, self.crop)
+
+    def frames(self, indices: list[int] | None = None) -> FrameStream:
+        """Yield ``(i, get)`` for every decoded frame; ``get`` converts lazily."""
+        import av
+
+        try:
+            with av.open(self.info.path) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = self.threads
+                count = 0
+                for i, frame in enumerate(container.decode(stream)):
+                    count = i + 1
+                    yield i, (lambda f=frame: self._convert(f))
+                self.info.num_frames = count
+        except av.FFmpegError as err:
+            raise DecodeError(f"cannot decode ({_one_line(err)})") from None
+
+
+def open_video(path: str, short_side: int | None = None, crop: int | None = None,
+               reader: str = "auto", threads: int = 1) -> DecordVideo | PyAVVideo:
+    """Open with decord, or PyAV when decord cannot (logged), or as asked."""
+    if reader == "pyav":
+        return PyAVVideo(path, short_side, crop, threads)
+    if reader == "decord":
+        return DecordVideo(path, short_side, crop, threads)
+    if reader != "auto":
+        raise ValueError(f"unknown reader {reader!r} (auto, decord, pyav)")
+    try:
+        return DecordVideo(path, short_side, crop, threads)
+    except DecodeError as err:
+        _check_file(path)
+        video = PyAVVideo(path, short_side, crop, threads)  # raises its own reason if PyAV fails too
+        log.info("%s: %s; reading with PyAV instead", path, err)
+        return video
+
+
+def load_image(path: str, short_side: int | None = None, crop: int | None = None) -> tuple[Frame, tuple[int, int]]:
+    """A still as one RGB frame, resized and cropped like video frames, and its
+    source (width, height)."""
+    from PIL import Image, UnidentifiedImageError
+
+    _check_file(path)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            source_size = img.size
+            if short_side is not None:
+                img = img.resize(resized_size(img.width, img.height, short_side), Image.BILINEAR)
+            frame = np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DecodeError(f"cannot decode image ({_one_line(err)})") from None
+    return center_crop(frame, crop), source_size
