@@ -43,6 +43,10 @@ class InputError:
 
 
 def _strip_ext(path: str) -> str:
+    """The id of a listed path: relative paths keep their folders; absolute ones
+    keep only the file name."""
+    if os.path.isabs(path):
+        path = os.path.basename(path)
     return os.path.splitext(path)[0].replace(os.sep, "/")
 
 

@@ -200,7 +200,7 @@ class StoreWriter:
         self.root = root
         self.videos_per_shard = videos_per_shard
         self.dtype = np.dtype(meta["dtype"])
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+        meta = json.loads(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta}))  # as stored
         meta_path = os.path.join(root, "meta.json")
         if os.path.isfile(meta_path):
             with open(meta_path) as f:

@@ -1,0 +1,135 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from videolm.features.store import FeatureStore, Finished, StoreError, StoreWriter, merge_stores
+
+META = {"backbone": "s3d", "weights": "none", "clip_spec": {"window_s": 1.5, "frames": 30}, "dim": 4,
+        "dtype": "float16", "videolm_version": "test"}
+
+
+def _result(vid, n, value=None):
+    feats = np.full((n, 4), value if value is not None else len(vid), np.float32) + np.arange(n)[:, None]
+    row = {"kind": "video", "fps": 30.0, "duration": 1.5 * n, "clip_start": [1.5 * i for i in range(n)],
+           "clip_end": [1.5 * (i + 1) for i in range(n)]}
+    return Finished(vid, f"/videos/{vid}.mp4", feats, row)
+
+
+def _write(root, ids, clips, videos_per_shard=2, fail=()):
+    w = StoreWriter(str(root), dict(META), videos_per_shard)
+    w.plan([v for v in ids if not w.is_done(v)])
+    for v in ids:
+        if w.is_done(v):
+            continue
+        if v in fail:
+            w.add(Finished(v, f"/videos/{v}.mp4", None, {}, "cannot decode (test)"))
+        else:
+            w.add(_result(v, clips[v]))
+    w.finalize()
+    return w
+
+
+def test_round_trip_readable_with_plain_numpy_and_json(tmp_path):
+    ids = ["a", "bb", "ccc", "d", "e"]
+    clips = {"a": 3, "bb": 1, "ccc": 0, "d": 2, "e": 5}
+    _write(tmp_path / "s", ids, clips, fail={"d"})
+    store = FeatureStore(str(tmp_path / "s"))
+    assert store.ids() == ["a", "bb", "ccc", "e"] and store.num_clips == 9 and store.dim == 4
+    assert np.array_equal(store.features("e"), np.float16(np.full((5, 4), 1) + np.arange(5)[:, None]))
+    assert store.clip_times("a").tolist() == [[0, 1.5], [1.5, 3.0], [3.0, 4.5]]
+    assert store.features("ccc").shape == (0, 4)
+    assert [e["video_id"] for e in store.errors()] == ["d"]
+    # the documented format, without videolm:
+    rows = [json.loads(l) for l in open(tmp_path / "s" / "index.jsonl")]
+    row = next(r for r in rows if r["video_id"] == "a")
+    shard = np.load(tmp_path / "s" / row["shard"], mmap_mode="r")
+    assert isinstance(shard, np.memmap) and shard.dtype == np.float16
+    assert np.array_equal(shard[row["offset"] : row["offset"] + row["num_clips"]], store.features("a"))
+    assert not (tmp_path / "s" / ".partial").exists()
+    with pytest.raises(KeyError, match="no video 'zz'"):
+        store.features("zz")
+
+
+def test_shards_commit_in_plan_order_and_rerun_is_byte_identical(tmp_path):
+    ids = [f"v{i}" for i in range(7)]
+    clips = {v: i % 3 + 1 for i, v in enumerate(ids)}
+    _write(tmp_path / "full", ids, clips, videos_per_shard=3)
+
+    # an interrupted run: results arrive out of order, the process dies before the end
+    w = StoreWriter(str(tmp_path / "cut"), dict(META), 3)
+    w.plan(ids)
+    assert w.add(_result("v1", clips["v1"])) == []  # group 0 not complete
+    assert w.add(_result("v4", clips["v4"])) == []  # group 1 waits for group 0
+    assert w.add(_result("v0", clips["v0"])) == []
+    assert w.add(_result("v2", clips["v2"])) == [0]
+    assert w.add(_result("v3", clips["v3"])) == []  # partial: v4 done, v5 not
+    del w  # killed here: shard 0 committed, v3 and v4 in .partial
+    assert sorted(os.listdir(tmp_path / "cut" / "shards")) == ["00000.jsonl", "00000.npy"]
+    (tmp_path / "cut" / "shards" / "00001.npy.tmp-1.npy").write_bytes(b"half-written")
+
+    w = StoreWriter(str(tmp_path / "cut"), dict(META), 3)
+    todo = [v for v in ids if not w.is_done(v)]
+    assert todo == ["v3", "v4", "v5", "v6"]
+    w.plan(todo)
+    assert w.has_partial("v3") and w.has_partial("v4") and not w.has_partial("v5")
+    for v in ("v5", "v6"):
+        w.add(_result(v, clips[v]))
+    w.finalize()
+    for name in ["index.jsonl", "meta.json"] + [f"shards/{n}" for n in sorted(os.listdir(tmp_path / "full" / "shards"))]:
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), name
+    assert sorted(os.listdir(tmp_path / "cut" / "shards")) == sorted(os.listdir(tmp_path / "full" / "shards"))
+
+
+def test_other_settings_are_refused_naming_what_differs(tmp_path):
+    _write(tmp_path / "s", ["a"], {"a": 1})
+    other = dict(META, backbone="x3d_xs", clip_spec={"window_s": 1.6, "frames": 30})
+    with pytest.raises(StoreError, match=r"backbone, clip_spec.window_s differ"):
+        StoreWriter(str(tmp_path / "s"), other)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    with pytest.raises(StoreError, match="not a feature store"):
+        StoreWriter(str(tmp_path / "junk"), dict(META))
+    with pytest.raises(StoreError, match="no meta.json"):
+        FeatureStore(str(tmp_path / "junk"))
+
+
+def test_failed_inputs_are_skipped_on_rerun_unless_retried(tmp_path):
+    root = tmp_path / "s"
+    _write(root, ["a", "b", "c"], {"a": 1, "b": 2, "c": 1}, fail={"b"})
+    w = StoreWriter(str(root), dict(META), 2)
+    assert w.is_done("b") and not w.is_done("b", retry_failed=True)
+    w.plan(["b"])
+    w.add(_result("b", 2))
+    w.finalize()
+    store = FeatureStore(str(root))
+    assert store.ids() == ["a", "c", "b"] and store.errors() == []
+    assert store.features("b").shape == (2, 4)
+
+
+def test_merge_parts(tmp_path):
+    ids = [f"v{i}" for i in range(5)]
+    clips = {v: 2 for v in ids}
+    _write(tmp_path / "p0", ids[0::2], clips)
+    _write(tmp_path / "p1", ids[1::2], clips, fail={"v3"})
+    merged = merge_stores(str(tmp_path / "m"), [str(tmp_path / "p0"), str(tmp_path / "p1")])
+    assert sorted(merged.ids()) == ["v0", "v1", "v2", "v4"]
+    for v in merged.ids():
+        part = FeatureStore(str(tmp_path / ("p0" if v in ids[0::2] else "p1")))
+        assert np.array_equal(merged.features(v), part.features(v))
+    assert [e["video_id"] for e in merged.errors()] == ["v3"]
+    with pytest.raises(StoreError, match="also in"):
+        merge_stores(str(tmp_path / "m2"), [str(tmp_path / "p0"), str(tmp_path / "p0")])
+    _write(tmp_path / "p2", ["x"], {"x": 1})
+    meta = json.loads((tmp_path / "p2" / "meta.json").read_text())
+    (tmp_path / "p2" / "meta.json").write_text(json.dumps(dict(meta, dim=8)))
+    with pytest.raises(StoreError, match="dim differ"):
+        merge_stores(str(tmp_path / "m3"), [str(tmp_path / "p0"), str(tmp_path / "p2")])
+
+
+def test_wrong_feature_shape_is_refused(tmp_path):
+    w = StoreWriter(str(tmp_path / "s"), dict(META))
+    w.plan(["a"])
+    with pytest.raises(StoreError, match="expects"):
+        w.add(Finished("a", "a.mp4", np.zeros((2, 5), np.float32), {}))

