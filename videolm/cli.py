@@ -65,6 +65,8 @@ def _add_extract(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per backbone batch")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers decoding in parallel")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads, help="decoder threads per worker")
+    p.add_argument("--worker-nice", type=int, default=d.worker_nice,
+                   help="lower the decoding workers' CPU priority by this nice value")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the backbone (default: torch's)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
@@ -140,7 +142,7 @@ def _cmd_extract(args) -> int:
     try:
         cfg = ExtractConfig(**{k: getattr(args, k) for k in (
             "backbone", "weights", "preset", "window_s", "stride_s", "frames", "short_side", "crop", "drop_short",
-            "batch_size", "workers", "decode_threads", "device", "amp", "dtype", "reader", "limit",
+            "batch_size", "workers", "decode_threads", "worker_nice", "device", "amp", "dtype", "reader", "limit",
             "videos_per_shard", "retry_failed", "seed")}, shard=shard)
         items, input_errors = collect_inputs(args.inputs)
     except (ValueError, UsageError) as err:

@@ -15,12 +15,13 @@ import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from videolm.features.backbones import BACKBONES, build_backbone
+from videolm.features.backbones import BACKBONES, BackboneError, build_backbone
 from videolm.features.inputs import InputError, InputItem
 from videolm.features.store import Finished, StoreWriter
 from videolm.video.decode import DecodeError
@@ -47,6 +48,7 @@ class ExtractConfig:
     batch_size: int = 8
     workers: int = 1  # DataLoader workers decoding while the backbone runs (0: decode in-process)
     decode_threads: int = 1  # decoder threads per worker
+    worker_nice: int = 0  # raise the workers' nice value by this much (lower CPU priority)
     device: str = "cpu"
     amp: bool = False  # float16 autocast on CUDA
     dtype: str = "float16"  # stored dtype: float16 or float32
@@ -98,6 +100,12 @@ def _version() -> str:
 def store_meta(cfg: ExtractConfig, spec: ClipSpec, dim: int) -> dict:
     return {"backbone": cfg.backbone, "weights": cfg.weights, "clip_spec": spec.to_dict(), "dim": dim,
             "dtype": cfg.dtype, "videolm_version": _version()}
+
+
+def _lower_priority(nice: int, _worker_id: int) -> None:
+    """Decoding workers yield the CPU to the backbone's threads when both want
+    it: on few cores an oversubscribed backbone stalls at every parallel barrier."""
+    os.nice(nice)
 
 
 class ClipStream(IterableDataset):
@@ -190,13 +198,18 @@ class _Video:
 
 
 def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: list[InputError] = (),
-            progress: Progress | None = None) -> ExtractResult:
-    """Extract features of ``items`` into the store at ``out``; resumable."""
+            progress: Progress | None = None, backbone: torch.nn.Module | None = None) -> ExtractResult:
+    """Extract features of ``items`` into the store at ``out``; resumable.
+    ``backbone``: an already built ``build_backbone(cfg.backbone, cfg.weights)``
+    to reuse across calls (it must be what the config names)."""
     progress = progress or Progress()
     t0 = time.perf_counter()
     spec = clip_spec_for(cfg)
     device = torch.device(cfg.device)
-    backbone = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed).to(device).eval()
+    if backbone is None:
+        backbone = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed)
+    backbone = backbone.to(device).eval()
+    _check_input_size(backbone, spec)
     dim = BACKBONES[cfg.backbone].dim
     writer = StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard)
     result = ExtractResult(out)
@@ -220,7 +233,8 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     stream = ClipStream(decode, spec, cfg.reader, cfg.decode_threads)
     workers = min(cfg.workers, len(decode))
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None,
+                        worker_init_fn=partial(_lower_priority, cfg.worker_nice) if cfg.worker_nice else None)
     videos: dict[int, _Video] = {}
     queue: list[tuple[int, int, torch.Tensor]] = []  # (pos, clip index, (T, H, W, 3))
 
@@ -279,10 +293,23 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     return result
 
 
+def _check_input_size(backbone, spec: ClipSpec) -> None:
+    """Fail before decoding anything if the network cannot take these clips
+    (fixed pooling windows and positional embeddings set a minimum size)."""
+    x = torch.zeros(1, 3, spec.frames, spec.crop, spec.crop, device=next(backbone.parameters()).device)
+    try:
+        with torch.no_grad():
+            backbone(x)
+    except RuntimeError as err:
+        raise BackboneError(f"{getattr(backbone, 'name', 'backbone')}: cannot take clips of {spec.frames} frames x {spec.crop} px "
+                            f"({str(err).splitlines()[0]}); use the backbone's own sizes (see docs/backbones.md)") from None
+
+
 def _count(result: ExtractResult, res: Finished, progress: Progress, item: InputItem) -> None:
     if res.error is not None:
         result.failed += 1
-        result.errors.append({"level": "error", "video_id": res.video_id, "path": res.path, "reason": res.error})
+        result.errors.append({"level": "error", "video_id": res.video_id, "path": res.path, "reason": res.error,
+                              "time": res.time})
         progress.finished(item, "failed", res.error)
         return
     result.ok += 1

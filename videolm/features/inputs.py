@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from dataclasses import dataclass
 
 from videolm.video.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
@@ -39,7 +40,8 @@ class InputError:
     reason: str
 
     def to_row(self) -> dict:
-        return {"level": "error", "path": self.where, "reason": self.reason}
+        return {"level": "error", "path": self.where, "reason": self.reason,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _strip_ext(path: str) -> str:

@@ -189,6 +189,7 @@ class Finished:
     row: dict = field(default_factory=dict)  # fps, duration, clip times, ...
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    time: str = field(default_factory=lambda: _now())  # when it finished (or failed)
 
 
 class StoreWriter:
@@ -276,7 +277,7 @@ class StoreWriter:
         npy, _ = self._partial_paths(saved["video_id"])
         features = np.load(npy) if saved.get("error") is None else None
         return Finished(saved["video_id"], saved["path"], features, saved["row"], saved.get("error"),
-                        saved.get("warnings", []))
+                        saved.get("warnings", []), saved.get("time", _now()))
 
     def add(self, result: Finished) -> list[int]:
         """Record one finished input (ok or failed); commit every group that is
@@ -290,7 +291,7 @@ class StoreWriter:
         if result.features is not None:
             atomic_save_npy(npy, result.features)
         atomic_write_json(js, {"video_id": result.video_id, "path": result.path, "row": result.row,
-                               "error": result.error, "warnings": result.warnings, "time": _now()})
+                               "error": result.error, "warnings": result.warnings, "time": result.time})
         self.results[result.video_id] = result
         return self.commit_ready()
 
@@ -308,7 +309,8 @@ class StoreWriter:
         for video_id in group:
             res = self.results[video_id]
             if res.error is not None:
-                rows.append({"video_id": video_id, "path": res.path, "status": "failed", "reason": res.error})
+                rows.append({"video_id": video_id, "path": res.path, "status": "failed", "reason": res.error,
+                             "time": res.time})
                 continue
             n = int(res.features.shape[0])
             row = {"video_id": video_id, "path": res.path, "status": "ok", **res.row,
@@ -363,7 +365,8 @@ def write_index(root: str, input_errors: list[dict]) -> None:
     errors = list(input_errors)
     for r in rows:
         if r.get("status") == "failed":
-            errors.append({"level": "error", "video_id": r["video_id"], "path": r["path"], "reason": r["reason"]})
+            errors.append({"level": "error", "video_id": r["video_id"], "path": r["path"], "reason": r["reason"],
+                           "time": r.get("time")})
         for w in r.get("warnings", []):
             errors.append({"level": "warning", "video_id": r["video_id"], "path": r["path"], "reason": w})
     atomic_write_jsonl(os.path.join(root, "index.jsonl"), index)

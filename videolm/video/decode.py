@@ -178,6 +178,8 @@ class PyAVVideo:
                     count = i + 1
                     yield i, (lambda f=frame: self._convert(f))
                 self.info.num_frames = count
+                if count == 0:
+                    raise DecodeError("no decodable frame")
         except av.FFmpegError as err:
             raise DecodeError(f"cannot decode ({_one_line(err)})") from None
 
