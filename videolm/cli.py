@@ -147,6 +147,8 @@ def _cmd_extract(args) -> int:
         items, input_errors = collect_inputs(args.inputs)
     except (ValueError, UsageError) as err:
         raise CliError(str(err)) from None
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError(f"--device {cfg.device}: no CUDA device is available on this machine (use --device cpu)")
     if args.threads:
         torch.set_num_threads(args.threads)
     errors_path = os.path.join(out, "errors.jsonl")

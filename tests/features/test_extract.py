@@ -93,6 +93,25 @@ def test_usage_errors_exit_2(tmp_path, media_dir, capsys):
     assert "X3D_XS.pyth" in err and len(err.splitlines()) == 1
 
 
+def test_overlapping_clips_and_drop_short(media_dir, tmp_path):
+    out = tmp_path / "s"
+    args = [media_dir / "carphone.mp4", media_dir / "blue.mpg", "-o", out, *SMALL]
+    assert run_cli("extract", *args, "--stride", "0.5", "--drop-short") == 0
+    store = FeatureStore(str(out))
+    # 4.004 s, 1 s windows every 0.5 s, by hand: starts 0.0 ... 3.0 fit (3.0 + 1.0 <= 4.004);
+    # the tail from 3.5 covers 0.504 s >= half a window, so it is kept (padded)
+    assert store.clip_times("carphone")[:, 0].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    assert store.entry("blue")["num_clips"] == 0  # 0.8 s: dropped, with a warning
+    assert "dropped" in store.errors()[0]["reason"]
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(media_dir, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert run_cli("extract", media_dir, "-o", tmp_path / "s", "--device", "cuda") == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
 def test_rerun_skips_finished_inputs(media_dir, tmp_path, capsys):
     out = tmp_path / "s"
     assert run_cli("extract", media_dir, "-o", out, *SMALL, "--limit", "2") == 0
