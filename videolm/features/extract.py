@@ -48,7 +48,7 @@ class ExtractConfig:
     batch_size: int = 8
     workers: int = 1  # DataLoader workers decoding while the backbone runs (0: decode in-process)
     decode_threads: int = 1  # decoder threads per worker
-    worker_nice: int = 0  # raise the workers' nice value by this much (lower CPU priority)
+    worker_nice: int = 10  # raise the workers' nice value by this much: the backbone gets the CPU first
     device: str = "cpu"
     amp: bool = False  # float16 autocast on CUDA
     dtype: str = "float16"  # stored dtype: float16 or float32
