@@ -14,6 +14,7 @@ import os
 import sys
 
 from videolm import __version__
+from videolm.tokenize import cli as tokenize_cli
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -100,10 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Video-language pre-training toolkit (VideoBERT / CBT).")
     parser.add_argument("--version", action="version", version=f"videolm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="cmd", metavar="{extract,store}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{extract,store,tokenize}")
     sub.required = True
     _add_extract(sub)
     _add_store(sub)
+    tokenize_cli.add_parser(sub)
     return parser
 
 
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    commands = {"extract": _cmd_extract, "store": _cmd_store}
+    commands = {"extract": _cmd_extract, "store": _cmd_store, "tokenize": tokenize_cli.run}
     try:
         return commands[args.cmd](args)
     except CliError as err:

