@@ -47,9 +47,7 @@ def naive_clips(path: str, spec: ClipSpec):
     with av.open(path) as c:
         stream = c.streams.video[0]
         for w in windows:
-            wanted = {}
-            for i in w.indices:
-                wanted.setdefault(i, None)
+            wanted = dict.fromkeys(w.indices)  # frame index -> frame, once decoded
             c.seek(int(w.start_s / tb), stream=stream, backward=True)
             for frame in c.decode(stream):
                 i = int(round(float(frame.pts * tb) * fps))

@@ -213,7 +213,8 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     dim = BACKBONES[cfg.backbone].dim
     writer = StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard)
     result = ExtractResult(out)
-    result.errors += [e.to_row() for e in input_errors]
+    input_rows = [e.to_row() for e in input_errors]  # once: each row records when it was found
+    result.errors += input_rows
 
     if cfg.shard is not None:
         items = items[cfg.shard[0] :: cfg.shard[1]]
@@ -288,7 +289,7 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
             run_batch(batch)
     if queue:
         run_batch(queue)
-    writer.finalize([e.to_row() for e in input_errors])
+    writer.finalize(input_rows)
     result.seconds = time.perf_counter() - t0
     return result
 

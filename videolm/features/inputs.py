@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
 from dataclasses import dataclass
 
+from videolm.features.store import now_iso
 from videolm.video.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
@@ -40,8 +40,7 @@ class InputError:
     reason: str
 
     def to_row(self) -> dict:
-        return {"level": "error", "path": self.where, "reason": self.reason,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return {"level": "error", "path": self.where, "reason": self.reason, "time": now_iso()}
 
 
 def _strip_ext(path: str) -> str:

@@ -69,7 +69,8 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """Local time as ISO 8601, as errors and partial results record it."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -160,10 +161,6 @@ class FeatureStore:
         }
 
 
-def open_store(root: str) -> FeatureStore:
-    return FeatureStore(root)
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -189,7 +186,7 @@ class Finished:
     row: dict = field(default_factory=dict)  # fps, duration, clip times, ...
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
-    time: str = field(default_factory=lambda: _now())  # when it finished (or failed)
+    time: str = field(default_factory=now_iso)  # when it finished (or failed)
 
 
 class StoreWriter:
@@ -277,7 +274,7 @@ class StoreWriter:
         npy, _ = self._partial_paths(saved["video_id"])
         features = np.load(npy) if saved.get("error") is None else None
         return Finished(saved["video_id"], saved["path"], features, saved["row"], saved.get("error"),
-                        saved.get("warnings", []), saved.get("time", _now()))
+                        saved.get("warnings", []), saved.get("time", now_iso()))
 
     def add(self, result: Finished) -> list[int]:
         """Record one finished input (ok or failed); commit every group that is
