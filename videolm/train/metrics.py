@@ -1,0 +1,67 @@
+"""Training metrics: one JSON object per logged step, and a loss-curve PNG.
+
+``metrics.jsonl`` rows::
+
+    {"step": 10, "loss": 7.12, "mlm": 6.9, "visual": 2.3, "align": 0.69, "contrastive": 1.1,
+     "lr": 9.9e-05, "grad_norm": 3.2, "examples_per_s": 41.0, "tokens_per_s": 2900.0, "time": ...}
+
+On resume, rows after the checkpoint's step are dropped (rewritten
+atomically), so the file always reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from videolm.features.store import atomic_write_jsonl, read_jsonl
+
+LOSS_KEYS = ("loss", "mlm", "visual", "align", "contrastive")
+
+
+class MetricsLog:
+    def __init__(self, path: str):
+        self.path = path
+
+    def rows(self) -> list[dict]:
+        return read_jsonl(self.path) if os.path.exists(self.path) else []
+
+    def truncate_after(self, step: int) -> None:
+        if os.path.exists(self.path):
+            atomic_write_jsonl(self.path, [r for r in self.rows() if r.get("step", 0) <= step])
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+
+def plot_losses(metrics_path: str, png_path: str, title: str | None = None) -> str:
+    """Loss curves (total and each objective) against step; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+    keys = [k for k in LOSS_KEYS if any(k in r for r in rows)]
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, linewidth=2.0 if key == "loss" else 1.2)
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if keys:
+        ax.legend()
+    ax.set_title(title or os.path.basename(os.path.dirname(os.path.abspath(metrics_path))))
+    lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
+    ax_lr.plot([p[0] for p in lr], [p[1] for p in lr], color="grey")
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("step")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = f"{png_path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
