@@ -11,7 +11,8 @@
 
 Both sides run with the same number of threads (--threads, default 1: on a
 shared or busy machine, spinning OpenMP threads measure the scheduler, not
-the algorithm). Times are the best of --repeat runs.
+the algorithm). Times are the best of --repeat runs; in 1. the two sides'
+runs alternate, so that both see the same load.
 
     python benchmarks/tokenize_speed.py [--threads 1] [--repeat 2] [--quick]
 """
@@ -97,6 +98,19 @@ def best_of(repeat: int, fn):
     return best, result
 
 
+def best_of_each(repeat: int, fn_a, fn_b):
+    """``best_of`` for two functions whose calls alternate, so that on a
+    shared machine both see the same load (one after the other, a burst of
+    load could fall on the calls of one side only)."""
+    best, results = [float("inf")] * 2, [None, None]
+    for _ in range(repeat):
+        for i, fn in enumerate((fn_a, fn_b)):
+            start = time.perf_counter()
+            results[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return (best[0], results[0]), (best[1], results[1])
+
+
 def hierarchical(name: str, x: np.ndarray, repeat: int, store: str | None = None) -> list[float]:
     """Print one line per depth; returns the speed ratios. Both sides fit the
     same in-memory array; with ``store``, the time videolm takes to fit from
@@ -104,8 +118,8 @@ def hierarchical(name: str, x: np.ndarray, repeat: int, store: str | None = None
     ratios = []
     for depth in (2, 3):
         cfg = KMeansConfig(k=12, depth=depth, seed=0)
-        t_ours, tree = best_of(repeat, lambda: HierarchicalKMeans.fit(x, cfg))
-        t_ref, ref_inertia = best_of(repeat, lambda: mbkm_hierarchy(x, 12, depth, seed=0))
+        (t_ours, tree), (t_ref, ref_inertia) = best_of_each(repeat, lambda: HierarchicalKMeans.fit(x, cfg),
+                                                            lambda: mbkm_hierarchy(x, 12, depth, seed=0))
         ours_inertia = tree.inertia[-1]
         ratios.append(t_ref / t_ours)
         extra = ""

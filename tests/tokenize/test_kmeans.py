@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
-from videolm.tokenize.kmeans import NO_WORD, HierarchicalKMeans, KMeansConfig, kmeans_plus_plus, word_id, word_path
+import videolm.tokenize.kmeans as kmeans_module
+from videolm.tokenize.kmeans import (NO_WORD, HierarchicalKMeans, KMeansConfig, kmeans_plus_plus, lloyd_on_tables,
+                                     squared_distances, train_from_tables, word_id, word_path)
 
 
 def _blobs(groups: int, per_group: int, points: int, dim: int = 16, seed: int = 0):
@@ -167,6 +169,122 @@ def test_kmeans_plus_plus_picks_k_distinct_data_points():
     assert seeds.potential == pytest.approx(d.min(1).sum(), rel=1e-2)  # float32 |x|^2 - 2xc + |c|^2
     rows = [int(np.flatnonzero((x == c).all(1))[0]) for c in centres]  # each centre is a data point
     assert sorted(blob[rows]) == [0, 1, 2, 3]  # D^2 seeding puts one in each far-apart blob
+
+
+def _sq_dist64(a, b):
+    """(len(a), len(b)) squared distances in float64, where the expansion loses nothing that matters."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T
+
+
+def _plain_lloyd(x, seeds, iterations, spherical=False):
+    """Textbook Lloyd on the features in float64 from the given seed points;
+    an empty cluster keeps its centroid. Returns the centroids."""
+    x = x.astype(np.float64)
+    c = x[seeds].copy()
+    labels = None
+    for _ in range(iterations):
+        if spherical:
+            new = (x @ (c / np.linalg.norm(c, axis=1, keepdims=True)).T).argmax(1)
+        else:
+            new = _sq_dist64(x, c).argmin(1)
+        if labels is not None and (new == labels).all():
+            break
+        labels = new
+        for j in range(len(c)):
+            if (labels == j).any():
+                c[j] = x[labels == j].mean(0)
+    return c / np.linalg.norm(c, axis=1, keepdims=True) if spherical else c
+
+
+def test_squared_distances_and_seeding_from_the_table_match_the_features():
+    rng = np.random.default_rng(3)
+    # 2048-d: without the table, seeding's products come in several row blocks (see SMALL_PRODUCT)
+    x = (rng.standard_normal((90, 2048)) + rng.integers(0, 6, size=(90, 1)) * 0.5).astype(np.float32)
+    table = squared_distances(x)
+    np.testing.assert_allclose(table, _sq_dist64(x, x), rtol=1e-4, atol=0.1)  # float32 |a|^2 + |b|^2 - 2ab
+    for seed in range(5):
+        a = kmeans_plus_plus(x, 7, np.random.default_rng(seed), runs=3)
+        b = kmeans_plus_plus(x, 7, np.random.default_rng(seed), runs=3, table=table)
+        assert np.array_equal(a.rows, b.rows) and a.potential == pytest.approx(b.potential, rel=1e-5)
+        assert len(set(a.rows.tolist())) == 7  # distinct points
+        assert np.array_equal(a.centres, x[a.rows])
+        assert a.potential == pytest.approx(_sq_dist64(x, x[a.rows]).min(1).sum(), rel=1e-4)
+        again = kmeans_plus_plus(x, 7, np.random.default_rng(seed), runs=3)
+        assert np.array_equal(again.rows, a.rows)  # same seed, same centres
+
+
+@pytest.mark.parametrize("with_table", [False, True])
+def test_seeding_never_repeats_a_point_while_others_are_left(with_table):
+    rng = np.random.default_rng(0)
+    for trial in range(20):  # points on a few spots, plus distinct ones: zero-distance points must not be drawn
+        spots = rng.standard_normal((3, 8)).astype(np.float32)
+        x = np.concatenate([spots[rng.integers(3, size=20)], rng.standard_normal((6, 8)).astype(np.float32)])
+        table = squared_distances(x) if with_table else None
+        seeds = kmeans_plus_plus(x, 9, np.random.default_rng(trial), runs=2, table=table)
+        assert len(np.unique(x[seeds.rows], axis=0)) == 9
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_lloyd_on_tables_matches_plain_lloyd_for_each_padded_node(spherical):
+    rng = np.random.default_rng(1)
+    nodes, seeds = [], []
+    for n in (23, 60, 41):  # different sizes: the batch is padded to 60
+        x = (rng.standard_normal((n, 32)) + rng.integers(0, 5, size=(n, 1)) * 2.5).astype(np.float32)
+        if spherical:
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+        nodes.append(x)
+        seeds.append(rng.choice(n, 4, replace=False))
+    tables = np.zeros((3, 60, 60), np.float32)
+    for p, x in enumerate(nodes):
+        tables[p, : len(x), : len(x)] = squared_distances(x)
+    w = lloyd_on_tables(tables, np.array([23, 60, 41]), np.stack(seeds), 50, spherical)
+    for p, x in enumerate(nodes):
+        ref = _plain_lloyd(x, seeds[p], 50, spherical)
+        assert (w[p, len(x) :] == 0).all()  # padding takes no part
+        centroids = w[p, : len(x)].T @ x
+        if spherical:
+            centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+        np.testing.assert_allclose(centroids, ref, atol=1e-4)
+
+
+def test_nodes_from_tables_in_one_batch_or_alone_give_the_same_centroids():
+    rng = np.random.default_rng(2)
+    samples = [(rng.standard_normal((n, 48)) + rng.integers(0, 4, size=(n, 1)) * 3).astype(np.float32)
+               for n in (15, 37, 52)]
+    cfg = KMeansConfig(k=5, depth=1)
+    together = train_from_tables(samples, 5, cfg, [np.random.default_rng(s) for s in range(3)])
+    for s, sample in enumerate(samples):
+        alone = train_from_tables([sample], 5, cfg, [np.random.default_rng(s)])[0]
+        np.testing.assert_allclose(together[s], alone, rtol=1e-5, atol=1e-5)
+        seeds = kmeans_plus_plus(sample, 5, np.random.default_rng(s), runs=cfg.seedings)  # the same seeding
+        np.testing.assert_allclose(alone, _plain_lloyd(sample, seeds.rows, cfg.iterations), atol=1e-4)
+
+
+def test_table_batches_fit_their_padded_size_in_the_buffer():
+    sizes = np.array([0, 30, 12, 90, 45, 12, 60, 200])
+    nodes = np.array([2, 5, 1, 4, 6, 3, 7])  # in increasing size, as fit passes them
+    batches = list(kmeans_module._batches(nodes, sizes, capacity=200))
+    assert [p for b in batches for p in b] == nodes.tolist()
+    assert all(len(b) * max(sizes[b]) <= 200 for b in batches)
+    assert [len(b) for b in batches] == [4, 2, 1]  # 12, 12, 30, 45 (5 x 60 > 200); 60, 90 (3 x 200 > 200); 200
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_table_and_faiss_paths_find_the_same_blobs(monkeypatch, spherical):
+    x, blob = _blobs(groups=4, per_group=4, points=12, dim=128)  # level-1 nodes of 48 points: the table path
+    cfg = KMeansConfig(k=4, depth=2, seed=0, spherical=spherical)
+    assert kmeans_module.table_points(cfg, 128) >= 48
+    tables = HierarchicalKMeans.fit(x, cfg)
+    monkeypatch.setattr(kmeans_module, "table_points", lambda config, dim: 0)  # every node through faiss
+    features = HierarchicalKMeans.fit(x, cfg)
+    for tree in (tables, features):
+        ids = tree.encode(x).ids
+        assert np.array_equal(ids[:, None] == ids[None, :], blob[:, None] == blob[None, :])
+    np.testing.assert_allclose(tables.inertia, features.inertia, rtol=1e-4)
+    monkeypatch.undo()
+    again = HierarchicalKMeans.fit(x.copy(), cfg)  # same seed, same tree
+    assert all(np.array_equal(a, b) for a, b in zip(again.centroids, tables.centroids))
 
 
 def test_config_is_checked():

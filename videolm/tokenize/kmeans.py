@@ -20,9 +20,14 @@ to initialise an embedding table) even if no point reached it.
 
 Fitting is breadth first. At each level every node with at least ``k``
 points trains on at most ``points_per_centroid * k`` of them: the best of a
-few greedy k-means++ seedings (run in lockstep, so they share each pass over
-the points), then faiss Lloyd iterations. Only then is every point assigned
-to the nearest child of its node, for the whole level in one faiss call
+few greedy k-means++ seedings (run in lockstep, so they share each step),
+then Lloyd iterations. A large node does this on its features, the
+iterations in faiss. Nodes training on at most ``table_points`` points (a
+few hundred) go in batches: each gets its table of pairwise squared
+distances from one BLAS call, then seeding and iterations run on all the
+batch's tables at once, so the fixed cost of the dozen numpy calls per step
+is paid once per batch, not once per node. Only then is every point assigned to the nearest
+child of its node, for the whole level in one faiss call
 (``knn_L2sqr_by_idx`` with each point's own candidate children), so there is
 no per-node copy of the data and no Python loop over points. Node samples go
 through one reused buffer: fresh large allocations cost page faults, which
@@ -34,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import faiss
@@ -45,6 +51,9 @@ log = logging.getLogger(__name__)
 NO_WORD = -1  # id given to rows that have no word (NaN/Inf features)
 ASSIGN_CHUNK = 65536  # rows per assignment call: bounds the (rows, k) candidate-id array
 ENCODE_BATCH = 16384  # rows per tree-descent batch in encode()
+# OpenBLAS multiplies matrices with M * N * K <= 100^3 in a kernel that skips copying ("packing") the
+# operands first; seeding's thin products (N x D by D x 12) ran 1.8x faster cut into blocks of that size
+SMALL_PRODUCT = 100**3
 
 
 @dataclass
@@ -53,7 +62,7 @@ class KMeansConfig:
 
     k: int = 12  # branching factor: children per node
     depth: int = 4  # levels; the vocabulary has k ** depth words
-    iterations: int = 20  # at most this many faiss Lloyd iterations per node (it stops once nothing moves)
+    iterations: int = 20  # at most this many Lloyd iterations per node (they stop once nothing moves)
     points_per_centroid: int = 128  # a node trains on at most k * this many of its points
     init_points_per_centroid: int = 128  # k-means++ seeds from at most k * this many of those
     seedings: int = 3  # k-means++ runs per node (in lockstep); the lowest potential starts the iterations
@@ -183,58 +192,180 @@ def assign(x: np.ndarray, centroids: np.ndarray, node: np.ndarray | None, childr
 class Seeds:
     """Initial centres for one node's Lloyd iterations."""
 
-    centres: np.ndarray  # (k, D) float32, rows of the data
+    rows: np.ndarray  # (k,) int64: the rows of the data picked as centres
+    centres: np.ndarray  # (k, D) float32, those rows
     potential: float  # sum of squared distances of the points to their nearest centre
 
 
-def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, runs: int = 1) -> Seeds:
-    """Greedy k-means++ seeding (as scikit-learn does it): each new centre is
-    the best of ``2 + log k`` candidates drawn in proportion to the squared
-    distance to the nearest centre so far. ``runs`` independent seedings go
-    in lockstep, sharing each pass over the points (the cost is reading x),
-    and the one with the lowest potential is returned. x: (N, D) float32."""
-    n = len(x)
-    trials = 2 + int(np.log(k))
+def trials_per_centre(k: int) -> int:
+    """Candidates tried for each new k-means++ centre (scikit-learn's choice)."""
+    return 2 + int(np.log(k))
+
+
+def table_points(config: KMeansConfig, dim: int) -> int:
+    """The largest node sample that is clustered from its (N, N) table of
+    squared distances rather than from its features (``train_from_tables``).
+
+    The table is one symmetric product, N^2 D flops, no more than seeding's
+    products, (k-1) runs trials 2 N D, up to this bound; it also spares
+    Lloyd's passes over the features. For k=12 (bound 264) a whole node took
+    the same time both ways at N ~ 330 (1024-d synthetic data) and ~ 420
+    (1280-d MobileNetV2 features). N <= D keeps a Lloyd step on the table
+    (N^2 k) no dearer than one on the features (N k D), and the table within
+    D^2 floats."""
+    k = config.k
+    return min(2 * (k - 1) * config.seedings * trials_per_centre(k), dim, k * config.init_points_per_centroid)
+
+
+def squared_distances(x: np.ndarray) -> np.ndarray:
+    """(N, N) squared L2 distances between the rows of x (N, D) float32, from one BLAS call."""
     sq = np.einsum("ij,ij->i", x, x)  # (N,)
-    run = np.arange(runs)
-    chosen = np.empty((k, runs), np.int64)  # row of x picked as each run's centres
-    chosen[0] = rng.integers(n, size=runs)
-    closest = sq[:, None] + sq[chosen[0]][None, :] - 2.0 * (x @ x[chosen[0]].T)  # (N, runs)
-    np.maximum(closest, 0.0, out=closest)
+    table = x @ x.T  # (N, N): numpy computes this symmetric product once per pair
+    table *= -2.0
+    table += sq[:, None]
+    table += sq[None, :]
+    return np.maximum(table, 0.0, out=table)  # |a|^2 + |b|^2 - 2ab can dip below 0
+
+
+def greedy_seeding(sqdist: Callable[[np.ndarray], np.ndarray], sizes: np.ndarray, first: np.ndarray,
+                   uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-means++ (as scikit-learn does it) for P nodes x R runs in
+    lockstep, so that each step is the same dozen numpy calls whatever P and R:
+    each new centre is the best of T candidates drawn in proportion to the
+    squared distance to the nearest centre so far.
+
+    sqdist(rows): rows (P, C) -> (P, C, N) squared distances from point
+    rows[p, c] of node p to each point of node p, 0 past the node's size (then
+    padding is never drawn and adds nothing to a potential).
+    sizes: (P,) points per node; first: (P, R) first centres; uniforms:
+    (P, k-1, R, T) in [0, 1), the draws for the other centres.
+    Returns the chosen points (P, k, R) and each run's potential (P, R)."""
+    P, R = first.shape
+    k, T = uniforms.shape[1] + 1, uniforms.shape[3]
+    node, run = np.arange(P)[:, None], np.arange(R)[None, :]  # (P, 1), (1, R): index a (P, R) grid
+    chosen = np.empty((P, k, R), np.int64)
+    chosen[:, 0] = first
+    closest = sqdist(first)  # (P, R, N) each point to its run's nearest centre
+    N = closest.shape[2]
+    offset = N * np.arange(P * R).reshape(P, R, 1)  # where each run starts on the ladder below
     for c in range(1, k):
-        # draw each run's candidates in proportion to its distances, all runs in one search:
-        # each run's cumulative distribution is scaled to [0, 1] and shifted by its run number
-        cumulative = np.cumsum(closest, axis=0, dtype=np.float64)  # (N, runs)
-        total = cumulative[-1]  # (runs,)
-        ladder = (cumulative / np.where(total > 0, total, 1.0) + run).T.ravel()  # (runs * N,) increasing
-        candidates = np.searchsorted(ladder, (rng.random((runs, trials)) + run[:, None]).ravel())
-        candidates = np.minimum(candidates.reshape(runs, trials) - run[:, None] * n, n - 1)  # (runs, trials)
-        if (total <= 0).any():  # every point sits on a centre already: any choice is as good
-            candidates[total <= 0] = rng.integers(n, size=trials)
-        flat = candidates.ravel()  # run-major: column r * trials + t of d below
-        d = x @ x[flat].T  # (N, runs * trials); this operand order is the fast BLAS path
-        d *= -2.0
-        d += sq[:, None]
-        d += sq[flat]
-        d = d.reshape(n, runs, trials)  # a view
-        np.maximum(d, 0.0, out=d)
-        np.minimum(d, closest[:, :, None], out=d)
-        best = np.argmin(d.sum(axis=0, dtype=np.float64), axis=1)  # (runs,) lowest potential per run
-        closest = d[:, run, best]  # (N, runs)
-        chosen[c] = candidates[run, best]
-    potential = closest.sum(axis=0, dtype=np.float64)  # (runs,)
-    r = int(np.argmin(potential))
-    return Seeds(x[chosen[:, r]].astype(np.float32), float(potential[r]))
+        # draw every run's candidates with one search: all runs' distances laid end to end and summed up, run
+        # (p, r) owning the stretch edges[pR + r] .. edges[pR + r + 1]; side="right" skips points at distance 0
+        ladder = np.cumsum(closest, dtype=np.float64)  # (P * R * N,)
+        edges = np.concatenate(([0.0], ladder[N - 1 :: N]))  # (P * R + 1,)
+        start, width = edges[:-1].reshape(P, R, 1), (edges[1:] - edges[:-1]).reshape(P, R, 1)
+        candidates = np.searchsorted(ladder, start + uniforms[:, c - 1] * width, side="right") - offset  # (P, R, T)
+        # past a node's end: rounding, or a run whose points all sit on centres already (any choice is as good)
+        np.minimum(candidates, (sizes - 1)[:, None, None], out=candidates)
+        d = sqdist(candidates.reshape(P, R * T)).reshape(P, R, T, N)
+        np.minimum(d, closest[:, :, None, :], out=d)
+        best = d.sum(axis=3, dtype=np.float64).argmin(axis=2)  # (P, R) the candidate leaving the lowest potential
+        closest = d[node, run, best]
+        chosen[:, c] = candidates[node, run, best]
+    return chosen, closest.sum(axis=2, dtype=np.float64)
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, runs: int = 1,
+                     table: np.ndarray | None = None) -> Seeds:
+    """Greedy k-means++ seeding of one node: the best of ``runs`` seedings
+    (lowest potential), run in lockstep. Each step needs the distances from
+    every point to ``runs * trials`` candidates: rows of ``table`` (N, N)
+    (``squared_distances``) if given, else products with x in row blocks.
+    x: (N, D) float32."""
+    n, trials = len(x), trials_per_centre(k)
+    first = rng.integers(n, size=(1, runs))
+    uniforms = rng.random((1, k - 1, runs, trials))
+    if table is not None:
+        def sqdist(rows):  # rows (1, C) -> (1, C, N)
+            return table[rows]
+    else:
+        sq = np.einsum("ij,ij->i", x, x)  # (N,)
+        block = max(1, SMALL_PRODUCT // (runs * trials * x.shape[1]))  # rows of x per product
+
+        def sqdist(rows):
+            centres = x[rows[0]]  # (C, D)
+            d = np.empty((len(centres), n), np.float32)
+            for a in range(0, n, block):  # small products: see SMALL_PRODUCT
+                np.matmul(centres, x[a : a + block].T, out=d[:, a : a + block])
+            d *= -2.0
+            d += sq[rows[0]][:, None]
+            d += sq[None, :]
+            return np.maximum(d, 0.0, out=d)[None]
+
+    chosen, potential = greedy_seeding(sqdist, np.array([n]), first, uniforms)
+    r = int(np.argmin(potential[0]))
+    return Seeds(chosen[0, :, r], x[chosen[0, :, r]], float(potential[0, r]))
+
+
+def lloyd_on_tables(tables: np.ndarray, sizes: np.ndarray, seeds: np.ndarray, iterations: int,
+                    spherical: bool = False) -> np.ndarray:
+    """Lloyd iterations for P nodes at once, without reading their
+    features. A centroid is kept as the weights of the points it averages (a
+    column of ``w``), and a point's squared distance to it follows from the
+    table of squared distances:
+
+        |x_i - sum_l w_l x_l|^2 = sum_l w_l |x_i - x_l|^2 - 1/2 sum_lm w_l w_m |x_l - x_m|^2
+
+    (weights summing to 1). Stops when no point changes cluster; a cluster
+    that empties keeps its centroid. Spherical: the points have unit norm and
+    go to the centroid of highest cosine (the centroid is normalised later).
+    tables: (P, N, N), zero past each node's size; sizes: (P,); seeds: (P, k)
+    first centres (points). Returns the weights (P, N, k); centroids = w.T @ x."""
+    P, N, _ = tables.shape
+    k = seeds.shape[1]
+    real = (np.arange(N) < sizes[:, None])[:, :, None]  # (P, N, 1) False for padding
+    w = np.zeros((P, N, k), np.float32)
+    w[np.arange(P)[:, None], seeds, np.arange(k)[None, :]] = 1.0
+    labels = None
+    for _ in range(iterations):
+        to_members = tables @ w  # (P, N, k) weighted mean squared distance to each centroid's points
+        spread = np.einsum("pik,pik->pk", w, to_members)[:, None, :] / 2  # (P, 1, k) the second term above
+        if spherical:  # x_i . c = 1 - to_members / 2 and |c|^2 = 1 - spread for unit points
+            score = (to_members / 2 - 1) / np.sqrt(np.maximum(1 - spread, 1e-12))  # -cosine
+        else:
+            score = to_members - spread
+        new = score.argmin(axis=2)  # (P, N)
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        members = (labels[:, :, None] == np.arange(k)) & real  # (P, N, k)
+        counts = members.sum(axis=1, keepdims=True, dtype=np.float32)  # (P, 1, k)
+        w = np.where(counts > 0, members / np.maximum(counts, 1), w)
+    return w
+
+
+def train_from_tables(samples: list[np.ndarray], k: int, config: KMeansConfig,
+                      rngs: list[np.random.Generator]) -> list[np.ndarray]:
+    """k-means on several nodes at once, each training on at most
+    ``table_points`` points: one BLAS call per node for its table of squared
+    distances, then seeding and Lloyd iterations for all the nodes together,
+    as small numpy calls on the tables padded to one size. On a node of a
+    few dozen points these calls, not the arithmetic, are the cost, and
+    faiss's setup alone would cost more than the whole node does here.
+    samples: P arrays (n_p, D) float32 with n_p >= k -> P arrays (k, D)."""
+    sizes = np.array([len(s) for s in samples])
+    P, N, trials = len(samples), int(sizes.max()), trials_per_centre(k)
+    tables = np.zeros((P, N, N), np.float32)
+    for p, s in enumerate(samples):
+        tables[p, : len(s), : len(s)] = squared_distances(s)
+    first = np.stack([rng.integers(n, size=config.seedings) for rng, n in zip(rngs, sizes)])  # (P, R)
+    uniforms = np.stack([rng.random((k - 1, config.seedings, trials)) for rng in rngs])  # (P, k-1, R, T)
+    node = np.arange(P)[:, None]
+    chosen, potential = greedy_seeding(lambda rows: tables[node, rows], sizes, first, uniforms)
+    seeds = chosen[np.arange(P), :, potential.argmin(axis=1)]  # (P, k) each node's best run
+    w = lloyd_on_tables(tables, sizes, seeds, config.iterations, config.spherical)
+    centroids = [w[p, : len(s)].T @ s for p, s in enumerate(samples)]  # (k, D) each
+    return [normalise_rows(c, inplace=True) for c in centroids] if config.spherical else centroids
 
 
 def train_node(sample: np.ndarray, k: int, config: KMeansConfig, rng: np.random.Generator) -> np.ndarray:
-    """k-means on one node's sample: the best of ``config.seedings`` greedy
-    k-means++ runs starts faiss Lloyd iterations. Several seedings are what
-    keeps a node out of bad local optima (two centres in one cluster, none in
-    another); they run in lockstep, so they cost little more than one.
-    Seeding reads the points once per step, so it uses a random part of the
-    sample; the iterations use all of it.
-    sample: (n, D) contiguous float32 with n >= k -> (k, D) centroids."""
+    """k-means on one node's sample, larger than ``table_points``: the best
+    of ``config.seedings`` greedy k-means++ runs starts faiss Lloyd
+    iterations. Several seedings are what keeps a node out of bad local
+    optima (two centres in one cluster, none in another); they run in
+    lockstep, so they cost little more than one. Seeding reads the points
+    once per step, so it uses a random part of the sample; the iterations
+    use all of it. sample: (n, D) contiguous float32 with n >= k -> (k, D)."""
     seed_from = sample
     if len(sample) > config.init_points_per_centroid * k:
         pick = np.sort(rng.choice(len(sample), config.init_points_per_centroid * k, replace=False))
@@ -322,6 +453,7 @@ class HierarchicalKMeans:
         if config.spherical:
             x = normalise_rows(x, inplace=not copy_x and x.flags.writeable)
         sample_buf = np.empty((min(n, k * config.points_per_centroid), dim), np.float32)
+        table_limit = table_points(config, dim)  # nodes training on at most this many points: train_from_tables
         node = np.zeros(n, np.int64)  # (N,) node of each point at the current level
         centroids, children, counts, inertia = [], [], [], []
         for level in range(depth):
@@ -337,16 +469,31 @@ class HierarchicalKMeans:
             level_children = np.where(reachable, 1, 0).astype(np.int32)
             order = np.argsort(node, kind="stable")
             bounds = np.searchsorted(node[order], np.arange(n_nodes + 1))
-            split = np.flatnonzero(bounds[1:] - bounds[:-1] >= k)  # nodes with enough points to split
+            size = bounds[1:] - bounds[:-1]  # (n_nodes,) points per node
+            split = np.flatnonzero(size >= k)  # nodes with enough points to split
+            sample_size = np.minimum(size, len(sample_buf))  # (n_nodes,) points each trains on
+            by_table = split[sample_size[split] <= table_limit]
             progress.start(f"level {level + 1}/{depth}", len(split))
             with single_threaded():
-                for p in split:
+                for p in split[sample_size[split] > table_limit]:
                     rows = order[bounds[p] : bounds[p + 1]]  # (m,) increasing
                     rng = np.random.default_rng([config.seed, level, int(p)])
                     sample = _gather_sample(x, rows, sample_buf, rng, level == 0)
                     level_centroids[p * k : p * k + k] = train_node(sample, k, config, rng)
-                    level_children[p] = k
                     progress.advance()
+                # the others in batches of similar sizes (less padding), their samples side by side in the buffer
+                by_table = by_table[np.argsort(sample_size[by_table], kind="stable")]
+                for batch in _batches(by_table, sample_size, len(sample_buf)):
+                    rngs = [np.random.default_rng([config.seed, level, int(p)]) for p in batch]
+                    samples, used = [], 0
+                    for p, rng in zip(batch, rngs):
+                        samples.append(_gather_sample(x, order[bounds[p] : bounds[p + 1]],
+                                                      sample_buf[used : used + sample_size[p]], rng, level == 0))
+                        used += sample_size[p]
+                    for p, node_centroids in zip(batch, train_from_tables(samples, k, config, rngs)):
+                        level_centroids[p * k : p * k + k] = node_centroids
+                    progress.advance(len(batch))
+            level_children[split] = k
             # every point of the level in one large call: here threads pay off
             new_node, dist = assign(x, level_centroids, node if level else None, level_children, k)
             node = new_node
@@ -408,6 +555,19 @@ class HierarchicalKMeans:
                        inertia, spherical)
         except KeyError as err:
             raise ValueError(f"missing array {err.args[0]!r}") from None
+
+
+def _batches(nodes: np.ndarray, sizes: np.ndarray, capacity: int):
+    """Split ``nodes``, in increasing size, into runs whose padded size
+    (count x largest) stays within ``capacity`` points."""
+    batch = []
+    for p in nodes:
+        if batch and (len(batch) + 1) * sizes[p] > capacity:
+            yield batch
+            batch = []
+        batch.append(p)
+    if batch:
+        yield batch
 
 
 def _gather_sample(x: np.ndarray, rows: np.ndarray, buf: np.ndarray, rng: np.random.Generator,
