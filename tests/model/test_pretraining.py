@@ -1,0 +1,159 @@
+"""VideoLMForPretraining: objectives, switches, negatives, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from videolm.model.errors import ModelError
+from videolm.model.negatives import alignment_pairs
+from videolm.model.pretraining import VideoLMForPretraining
+
+from .conftest import make_batch, one_line, tiny_config
+
+ALL = {"mlm", "visual", "align", "contrastive"}
+
+
+def count_passes(model) -> list[int]:
+    """Record the batch size of every transformer pass."""
+    calls = []
+    model.transformer.register_forward_hook(lambda m, args, out: calls.append(out.attention.shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["videobert", "cbt"])
+def test_all_objectives_weighted_sum_and_gradients_reach_both_modalities(mode):
+    torch.manual_seed(0)
+    cfg = tiny_config(mode, mlm_weight=1.0, visual_weight=0.5, align_weight=2.0, contrastive_weight=0.25)
+    model = VideoLMForPretraining(cfg).train()
+    batch = make_batch(mode)
+    out = model(batch, generator=torch.Generator().manual_seed(0))
+    assert set(out.losses) == ALL
+    weights = {"mlm": 1.0, "visual": 0.5, "align": 2.0, "contrastive": 0.25}
+    expected = sum(weights[k] * v.item() for k, v in out.losses.items())
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    # logits only at masked positions: one masked text token and one masked clip per row
+    assert out.mlm_logits.shape == (4, cfg.text_vocab_size)
+    assert out.visual_logits.shape == (4, cfg.visual_vocab_size if mode == "videobert" else cfg.feature_dim)
+    assert out.text_embeds.shape == out.video_embeds.shape == (4, cfg.embed_dim)
+    torch.testing.assert_close(out.text_embeds.norm(dim=-1), torch.ones(4))
+    out.loss.backward()
+    t = model.transformer
+    visual_params = ([t.visual_embeddings.table.weight] if mode == "videobert"
+                     else [t.visual_embeddings.projection.weight, t.visual_embeddings.mask_embedding])
+    for p in [t.word_embeddings.weight, *visual_params, t.layers[0].attention.qkv.weight, model.logit_scale,
+              model.align_head.classifier.weight, model.mlm_head.bias]:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["videobert", "cbt"])
+@pytest.mark.parametrize("off, heads", [
+    ("mlm", ["mlm_head"]),
+    ("visual", ["visual_head"]),
+    ("align", ["align_head"]),
+    ("contrastive", ["text_projection", "video_projection", "logit_scale"]),
+])
+def test_switched_off_objective_is_absent_and_its_head_gets_no_gradient(mode, off, heads):
+    torch.manual_seed(0)
+    overrides = {f"{off}_weight": 0.0}
+    if off == "contrastive":
+        overrides["align_hard_negatives"] = False  # else the projections still pick hard negatives (no grad)
+    model = VideoLMForPretraining(tiny_config(mode, **overrides)).train()
+    passes = count_passes(model)
+    out = model(make_batch(mode), generator=torch.Generator().manual_seed(0))
+    assert set(out.losses) == ALL - {off}
+    out.loss.backward()
+    for name in heads:
+        module = getattr(model, name)
+        params = [module] if isinstance(module, torch.nn.Parameter) else list(module.parameters())
+        assert all(p.grad is None for p in params), name
+    # the work is skipped: joint masked pass, text pass, video pass, alignment pass
+    expected = {"mlm": 4, "visual": 4, "align": 3, "contrastive": 2}[off]
+    assert len(passes) == expected
+
+
+def test_hard_negatives_without_contrastive_use_embeddings_without_graph():
+    torch.manual_seed(0)
+    model = VideoLMForPretraining(tiny_config("cbt", contrastive_weight=0.0)).train()
+    out = model(make_batch("cbt"), generator=torch.Generator().manual_seed(0))
+    assert "contrastive" not in out.losses and not out.text_embeds.requires_grad
+    out.loss.backward()
+    assert all(p.grad is None for p in model.text_projection.parameters())
+
+
+def test_negatives_never_share_a_group_and_are_reproducible():
+    groups = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
+    sim = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    pairs = alignment_pairs(groups, 2, torch.Generator().manual_seed(5), sim)
+    same = groups[pairs.text_index] == groups[pairs.video_index]
+    positive = pairs.labels == 1
+    assert torch.equal(same, positive)  # a same-group pair is only ever the positive itself
+    assert torch.equal(pairs.text_index[positive], torch.arange(8))
+    assert torch.equal(pairs.video_index[positive], torch.arange(8))
+    again = alignment_pairs(groups, 2, torch.Generator().manual_seed(5), sim)
+    assert torch.equal(pairs.text_index, again.text_index) and torch.equal(pairs.video_index, again.video_index)
+    other = alignment_pairs(groups, 2, torch.Generator().manual_seed(6), None)
+    assert not torch.equal(pairs.video_index[8:24], other.video_index[8:24])
+    # 2 random per text + hardest video per text + hardest text per video
+    assert len(pairs.labels) == 8 + 16 + 8 + 8
+    # the hardest ones, by hand: max over other-group entries
+    hard_video = pairs.video_index[24:32]
+    hard_text = pairs.text_index[32:40]
+    for i in range(8):
+        cand = [j for j in range(8) if groups[j] != groups[i]]
+        assert int(hard_video[i]) == max(cand, key=lambda j: sim[i, j].item())
+        assert int(hard_text[i]) == max(cand, key=lambda j: sim[j, i].item())
+
+
+def test_a_group_filling_the_batch_gets_no_negatives():
+    pairs = alignment_pairs(torch.tensor([4, 4, 4]), 3, torch.Generator().manual_seed(0), torch.zeros(3, 3))
+    assert pairs.labels.tolist() == [1.0, 1.0, 1.0]
+    # one row of another group: it has negatives, and the rest only pair with it
+    pairs = alignment_pairs(torch.tensor([4, 4, 7]), 3, torch.Generator().manual_seed(0), None)
+    negatives = [(int(t), int(v)) for t, v, y in zip(pairs.text_index, pairs.video_index, pairs.labels) if y == 0]
+    assert sorted(negatives) == [(0, 2), (1, 2), (2, 0), (2, 1)]
+
+
+def test_same_generator_same_loss_and_rows_without_visual_side():
+    torch.manual_seed(0)
+    model = VideoLMForPretraining(tiny_config("videobert")).eval()
+    batch = make_batch("videobert", groups=(0, 1, 2, 3))
+    a = model(batch, generator=torch.Generator().manual_seed(3))
+    b = model(batch, generator=torch.Generator().manual_seed(3))
+    assert a.loss.item() == b.loss.item()
+    batch.visual_attention[2] = False
+    c = model(batch, generator=torch.Generator().manual_seed(3))
+    assert c.text_embeds.shape[0] == 3 and set(c.losses) == ALL  # row 2: masked LM only
+
+
+def test_batch_for_the_other_mode_is_refused():
+    model = VideoLMForPretraining(tiny_config("videobert"))
+    with pytest.raises(ModelError, match="model.mode=videobert needs batch.visual_ids") as err:
+        model(make_batch("cbt"))
+    assert one_line(err)
+
+
+def test_evaluation_methods_shapes():
+    torch.manual_seed(0)
+    model = VideoLMForPretraining(tiny_config("cbt")).eval()
+    batch = make_batch("cbt")
+    with torch.no_grad():
+        t = model.encode_text(batch.text_ids, batch.text_attention)
+        v = model.encode_video(batch.visual_feats, batch.visual_attention)
+        s = model.alignment_score(batch.text_ids, batch.text_attention, batch.visual_feats, batch.visual_attention)
+    assert t.shape == v.shape == (4, 16) and s.shape == (4,)
+
+
+@pytest.mark.parametrize("mode", ["videobert", "cbt"])
+def test_text_only_batch_keeps_every_key_at_zero(mode):
+    """No row has a visual side (and no clip is masked): the visual objectives
+    have nothing to score and give 0, the masked LM still trains."""
+    torch.manual_seed(0)
+    model = VideoLMForPretraining(tiny_config(mode)).train()
+    batch = make_batch(mode, visual_lens=(0, 0, 0, 0), mask_visual=False)
+    out = model(batch, generator=torch.Generator().manual_seed(0))
+    assert set(out.losses) == ALL
+    assert all(out.losses[k].item() == 0.0 for k in ("visual", "align", "contrastive"))
+    assert out.losses["mlm"].item() > 0
+    out.loss.backward()
+    assert model.transformer.word_embeddings.weight.grad.abs().sum() > 0

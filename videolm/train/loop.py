@@ -1,0 +1,283 @@
+"""The pre-training loop: one function, read top to bottom.
+
+Same code for one process and for ``torchrun --nproc-per-node N`` (DDP;
+gloo on CPU, NCCL on CUDA). Only rank 0 writes files. A rerun of the same
+command resumes from ``RUN/checkpoints/latest`` and computes exactly the
+steps an uninterrupted run would have computed: the data position is the
+step (see ResumableDistributedSampler), per-example randomness is seeded by
+``(seed, epoch, position)``, the model's negative sampling by
+``(seed, step, micro-batch)``, and dropout's RNG state is checkpointed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from videolm.data.batch import Batch
+from videolm.data.config import DataConfig
+from videolm.data.corpus import build_pretrain_dataset
+from videolm.features.store import atomic_write_jsonl
+from videolm.model.config import ModelConfig
+from videolm.model.errors import ModelError
+from videolm.model.pretraining import VideoLMForPretraining
+from videolm.text.tokenizer import load_tokenizer
+from videolm.train import distributed as D
+from videolm.train.checkpoint import (CheckpointError, TrainState, latest_checkpoint, load_checkpoint,
+                                      restore_python_numpy_rng, restore_torch_rng, save_checkpoint,
+                                      torch_rng_state, write_resolved_config)
+from videolm.train.config import PretrainConfig, config_differences
+from videolm.train.metrics import MetricsLog, plot_losses
+from videolm.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = {"mlm": "mlm_weight", "visual": "visual_weight", "align": "align_weight",
+              "contrastive": "contrastive_weight"}
+
+# progress(step, total_steps, row): called on rank 0 after every step
+Progress = Callable[[int, int, dict], None]
+
+
+@dataclass
+class PretrainResult:
+    run_dir: str
+    step: int                     # optimizer steps completed
+    resumed_from: int | None      # step of the checkpoint resumed, None for a fresh run
+    model_dir: str | None         # the final model (save_pretrained), None if the run stopped early
+    metrics: str
+    loss_png: str | None
+    last: dict                    # last logged row
+
+
+def pick_device(name: str, env: D.DistEnv) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ModelError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def complete_model_config(cfg: ModelConfig, tokenizer, dataset) -> ModelConfig:
+    """Sizes that come from the data: text vocabulary and special ids from the
+    tokenizer, visual vocabulary (VideoBERT) or feature dim (CBT) from the
+    store. A value set in the config that disagrees is an error."""
+    text = {"text_vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+            "cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id,
+            "mask_token_id": tokenizer.mask_token_id}
+    if cfg.mode == "videobert":
+        vocab = dataset.vocab
+        visual = {"visual_vocab_size": vocab.vocab_size, "visual_pad_id": vocab.pad_id,
+                  "visual_mask_id": vocab.mask_id}
+        checked = {"visual_vocab_size"}
+    else:
+        visual = {"feature_dim": dataset.feature_dim}
+        checked = {"feature_dim"}
+    default = ModelConfig()
+    for key in checked:
+        given = getattr(cfg, key)
+        if given not in (0, getattr(default, key)) and given != visual[key]:
+            raise ModelError(f"model.{key}={given} but the data gives {visual[key]} "
+                             f"(store {dataset_store(dataset)}); remove the key or use matching data")
+    return dataclasses.replace(cfg, **text, **visual)
+
+
+def dataset_store(dataset) -> str:
+    describe = dataset.describe() if hasattr(dataset, "describe") else {}
+    return str(describe.get("store", "?"))
+
+
+def negatives_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The model's random alignment negatives for one micro-batch: seeded by
+    (seed, step, global micro-batch index), so one process with grad_accum=2
+    and two ranks draw the same negatives."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step) * 1_009 + micro)
+    return g
+
+
+def pretrain(cfg: PretrainConfig, progress: Progress | None = None) -> PretrainResult:
+    env = D.env_from_torchrun()
+    device = pick_device(cfg.train.device, env)
+    D.init_distributed(env, device)
+    try:
+        return _pretrain(cfg, env, device, progress)
+    finally:
+        D.shutdown_distributed()
+
+
+def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progress: Progress | None) -> PretrainResult:
+    t = cfg.train
+    run_dir = t.out
+    given_config = cfg.to_dict()
+
+    # Resume? Check the config before spending time on data and model.
+    ckpt_path = latest_checkpoint(run_dir)
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt is not None:
+        diff = config_differences(ckpt.state.config, given_config)
+        if diff:
+            shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+            raise CheckpointError(f"{ckpt_path}: config differs from the checkpoint's in {shown}; "
+                                  f"use another train.out or the same config")
+    if t.amp == "fp16" and device.type != "cuda":
+        raise ModelError("train.amp=fp16 needs CUDA; use train.amp=bf16 on the CPU")
+
+    seed_everything(t.seed + env.rank)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    dataset = build_pretrain_dataset(cfg.data, cfg.model.mode, tokenizer, seed=t.seed)
+    model_cfg = complete_model_config(cfg.model, tokenizer, dataset)
+    model = VideoLMForPretraining(model_cfg)
+    if model_cfg.mode == "videobert" and model_cfg.init_visual_from_centroids and ckpt is None:
+        model.transformer.init_visual_from_centroids(dataset.vocab.word_centroids())
+    model.to(device)
+
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.betas, t.eps, fused=True)
+    scheduler = build_scheduler(optimizer, t.warmup_steps, t.steps, t.min_lr_ratio)
+    scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
+    start_step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model)
+        optimizer.load_state_dict(ckpt.optimizer["optimizer"])
+        scheduler.load_state_dict(ckpt.optimizer["scheduler"])
+        if scaler is not None and ckpt.optimizer["scaler"]:
+            scaler.load_state_dict(ckpt.optimizer["scaler"])
+        start_step = ckpt.state.step
+        if ckpt.state.world_size != env.world_size:
+            log.warning("resuming a %d-process run with %d processes: data and steps continue exactly, "
+                        "dropout draws start afresh", ckpt.state.world_size, env.world_size)
+    train_model = model
+    if env.enabled:
+        # find_unused_parameters: a micro-batch may mask no visual position
+        # (so e.g. CBT's mask embedding gets no gradient on that rank).
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=True)
+
+    micro = t.batch_size // (env.world_size * t.grad_accum) if t.batch_size % (env.world_size * t.grad_accum) == 0 else 0
+    if micro == 0:
+        raise ModelError(f"train.batch_size={t.batch_size} must be a multiple of processes x train.grad_accum "
+                         f"= {env.world_size * t.grad_accum}")
+    if len(dataset) < t.batch_size:
+        raise ModelError(f"an epoch has {len(dataset)} examples, fewer than train.batch_size={t.batch_size}; "
+                         f"lower the batch size or set data.epoch_size")
+    sampler = D.ResumableDistributedSampler(dataset, t.batch_size, t.grad_accum, env.world_size, env.rank,
+                                            start_step, t.steps)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=micro, sampler=sampler, collate_fn=dataset.collate, num_workers=t.num_workers,
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(t.seed),
+        persistent_workers=False)
+
+    # Files (rank 0), then restore RNG last so nothing above consumes draws.
+    metrics = MetricsLog(os.path.join(run_dir, "metrics.jsonl"))
+    if env.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        write_resolved_config(run_dir, {"given": given_config, "model": dataclasses.asdict(model_cfg)})
+        metrics.truncate_after(start_step)
+        if dataset.missing:
+            atomic_write_jsonl(os.path.join(run_dir, "missing.jsonl"), dataset.missing)
+            log.warning("%d manifest rows have no features; listed in %s", len(dataset.missing),
+                        os.path.join(run_dir, "missing.jsonl"))
+    if ckpt is not None:
+        restore_python_numpy_rng(ckpt.rng_python_numpy)
+        if env.rank < len(ckpt.rng_ranks) and ckpt.state.world_size == env.world_size:
+            restore_torch_rng(ckpt.rng_ranks[env.rank], device)
+        log.info("resumed from %s (step %d)", ckpt.path, start_step)
+
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    batches = iter(loader)
+    step, last, stopped_early = start_step, {}, False
+    steps_this_run = 0
+    window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
+    model.train()
+    while step < t.steps:
+        # the same keys on every rank and micro-batch (an objective a micro-batch
+        # had nothing for counts as 0), so ranks can average them
+        sums = {"loss": 0.0, **{name: 0.0 for name, key in OBJECTIVES.items() if model_cfg.enabled(key)}}
+        for a in range(t.grad_accum):
+            batch: Batch = next(batches).to(device, non_blocking=True)
+            window_examples += len(batch)
+            window_tokens += int(batch.text_attention.sum()) + int(batch.visual_attention.sum())
+            sync = contextlib.nullcontext() if (not env.enabled or a == t.grad_accum - 1) else train_model.no_sync()
+            with sync:
+                with autocast():
+                    out = train_model(batch, generator=negatives_generator(t.seed, step, env.rank * t.grad_accum + a))
+                loss = out.loss / t.grad_accum
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            sums["loss"] += float(out.loss.detach()) / t.grad_accum
+            for name, value in out.losses.items():
+                sums[name] += float(value.detach()) / t.grad_accum
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm if t.clip_grad_norm > 0
+                                                   else float("inf"))
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_this_run += 1
+
+        if step % t.log_every == 0 or step == t.steps:
+            values = D.mean_across_ranks({**sums, "grad_norm": float(grad_norm)}, env)
+            elapsed = max(1e-9, time.perf_counter() - window_start)
+            rates = D.mean_across_ranks({"examples_per_s": window_examples / elapsed,
+                                         "tokens_per_s": window_tokens / elapsed}, env)
+            last = {"step": step, **{k: round(v, 6) for k, v in values.items()},
+                    "lr": lr, **{k: round(v * env.world_size, 2) for k, v in rates.items()}}
+            window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
+            if env.is_main:
+                metrics.append(last)
+        if env.is_main and progress is not None:
+            progress(step, t.steps, last)
+        stop = t.max_steps_per_run > 0 and steps_this_run >= t.max_steps_per_run and step < t.steps
+        if step % t.save_every == 0 or step == t.steps or stop:
+            _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, given_config, env, device,
+                        t.keep_checkpoints)
+        if stop:
+            stopped_early = True
+            break
+
+    model_dir = png = None
+    if env.is_main:
+        png = plot_losses(metrics.path, os.path.join(run_dir, "loss.png"))
+        if not stopped_early:
+            model_dir = os.path.join(run_dir, "model")
+            model.save_pretrained(model_dir, tokenizer=tokenizer, vocabulary=dataset.vocab)
+    D.barrier(env)
+    return PretrainResult(run_dir, step, ckpt.state.step if ckpt else None, model_dir, metrics.path, png, last)
+
+
+def _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, config, env, device, keep) -> None:
+    """All ranks call this (RNG states are gathered); rank 0 writes."""
+    rng = torch_rng_state(device)
+    if env.enabled:
+        gathered: list = [None] * env.world_size
+        torch.distributed.all_gather_object(gathered, {k: v.cpu() for k, v in rng.items()})
+    else:
+        gathered = [rng]
+    if env.is_main:
+        epoch, within = divmod(step, sampler.steps_per_epoch)
+        state = TrainState(step, epoch, within * sampler.global_batch, config, env.world_size)
+        save_checkpoint(run_dir, model, optimizer, scheduler, scaler, state, gathered, keep)
+    D.barrier(env)
