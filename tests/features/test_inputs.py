@@ -1,6 +1,6 @@
 import pytest
 
-from videolm.features.inputs import InputError, UsageError, collect_inputs
+from videolm.features.inputs import UsageError, collect_inputs
 
 
 def test_directory_list_csv_and_jsonl(tmp_path):

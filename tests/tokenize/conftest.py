@@ -3,7 +3,6 @@ independent (plain numpy, float64) tree descent to check encode against."""
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np

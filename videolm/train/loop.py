@@ -25,7 +25,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from videolm.data.batch import Batch
-from videolm.data.config import DataConfig
 from videolm.data.corpus import build_pretrain_dataset
 from videolm.features.store import atomic_write_jsonl
 from videolm.model.config import ModelConfig
