@@ -203,25 +203,28 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     batches = iter(loader)
     step, last, stopped_early = start_step, {}, False
     steps_this_run = 0
-    window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
+    # Logged values are means over the steps since the last row (and over ranks).
+    # The same keys on every rank and micro-batch (an objective a micro-batch had
+    # nothing for counts as 0), so ranks can average them; kept as tensors so a
+    # GPU is not synchronised every step.
+    keys = ["loss", *(name for name, key in OBJECTIVES.items() if model_cfg.enabled(key)), "grad_norm"]
+    sums = {k: torch.zeros((), device=device) for k in keys}
+    window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
     model.train()
     while step < t.steps:
-        # the same keys on every rank and micro-batch (an objective a micro-batch
-        # had nothing for counts as 0), so ranks can average them
-        sums = {"loss": 0.0, **{name: 0.0 for name, key in OBJECTIVES.items() if model_cfg.enabled(key)}}
         for a in range(t.grad_accum):
             batch: Batch = next(batches).to(device, non_blocking=True)
             window_examples += len(batch)
-            window_tokens += int(batch.text_attention.sum()) + int(batch.visual_attention.sum())
+            window_tokens += batch.text_attention.sum() + batch.visual_attention.sum()  # tensor: no sync
             sync = contextlib.nullcontext() if (not env.enabled or a == t.grad_accum - 1) else train_model.no_sync()
             with sync:
                 with autocast():
                     out = train_model(batch, generator=negatives_generator(t.seed, step, env.rank * t.grad_accum + a))
                 loss = out.loss / t.grad_accum
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-            sums["loss"] += float(out.loss.detach()) / t.grad_accum
+            sums["loss"] += out.loss.detach().float() / t.grad_accum
             for name, value in out.losses.items():
-                sums[name] += float(value.detach()) / t.grad_accum
+                sums[name] += value.detach().float() / t.grad_accum
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm if t.clip_grad_norm > 0
@@ -234,17 +237,21 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        sums["grad_norm"] += grad_norm.detach().float()
         step += 1
         steps_this_run += 1
+        window_steps += 1
 
         if step % t.log_every == 0 or step == t.steps:
-            values = D.mean_across_ranks({**sums, "grad_norm": float(grad_norm)}, env)
+            values = D.mean_across_ranks({k: float(v) / window_steps for k, v in sums.items()}, env)
             elapsed = max(1e-9, time.perf_counter() - window_start)
             rates = D.mean_across_ranks({"examples_per_s": window_examples / elapsed,
-                                         "tokens_per_s": window_tokens / elapsed}, env)
+                                         "tokens_per_s": float(window_tokens) / elapsed}, env)
             last = {"step": step, **{k: round(v, 6) for k, v in values.items()},
                     "lr": lr, **{k: round(v * env.world_size, 2) for k, v in rates.items()}}
-            window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
+            for v in sums.values():
+                v.zero_()
+            window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
             if env.is_main:
                 metrics.append(last)
         if env.is_main and progress is not None:

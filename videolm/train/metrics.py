@@ -5,8 +5,11 @@
     {"step": 10, "loss": 7.12, "mlm": 6.9, "visual": 2.3, "align": 0.69, "contrastive": 1.1,
      "lr": 9.9e-05, "grad_norm": 3.2, "examples_per_s": 41.0, "tokens_per_s": 2900.0, "time": ...}
 
+Loss values and ``grad_norm`` are means over the steps since the previous
+row (``train.log_every`` steps) and over ranks; ``lr`` is the last step's.
 On resume, rows after the checkpoint's step are dropped (rewritten
-atomically), so the file always reads as one uninterrupted run.
+atomically), so the file reads as one uninterrupted run (row for row when
+``save_every`` is a multiple of ``log_every``, as in the shipped configs).
 """
 
 from __future__ import annotations
