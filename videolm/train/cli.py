@@ -69,6 +69,8 @@ def run_pretrain(args) -> int:
         raise CliError(str(err)) from None
     if env_from_torchrun().is_main:
         resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else ""
+        if result.resumed_from == result.step:
+            resumed = " (already finished: nothing to do)"
         last = ", ".join(f"{k} {result.last[k]:.4f}" for k in ("loss", "mlm", "visual", "align", "contrastive")
                          if k in result.last)
         print(f"videolm pretrain: {result.step} steps{resumed}; {last}")

@@ -201,7 +201,8 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     batches = iter(loader)
-    step, last, stopped_early = start_step, {}, False
+    step, stopped_early = start_step, False
+    last = metrics.rows()[-1] if (start_step and env.is_main and os.path.exists(metrics.path)) else {}
     steps_this_run = 0
     # Logged values are means over the steps since the last row (and over ranks).
     # The same keys on every rank and micro-batch (an objective a micro-batch had
@@ -269,7 +270,8 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
         png = plot_losses(metrics.path, os.path.join(run_dir, "loss.png"))
         if not stopped_early:
             model_dir = os.path.join(run_dir, "model")
-            model.save_pretrained(model_dir, tokenizer=tokenizer, vocabulary=dataset.vocab)
+            if steps_this_run or not os.path.exists(os.path.join(model_dir, "config.json")):
+                model.save_pretrained(model_dir, tokenizer=tokenizer, vocabulary=dataset.vocab)
     D.barrier(env)
     return PretrainResult(run_dir, step, ckpt.state.step if ckpt else None, model_dir, metrics.path, png, last)
 
