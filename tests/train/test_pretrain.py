@@ -165,3 +165,18 @@ def test_plot_command_draws_a_run_with_bf16_autocast(tiny_config, tmp_path, caps
     assert cli(["plot", str(out)]) == 0
     assert os.path.getsize(out / "loss.png") > 1000
     assert cli(["plot", str(tmp_path / "nothing")]) == 2
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("name", ["videobert_tiny", "cbt_tiny"])
+def test_shipped_tiny_configs_train_on_the_sample_media(name, sample_media_store, tmp_path, monkeypatch):
+    """configs/*_tiny.yaml as `make demo` runs them (paths relative to the
+    repository), on real features under the demo store's ids."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / name
+    assert cli(["pretrain", f"configs/{name}.yaml", f"data.store={sample_media_store}/store",
+                f"data.vocab={sample_media_store}/vocab", f"train.out={out}", "train.steps=3", "-q"]) == 0
+    assert [r["step"] for r in losses(out)] == [3]
+    assert os.path.exists(out / "model" / "model.safetensors")
