@@ -53,7 +53,7 @@ def test_tiny_run_trains_saves_and_reloads(mode, tiny_config, tmp_path):
         assert os.path.exists(os.path.join(result.model_dir, "vocab", "meta.json"))
 
 
-def test_resume_after_sigkill_gives_the_same_losses(tiny_config, tmp_path):
+def test_resume_after_sigkill_or_ctrl_c_gives_the_same_losses(tiny_config, tmp_path):
     path, overrides = tiny_config
     args = overrides(tmp_path / "ref", "videobert", steps=24, **{"train.save_every": 4})
     ref = subprocess.run(cli_cmd("pretrain", path, *args, "-q"), capture_output=True, text=True)
@@ -76,6 +76,25 @@ def test_resume_after_sigkill_gives_the_same_losses(tiny_config, tmp_path):
     rerun = subprocess.run(cli_cmd("pretrain", path, *args, "-q"), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed at step" in rerun.stdout
+    assert losses(out) == losses(tmp_path / "ref")
+
+    # Ctrl-C: the step in progress finishes, is checkpointed (whatever save_every says), exit 130
+    out = tmp_path / "ctrl_c"
+    args = overrides(out, "videobert", steps=24, **{"train.save_every": 4})
+    proc = subprocess.Popen(cli_cmd("pretrain", path, *args, "-q"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5) and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    stopped_at = losses(out)[-1]["step"]
+    assert stopped_at < 24 and (out / "checkpoints" / "latest").read_text() == f"step_{stopped_at:08d}"
+    assert "interrupted" in err and "Traceback" not in err
+    rerun = subprocess.run(cli_cmd("pretrain", path, *args, "-q"), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
     assert losses(out) == losses(tmp_path / "ref")
 
 

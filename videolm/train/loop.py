@@ -16,6 +16,8 @@ import dataclasses
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -102,6 +104,39 @@ def dataset_store(dataset) -> str:
     return str(describe.get("store", "?"))
 
 
+class StopRequest:
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler preempting the job) asks the
+    loop to stop after the current step, with a checkpoint, so nothing done is
+    lost; a second Ctrl-C stops at once. Handlers are installed only in the
+    main thread and restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        log.warning("stopping after this step with a checkpoint (Ctrl-C again to stop at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which finishes
+    its step and checkpoints before shutting them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def negatives_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """The model's random alignment negatives for one micro-batch: seeded by
     (seed, step, global micro-batch index), so one process with grad_accum=2
@@ -137,15 +172,30 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
                                   f"use another train.out or the same config")
     if t.amp == "fp16" and device.type != "cuda":
         raise ModelError("train.amp=fp16 needs CUDA; use train.amp=bf16 on the CPU")
+    parts = env.world_size * t.grad_accum
+    if t.batch_size % parts:
+        raise ModelError(f"train.batch_size={t.batch_size} must be a multiple of processes x train.grad_accum "
+                         f"= {parts}")
+    micro = t.batch_size // parts
 
     seed_everything(t.seed + env.rank)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     dataset = build_pretrain_dataset(cfg.data, cfg.model.mode, tokenizer, seed=t.seed)
+    if len(dataset) < t.batch_size:
+        raise ModelError(f"an epoch has {len(dataset)} examples, fewer than train.batch_size={t.batch_size}; "
+                         f"lower the batch size or set data.epoch_size")
     model_cfg = complete_model_config(cfg.model, tokenizer, dataset)
     model = VideoLMForPretraining(model_cfg)
     if model_cfg.mode == "videobert" and model_cfg.init_visual_from_centroids and ckpt is None:
         model.transformer.init_visual_from_centroids(dataset.vocab.word_centroids())
     model.to(device)
+    if env.is_main:
+        d = dataset.describe()
+        parts = ", ".join(f"{src['kind']} {src['per_epoch']} ({os.path.basename(src['manifest'])})" for src in d["sources"])
+        log.info("data: %d examples per epoch: %s", len(dataset), parts)
+        log.info("model: %s mode, %.1f M parameters, %d layers x %d hidden; %d process(es) on %s",
+                 model_cfg.mode, sum(p.numel() for p in model.parameters()) / 1e6, model_cfg.num_layers,
+                 model_cfg.hidden_size, env.world_size, device)
 
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.betas, t.eps, fused=True)
     scheduler = build_scheduler(optimizer, t.warmup_steps, t.steps, t.min_lr_ratio)
@@ -168,19 +218,12 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=True)
 
-    micro = t.batch_size // (env.world_size * t.grad_accum) if t.batch_size % (env.world_size * t.grad_accum) == 0 else 0
-    if micro == 0:
-        raise ModelError(f"train.batch_size={t.batch_size} must be a multiple of processes x train.grad_accum "
-                         f"= {env.world_size * t.grad_accum}")
-    if len(dataset) < t.batch_size:
-        raise ModelError(f"an epoch has {len(dataset)} examples, fewer than train.batch_size={t.batch_size}; "
-                         f"lower the batch size or set data.epoch_size")
     sampler = D.ResumableDistributedSampler(dataset, t.batch_size, t.grad_accum, env.world_size, env.rank,
                                             start_step, t.steps)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=micro, sampler=sampler, collate_fn=dataset.collate, num_workers=t.num_workers,
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(t.seed),
-        persistent_workers=False)
+        worker_init_fn=_ignore_stop_signals, persistent_workers=False)
 
     # Files (rank 0), then restore RNG last so nothing above consumes draws.
     metrics = MetricsLog(os.path.join(run_dir, "metrics.jsonl"))
@@ -212,58 +255,67 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     sums = {k: torch.zeros((), device=device) for k in keys}
     window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
     model.train()
-    while step < t.steps:
-        for a in range(t.grad_accum):
-            batch: Batch = next(batches).to(device, non_blocking=True)
-            window_examples += len(batch)
-            window_tokens += batch.text_attention.sum() + batch.visual_attention.sum()  # tensor: no sync
-            sync = contextlib.nullcontext() if (not env.enabled or a == t.grad_accum - 1) else train_model.no_sync()
-            with sync:
-                with autocast():
-                    out = train_model(batch, generator=negatives_generator(t.seed, step, env.rank * t.grad_accum + a))
-                loss = out.loss / t.grad_accum
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            sums["loss"] += out.loss.detach().float() / t.grad_accum
-            for name, value in out.losses.items():
-                sums[name] += value.detach().float() / t.grad_accum
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm if t.clip_grad_norm > 0
-                                                   else float("inf"))
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        sums["grad_norm"] += grad_norm.detach().float()
-        step += 1
-        steps_this_run += 1
-        window_steps += 1
+    interrupted = False
+    with StopRequest() as stop_request:
+        while step < t.steps:
+            for a in range(t.grad_accum):
+                batch: Batch = next(batches).to(device, non_blocking=True)
+                window_examples += len(batch)
+                window_tokens += batch.text_attention.sum() + batch.visual_attention.sum()  # tensor: no sync
+                sync = contextlib.nullcontext() if (not env.enabled or a == t.grad_accum - 1) else train_model.no_sync()
+                with sync:
+                    with autocast():
+                        out = train_model(batch, generator=negatives_generator(t.seed, step, env.rank * t.grad_accum + a))
+                    loss = out.loss / t.grad_accum
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                sums["loss"] += out.loss.detach().float() / t.grad_accum
+                for name, value in out.losses.items():
+                    sums[name] += value.detach().float() / t.grad_accum
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm if t.clip_grad_norm > 0
+                                                       else float("inf"))
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            sums["grad_norm"] += grad_norm.detach().float()
+            step += 1
+            steps_this_run += 1
+            window_steps += 1
 
-        if step % t.log_every == 0 or step == t.steps:
-            values = D.mean_across_ranks({k: float(v) / window_steps for k, v in sums.items()}, env)
-            elapsed = max(1e-9, time.perf_counter() - window_start)
-            rates = D.mean_across_ranks({"examples_per_s": window_examples / elapsed,
-                                         "tokens_per_s": float(window_tokens) / elapsed}, env)
-            last = {"step": step, **{k: round(v, 6) for k, v in values.items()},
-                    "lr": lr, **{k: round(v * env.world_size, 2) for k, v in rates.items()}}
-            for v in sums.values():
-                v.zero_()
-            window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
-            if env.is_main:
-                metrics.append(last)
-        if env.is_main and progress is not None:
-            progress(step, t.steps, last)
-        stop = t.max_steps_per_run > 0 and steps_this_run >= t.max_steps_per_run and step < t.steps
-        if step % t.save_every == 0 or step == t.steps or stop:
-            _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, given_config, env, device,
-                        t.keep_checkpoints)
-        if stop:
-            stopped_early = True
-            break
+            if step % t.log_every == 0 or step == t.steps:
+                values = D.mean_across_ranks({k: float(v) / window_steps for k, v in sums.items()}, env)
+                elapsed = max(1e-9, time.perf_counter() - window_start)
+                rates = D.mean_across_ranks({"examples_per_s": window_examples / elapsed,
+                                             "tokens_per_s": float(window_tokens) / elapsed}, env)
+                last = {"step": step, **{k: round(v, 6) for k, v in values.items()},
+                        "lr": lr, **{k: round(v * env.world_size, 2) for k, v in rates.items()}}
+                for v in sums.values():
+                    v.zero_()
+                window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
+                if env.is_main:
+                    metrics.append(last)
+            if env.is_main and progress is not None:
+                progress(step, t.steps, last)
+            interrupted = D.broadcast_flag(stop_request.requested, env)  # every rank stops at the same step
+            stop = interrupted or (t.max_steps_per_run > 0 and steps_this_run >= t.max_steps_per_run)
+            stop = stop and step < t.steps
+            if step % t.save_every == 0 or step == t.steps or stop:
+                _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, given_config, env, device,
+                            t.keep_checkpoints)
+            if stop:
+                stopped_early = True
+                break
+    if interrupted and step < t.steps:
+        if env.is_main:
+            plot_losses(metrics.path, os.path.join(run_dir, "loss.png"))
+            log.warning("stopped at step %d; checkpoint %s", step, os.path.join(run_dir, "checkpoints", "latest"))
+        raise KeyboardInterrupt
 
     model_dir = png = None
     if env.is_main:
