@@ -43,7 +43,16 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
     if not env.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (and all_gather_object) use the current device
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(minutes=30))
+
+
+def _comm_device() -> torch.device:
+    """Where a collective's tensors must live: NCCL only moves CUDA tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def shutdown_distributed() -> None:
@@ -53,7 +62,10 @@ def shutdown_distributed() -> None:
 
 def barrier(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def mean_across_ranks(values: dict[str, float], env: DistEnv) -> dict[str, float]:
@@ -61,7 +73,7 @@ def mean_across_ranks(values: dict[str, float], env: DistEnv) -> dict[str, float
     if not env.enabled or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist())}
 
@@ -70,7 +82,7 @@ def broadcast_flag(flag: bool, env: DistEnv) -> bool:
     """True on every rank when rank 0 says so (e.g. 'stop now')."""
     if not env.enabled:
         return flag
-    t = torch.tensor([1 if flag else 0])
+    t = torch.tensor([1 if flag else 0], device=_comm_device())
     dist.broadcast(t, 0)
     return bool(t.item())
 
