@@ -8,6 +8,7 @@ CONFIG.yaml holds only what differs from the defaults; key=value overrides go
 on top (train.lr=3e-4 train.out=runs/x data.sources.0.weight=2).
 A rerun with the same train.out resumes from its latest checkpoint; a changed
 config is refused (naming the keys) unless only run-length/logging keys changed.
+Ctrl-C (or SIGTERM) finishes the step in progress, checkpoints it and exits 130.
 Under torchrun --nproc-per-node N the same command trains with DDP.
 
   videolm pretrain configs/videobert_tiny.yaml
