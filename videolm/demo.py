@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     # VideoBERT mode: a small visual vocabulary (the sample store has only ~20
     # clips; VideoBERT's 12^4 words need millions), token ids, and a gallery.
     print()
-    step = cli(["tokenize", "fit", out, "-o", vocab, "--k", "3", "--depth", "2", "-q", "--overwrite"])
+    # A rerun keeps the vocabulary it made (refitting could change it and
+    # orphan the token ids and pre-training runs built on it).
+    step = 0
+    if not os.path.exists(os.path.join(vocab, "meta.json")):
+        step = cli(["tokenize", "fit", out, "-o", vocab, "--k", "3", "--depth", "2", "-q"])
     step = step or cli(["tokenize", "encode", out, "--vocab", vocab, "-q"])
     step = step or cli(["tokenize", "gallery", out, "--vocab", vocab, "-o", gallery, "-q"])
 

@@ -142,6 +142,26 @@ def test_resume_with_a_different_config_is_refused(tiny_config, tmp_path, capsys
     assert err.count("\n") == 1
 
 
+def test_a_refit_vocabulary_at_the_same_path_is_refused_on_resume(corpus, tiny_config, tmp_path, capsys):
+    import shutil
+
+    from videolm.tokenize.kmeans import KMeansConfig
+    from videolm.tokenize.vocab import encode_store, fit_vocabulary
+
+    path, overrides = tiny_config
+    store, vocab = tmp_path / "store", tmp_path / "vocab"
+    shutil.copytree(corpus["store"], store, ignore=shutil.ignore_patterns("tokens"))
+    for k in (3, 2):  # fit, train 2 steps; refit at the same path, re-encode, resume
+        shutil.rmtree(store / "tokens", ignore_errors=True)
+        fit_vocabulary(str(store), KMeansConfig(k=k, depth=2, seed=0)).save_pretrained(str(vocab), overwrite=True)
+        encode_store(str(store), str(vocab))
+        capsys.readouterr()
+        code = cli(["pretrain", path, *overrides(tmp_path / "run", "videobert", steps=2 * k,
+                                                 **{"data.store": str(store), "data.vocab": str(vocab)}), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the vocabulary at data.vocab is not the one this run started with" in err, err
+
+
 def test_user_mistakes_are_one_line(tiny_config, tmp_path, capsys):
     path, overrides = tiny_config
     cases = [

@@ -165,7 +165,7 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     ckpt_path = latest_checkpoint(run_dir)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        diff = config_differences(ckpt.state.config, given_config)
+        diff = [k for k in config_differences(ckpt.state.config, given_config) if not k.startswith("_data.")]
         if diff:
             shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise CheckpointError(f"{ckpt_path}: config differs from the checkpoint's in {shown}; "
@@ -181,6 +181,15 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     seed_everything(t.seed + env.rank)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     dataset = build_pretrain_dataset(cfg.data, cfg.model.mode, tokenizer, seed=t.seed)
+    # What the data *is*, beyond its paths: a rebuilt vocabulary or store at
+    # the same path must not slip into a resumed run.
+    given_config["_data"] = {"feature_dim": dataset.feature_dim,
+                             "vocab": dataset.vocab.fingerprint() if dataset.vocab is not None else None}
+    if ckpt is not None and "_data" in ckpt.state.config and ckpt.state.config["_data"] != given_config["_data"]:
+        was = ckpt.state.config["_data"]
+        what = ("the vocabulary at data.vocab is not the one" if was.get("vocab") != given_config["_data"]["vocab"]
+                else "the store's feature dim is not the one")
+        raise CheckpointError(f"{ckpt_path}: {what} this run started with; use another train.out")
     if len(dataset) < t.batch_size:
         raise ModelError(f"an epoch has {len(dataset)} examples, fewer than train.batch_size={t.batch_size}; "
                          f"lower the batch size or set data.epoch_size")
