@@ -142,6 +142,19 @@ def test_resume_with_a_different_config_is_refused(tiny_config, tmp_path, capsys
     assert err.count("\n") == 1
 
 
+def test_resume_from_a_checkpoint_before_the_first_logged_row(tiny_config, tmp_path):
+    """A kill after a metrics row but before the next checkpoint leaves rows
+    that the resume drops; with none left, the resumed run starts a new log."""
+    path, overrides = tiny_config
+    out = tmp_path / "run"
+    args = overrides(out, "cbt", steps=6, **{"train.log_every": 3, "train.save_every": 2})
+    assert cli(["pretrain", path, *args, "train.max_steps_per_run=4", "-q"]) == 0
+    assert [r["step"] for r in losses(out)] == [3]
+    (out / "checkpoints" / "latest").write_text("step_00000002")  # as if killed between steps 3 and 4
+    assert cli(["pretrain", path, *args, "-q"]) == 0
+    assert [r["step"] for r in losses(out)] == [3, 6]
+
+
 def test_a_refit_vocabulary_at_the_same_path_is_refused_on_resume(corpus, tiny_config, tmp_path, capsys):
     import shutil
 

@@ -95,13 +95,8 @@ def complete_model_config(cfg: ModelConfig, tokenizer, dataset) -> ModelConfig:
         given = getattr(cfg, key)
         if given not in (0, getattr(default, key)) and given != visual[key]:
             raise ModelError(f"model.{key}={given} but the data gives {visual[key]} "
-                             f"(store {dataset_store(dataset)}); remove the key or use matching data")
+                             f"(store {dataset.describe()['store']}); remove the key or use matching data")
     return dataclasses.replace(cfg, **text, **visual)
-
-
-def dataset_store(dataset) -> str:
-    describe = dataset.describe() if hasattr(dataset, "describe") else {}
-    return str(describe.get("store", "?"))
 
 
 class StopRequest:
@@ -254,7 +249,8 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     batches = iter(loader)
     step, stopped_early = start_step, False
-    last = metrics.rows()[-1] if (start_step and env.is_main and os.path.exists(metrics.path)) else {}
+    logged = metrics.rows() if start_step and env.is_main else []  # a resumed run reports its last row
+    last = logged[-1] if logged else {}
     steps_this_run = 0
     # Logged values are means over the steps since the last row (and over ranks).
     # The same keys on every rank and micro-batch (an objective a micro-batch had
