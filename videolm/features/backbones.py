@@ -32,6 +32,8 @@ import torchvision.models.video as tvv
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
+from videolm.errors import first_line
+
 with warnings.catch_warnings():
     # fvcore (imported by pytorchvideo) calls torch.jit.script at import time,
     # which newer torch reports as deprecated; that is not the user's concern.
@@ -272,20 +274,20 @@ def load_weights_file(path) -> dict[str, torch.Tensor]:
         try:
             obj = load_safetensors(str(path), device="cpu")
         except SafetensorError as err:
-            raise BackboneError(f"{path}: cannot read safetensors file ({_first_line(err)})") from err
+            raise BackboneError(f"{path}: cannot read safetensors file ({first_line(err)})") from err
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             # torch's message spans a paragraph; keep the part naming the object.
             found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed|$)", str(err), re.M)
-            detail = found.group(1) if found else _first_line(err)
+            detail = found.group(1) if found else first_line(err)
             raise BackboneError(
                 f"{path}: refused to load: it holds objects other than tensors ({detail}); "
                 "only plain state dicts are loaded (torch.load weights_only=True)"
             ) from err
         except (RuntimeError, EOFError, OSError) as err:
-            raise BackboneError(f"{path}: cannot read torch checkpoint ({_first_line(err)})") from err
+            raise BackboneError(f"{path}: cannot read torch checkpoint ({first_line(err)})") from err
     for wrapper in ("model_state", "state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -304,11 +306,6 @@ def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def official_weights_path(name: str, weights: str) -> Path:

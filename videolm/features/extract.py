@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from videolm.errors import first_line
 from videolm.features.backbones import BACKBONES, BackboneError, build_backbone
 from videolm.features.inputs import InputError, InputItem
 from videolm.features.store import Finished, StoreWriter
@@ -303,7 +304,7 @@ def _check_input_size(backbone, spec: ClipSpec) -> None:
             backbone(x)
     except RuntimeError as err:
         raise BackboneError(f"{getattr(backbone, 'name', 'backbone')}: cannot take clips of {spec.frames} frames x {spec.crop} px "
-                            f"({str(err).splitlines()[0]}); use the backbone's own sizes (see docs/backbones.md)") from None
+                            f"({first_line(err)}); use the backbone's own sizes (see docs/backbones.md)") from None
 
 
 def _count(result: ExtractResult, res: Finished, progress: Progress, item: InputItem) -> None:

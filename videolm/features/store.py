@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -62,6 +63,31 @@ def atomic_save_npy(path: str, array: np.ndarray) -> None:
     tmp = f"{path}.tmp-{os.getpid()}.npy"
     np.save(tmp, array)
     os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_directory(directory: str):
+    """Build a directory under a temporary name (yielded), then move it into
+    place. An existing one is moved aside first and removed after, so a reader
+    sees the old directory or the new one, never a mix; if the body raises,
+    the temporary is removed and the old directory stays."""
+    directory = os.path.normpath(directory)
+    tmp = f"{directory}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if os.path.isdir(directory) and os.listdir(directory):
+            old = f"{directory}.old-{os.getpid()}"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            if os.path.isdir(directory):
+                os.rmdir(directory)
+            os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -18,12 +18,12 @@ import json
 import logging
 import os
 import pickle
-import shutil
 
 import torch
 
 from videolm import __version__
-from videolm.features.store import atomic_write_json
+from videolm.errors import first_line
+from videolm.features.store import atomic_directory, atomic_write_json
 from videolm.model.config import ModelConfig
 from videolm.model.errors import ModelError
 
@@ -102,7 +102,7 @@ def read_bert_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor], str]
         try:
             tensors = torch.load(bin_path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-            raise ModelError(f"{bin_path}: cannot read ({_first_line(err)})") from None
+            raise ModelError(f"{bin_path}: cannot read ({first_line(err)})") from None
     else:
         raise ModelError(f"{directory}: no model.safetensors (or pytorch_model.bin)")
     normalised = {}
@@ -174,10 +174,7 @@ def save_pretrained(model: torch.nn.Module, config: ModelConfig, directory: str,
     if vocabulary is not None and config.mode == "videobert" and vocabulary.vocab_size != config.visual_vocab_size:
         raise ModelError(f"the vocabulary has {vocabulary.vocab_size} tokens but model.visual_vocab_size="
                          f"{config.visual_vocab_size}; save the vocabulary the model was trained with")
-    tmp = f"{directory}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with atomic_directory(directory) as tmp:
         tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt", "model_type": MODEL_TYPE})
         if tokenizer is not None:
@@ -189,15 +186,6 @@ def save_pretrained(model: torch.nn.Module, config: ModelConfig, directory: str,
         # written last, after the tokenizer (whose save must not leave a config.json of its own)
         atomic_write_json(os.path.join(tmp, CONFIG_FILE), {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION,
                                                            "videolm_version": __version__, **config.to_dict()})
-        if os.path.isdir(directory):
-            old = f"{directory}.old-{os.getpid()}"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved the model to %s", directory)
     return directory
 
@@ -269,9 +257,4 @@ def _load_safetensors(path: str, device: str | torch.device) -> dict[str, torch.
     try:
         return load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelError(f"{path}: cannot read ({_first_line(err)})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise ModelError(f"{path}: cannot read ({first_line(err)})") from None

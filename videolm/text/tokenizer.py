@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from videolm.errors import first_line
 from videolm.samples import package_dir
 
 PKG_PREFIX = "pkg:"
@@ -57,6 +58,5 @@ def load_tokenizer(path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TextError(f"{directory}: not a tokenizer directory ({first})") from None
+        raise TextError(f"{directory}: not a tokenizer directory ({first_line(err)})") from None
     return tokenizer

@@ -32,15 +32,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from videolm import __version__
-from videolm.features.store import (FeatureStore, StoreError, atomic_save_npy, atomic_write_bytes,
-                                    atomic_write_json, atomic_write_jsonl, read_jsonl)
+from videolm.features.store import (FeatureStore, StoreError, atomic_directory, atomic_save_npy,
+                                    atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_jsonl)
 from videolm.tokenize.kmeans import (ENCODE_BATCH, NO_WORD, Encoding, HierarchicalKMeans, KMeansConfig, Progress,
                                      finite_rows, word_path)
 
@@ -168,21 +167,10 @@ class Vocabulary:
             raise TokenizeError(f"{directory}: exists and is not a directory")
         if os.path.exists(directory) and not overwrite and (not os.path.isdir(directory) or os.listdir(directory)):
             raise TokenizeError(f"{directory}: already exists; choose another directory")
-        tmp = f"{directory}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        arrays = save(self.tree.state_dict(), metadata={"format": VOCAB_FORMAT})  # bytes
-        atomic_write_bytes(os.path.join(tmp, ARRAYS_FILE), arrays)
-        atomic_write_json(os.path.join(tmp, "meta.json"), self.meta())
-        if os.path.isdir(directory) and os.listdir(directory):  # overwrite: move the old one aside first
-            old = f"{directory}.old-{os.getpid()}"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            if os.path.isdir(directory):
-                os.rmdir(directory)
-            os.replace(tmp, directory)
+        with atomic_directory(directory) as tmp:
+            arrays = save(self.tree.state_dict(), metadata={"format": VOCAB_FORMAT})  # bytes
+            atomic_write_bytes(os.path.join(tmp, ARRAYS_FILE), arrays)
+            atomic_write_json(os.path.join(tmp, "meta.json"), self.meta())
         self.path = directory
 
     @classmethod

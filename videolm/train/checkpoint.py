@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from videolm.features.store import atomic_write_bytes, atomic_write_json
+from videolm.errors import first_line
+from videolm.features.store import atomic_directory, atomic_write_bytes, atomic_write_json
 
 FORMAT = "videolm-checkpoint"
 
@@ -90,31 +91,20 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return path
 
 
-def _save_torch(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(run_dir: str, model: torch.nn.Module, optimizer, scheduler, scaler, state: TrainState,
                     rng_per_rank: list[dict], keep: int) -> str:
     """Rank 0 only. Returns the checkpoint directory."""
     root = os.path.join(run_dir, "checkpoints")
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, checkpoint_name(state.step))
-    tmp = f"{final}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    torch.save(model.state_dict(), os.path.join(tmp, "model.pt"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {}}, os.path.join(tmp, "optimizer.pt"))
-    torch.save({"ranks": rng_per_rank}, os.path.join(tmp, "rng.pt"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump({"format": FORMAT, "step": state.step, "epoch": state.epoch, "position": state.position,
-                   "world_size": state.world_size, "config": state.config, "rng": python_numpy_rng()}, f)
-    if os.path.exists(final):  # a rerun reached the same step again: replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    with atomic_directory(final) as tmp:  # a rerun that reaches the same step again replaces it
+        torch.save(model.state_dict(), os.path.join(tmp, "model.pt"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {}}, os.path.join(tmp, "optimizer.pt"))
+        torch.save({"ranks": rng_per_rank}, os.path.join(tmp, "rng.pt"))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump({"format": FORMAT, "step": state.step, "epoch": state.epoch, "position": state.position,
+                       "world_size": state.world_size, "config": state.config, "rng": python_numpy_rng()}, f)
     atomic_write_bytes(os.path.join(root, "latest"), checkpoint_name(state.step).encode())
     _prune(root, keep)
     return final
@@ -151,7 +141,7 @@ def load_checkpoint(path: str) -> Checkpoint:
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: not a checkpoint directory (missing {os.path.basename(e.filename)})") from None
     except (json.JSONDecodeError, RuntimeError, KeyError, EOFError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first_line(e)})") from None
     state = TrainState(meta["step"], meta["epoch"], meta["position"], meta["config"], meta["world_size"])
     return Checkpoint(path, state, model, optim, rng["ranks"], meta["rng"])
 

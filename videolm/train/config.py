@@ -234,6 +234,3 @@ def load_config(path: str | None, overrides: list[str] = ()) -> PretrainConfig:
     cfg.train.validate()
     return cfg
 
-
-def from_dict(tree: dict, source: str = "checkpoint") -> PretrainConfig:
-    return _build(PretrainConfig, tree, "", source)
