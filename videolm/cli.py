@@ -17,12 +17,8 @@ from videolm import __version__
 from videolm.tokenize import cli as tokenize_cli
 from videolm.train import cli as train_cli
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class CliError(Exception):
-    """A user mistake: printed as one line, exit status 2."""
-
+from videolm.cliutil import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, CliError  # noqa: F401
+from videolm.cliutil import Formatter as _Formatter
 
 def _shard(text: str) -> tuple[int, int]:
     try:
@@ -32,10 +28,6 @@ def _shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"need 0 <= i < n, got {text!r}")
     return i, n
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def _add_extract(sub) -> None:

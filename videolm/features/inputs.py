@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from videolm.features.store import now_iso
+from videolm.fileio import now_iso
 from videolm.video.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS

@@ -27,12 +27,12 @@ import hashlib
 import json
 import os
 import shutil
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+
+from videolm.fileio import atomic_save_npy, atomic_write_json, atomic_write_jsonl, now_iso, read_jsonl  # noqa: F401
 
 FORMAT = "videolm-features"
 FORMAT_VERSION = 1
@@ -42,62 +42,6 @@ COMPAT_KEYS = ("backbone", "weights", "clip_spec", "dim", "dtype")
 
 class StoreError(Exception):
     """A store that cannot be opened or written as asked; one-line message."""
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_write_jsonl(path: str, rows) -> None:
-    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-
-
-def atomic_save_npy(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-@contextmanager
-def atomic_directory(directory: str):
-    """Build a directory under a temporary name (yielded), then move it into
-    place. An existing one is moved aside first and removed after, so a reader
-    sees the old directory or the new one, never a mix; if the body raises,
-    the temporary is removed and the old directory stays."""
-    directory = os.path.normpath(directory)
-    tmp = f"{directory}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-        if os.path.isdir(directory) and os.listdir(directory):
-            old = f"{directory}.old-{os.getpid()}"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            if os.path.isdir(directory):
-                os.rmdir(directory)
-            os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def now_iso() -> str:
-    """Local time as ISO 8601, as errors and partial results record it."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 # ---------------------------------------------------------------- reading

@@ -23,7 +23,7 @@ import torch
 
 from videolm import __version__
 from videolm.errors import first_line
-from videolm.features.store import atomic_directory, atomic_write_json
+from videolm.fileio import atomic_directory, atomic_write_json
 from videolm.model.config import ModelConfig
 from videolm.model.errors import ModelError
 

@@ -26,7 +26,7 @@ def _word_list(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> None:
-    from videolm.cli import _Formatter
+    from videolm.cliutil import Formatter as _Formatter
     from videolm.tokenize.gallery import GalleryConfig
     from videolm.tokenize.kmeans import ENCODE_BATCH, KMeansConfig
 
@@ -112,7 +112,7 @@ def _bars(quiet: bool):
 def run(args) -> int:
     """Exit status 0 when all went well; 1 when some clips had NaN/Inf
     features (encode) or some sources could not be read (gallery)."""
-    from videolm.cli import EXIT_OK, EXIT_SOME_FAILED, CliError
+    from videolm.cliutil import EXIT_OK, EXIT_SOME_FAILED, CliError
     from videolm.tokenize.vocab import TokenizeError
 
     if getattr(args, "threads", None):

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from videolm import __version__
-from videolm.features.store import (FeatureStore, StoreError, atomic_directory, atomic_save_npy,
-                                    atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_jsonl)
+from videolm.features.store import FeatureStore, StoreError
+from videolm.fileio import (atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json,
+                            atomic_write_jsonl, read_jsonl)
 from videolm.tokenize.kmeans import (ENCODE_BATCH, NO_WORD, Encoding, HierarchicalKMeans, KMeansConfig, Progress,
                                      finite_rows, word_path)
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from videolm.errors import first_line
-from videolm.features.store import atomic_directory, atomic_write_bytes, atomic_write_json
+from videolm.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
 
 FORMAT = "videolm-checkpoint"
 

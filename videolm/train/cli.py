@@ -19,7 +19,7 @@ Writes RUN/metrics.jsonl, RUN/loss.png, RUN/checkpoints/, RUN/model/ (save_pretr
 
 
 def add_parser(subparsers) -> None:
-    from videolm.cli import _Formatter
+    from videolm.cliutil import Formatter as _Formatter
 
     p = subparsers.add_parser("pretrain", formatter_class=_Formatter, help="pre-train the joint transformer",
                               description=DESCRIPTION)
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_pretrain(args) -> int:
-    from videolm.cli import EXIT_OK, CliError
+    from videolm.cliutil import EXIT_OK, CliError
     from videolm.data.errors import DataError
     from videolm.model.errors import ModelError
     from videolm.text.tokenizer import TextError
@@ -86,7 +86,7 @@ def run_pretrain(args) -> int:
 def run_plot(args) -> int:
     import os
 
-    from videolm.cli import EXIT_OK, CliError
+    from videolm.cliutil import EXIT_OK, CliError
     from videolm.train.metrics import plot_losses
 
     path = args.run if args.run.endswith(".jsonl") else os.path.join(args.run, "metrics.jsonl")

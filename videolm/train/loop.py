@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from videolm.data.batch import Batch
 from videolm.data.corpus import build_pretrain_dataset
-from videolm.features.store import atomic_write_jsonl
+from videolm.fileio import atomic_write_jsonl
 from videolm.model.config import ModelConfig
 from videolm.model.errors import ModelError
 from videolm.model.pretraining import VideoLMForPretraining

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from videolm.features.store import atomic_write_jsonl, read_jsonl
+from videolm.fileio import atomic_write_jsonl, read_jsonl
 
 LOSS_KEYS = ("loss", "mlm", "visual", "align", "contrastive")
 

@@ -1,0 +1,17 @@
+"""What every `videolm` sub-command shares: exit codes, the one-line user
+error, and the help formatter. It sits below videolm.cli and the sub-command
+modules (tokenize/cli.py, train/cli.py, eval/cli.py), so none imports another."""
+
+from __future__ import annotations
+
+import argparse
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass

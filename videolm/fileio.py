@@ -1,0 +1,116 @@
+"""Atomic file writes, used by every part that writes files (stores,
+vocabularies, model directories, checkpoints, evaluation reports).
+
+A file is written to a temporary name beside its target, flushed and
+fsynced, then renamed over the target, and the directory is fsynced, so a
+reader (or a machine that lost power) sees the old file or the new one,
+never a truncated mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+
+def fsync_directory(directory: str) -> None:
+    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def _replace(tmp: str, path: str) -> None:
+    os.replace(tmp, path)
+    fsync_directory(os.path.dirname(path))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    _replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_jsonl(path: str, rows) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    _replace(tmp, path)
+
+
+def atomic_save_npz(path: str, **arrays) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    _replace(tmp, path)
+
+
+def _fsync_tree(root: str) -> None:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_directory(directory)
+
+
+@contextmanager
+def atomic_directory(directory: str):
+    """Build a directory under a temporary name (yielded), then move it into
+    place. An existing one is moved aside first and removed after, so a reader
+    sees the old directory or the new one, never a mix; if the body raises,
+    the temporary is removed and the old directory stays."""
+    directory = os.path.normpath(directory)
+    tmp = f"{directory}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if os.path.isdir(directory) and os.listdir(directory):
+            old = f"{directory}.old-{os.getpid()}"
+            os.replace(directory, old)
+            _replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            if os.path.isdir(directory):
+                os.rmdir(directory)
+            _replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def now_iso() -> str:
+    """Local time as ISO 8601, as errors and partial results record it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
