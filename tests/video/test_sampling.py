@@ -36,12 +36,45 @@ def test_short_video_is_padded_with_last_frame_or_dropped():
 def test_overlapping_windows():
     spec = ClipSpec(window_s=1.0, stride_s=0.5, frames=4)
     windows = make_windows(60, 30.0, spec)  # 2 s
-    assert [w.start_s for w in windows] == [0.0, 0.5, 1.0, 1.5]
+    # [1.0, 2.0) already reaches the end: no half-padded [1.5, 2.5) after it
+    assert [w.start_s for w in windows] == [0.0, 0.5, 1.0]
     assert windows[1].indices == (18, 26, 33, 41)  # floor((0.5 + (j + .5) / 4) * 30)
-    assert windows[-1].padded  # 1.5 + 0.875 s runs past the end
+    assert not any(w.padded for w in windows)
+    windows = make_windows(66, 30.0, spec)  # 2.2 s: [1.0, 2.0) leaves 0.2 s uncovered
+    assert [w.start_s for w in windows] == [0.0, 0.5, 1.0, 1.5] and windows[-1].padded
+
+
+@pytest.mark.parametrize("n, fps, spec, starts", [
+    (90, 30.0, ClipSpec(window_s=1.5, stride_s=0.5, frames=30), [0.0, 0.5, 1.0, 1.5]),  # the issue's 3.0 s case
+    (99, 30.0, ClipSpec(window_s=1.5, stride_s=0.5, frames=30), [0.0, 0.5, 1.0, 1.5, 2.0]),  # 3.3 s: tail covers 1.3 s
+    (90, 30.0, ClipSpec(window_s=1.0, frames=4), [0.0, 1.0, 2.0]),  # contiguous, exact fit
+    (105, 30.0, ClipSpec(window_s=1.0, frames=4), [0.0, 1.0, 2.0, 3.0]),  # contiguous: 0.5 s tail kept
+])
+def test_tail_only_when_the_end_is_uncovered(n, fps, spec, starts):
+    windows = make_windows(n, fps, spec)
+    assert [w.start_s for w in windows] == starts  # by hand
+    streamed = [w for w, _ in cut_clips(_frames(n), fps, spec)]
+    assert streamed == windows
+
+
+def test_variable_rate_positions_pick_the_frame_on_screen():
+    # 20 frames at 10 fps, then 60 at 30 fps: 4 s, average 20 fps (80 frames);
+    # positions are timestamp x 20
+    times = [i * 0.1 for i in range(20)] + [2 + i / 30 for i in range(60)]
+    positions = np.maximum.accumulate(np.array(times) * 20.0)
+    spec = ClipSpec(window_s=1.0, frames=4)
+    windows = make_windows(80, 20.0, spec, positions)
+    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    # samples at start + 0.125, 0.375, ...; by hand, the frame on screen:
+    assert windows[0].indices == (1, 3, 6, 8)  # 10 fps part: floor(t * 10)
+    assert windows[2].indices == (23, 31, 38, 46)  # 30 fps part: 20 + floor((t - 2) * 30)
+    streamed = list(cut_clips(((i, float(positions[i]), g) for i, _, g in _frames(80)), 20.0, spec))
+    assert [w for w, _ in streamed] == windows
+    assert streamed[2][1][:, 0, 0, 0].tolist() == [23, 31, 38, 46]
 
 
 def _frames(n, needed=None, calls=None):
+    """A constant-rate stream: frame i at position i, pixels = i % 256."""
     for i in range(n):
         if needed is not None and i not in needed:
             continue
@@ -50,7 +83,7 @@ def _frames(n, needed=None, calls=None):
             if calls is not None:
                 calls.append(i)
             return np.full((2, 2, 3), i % 256, np.uint8) + np.zeros((2, 2, 3), np.uint8)
-        yield i, get
+        yield i, float(i), get
 
 
 @pytest.mark.parametrize("n, fps, spec", [
@@ -80,7 +113,7 @@ def test_streaming_holds_a_bounded_buffer():
 
     def frames():
         for i in range(108_000):
-            yield i, (lambda: np.ones((100, 200, 3), np.uint8))
+            yield i, float(i), (lambda: np.ones((100, 200, 3), np.uint8))
 
     tracemalloc.start()
     count = sum(1 for _ in cut_clips(frames(), 30.0, spec))

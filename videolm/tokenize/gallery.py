@@ -132,7 +132,7 @@ def _decode(row: dict, indices: list[int], size: int) -> dict[int, np.ndarray]:
         stream = reader.frames(indices)
     else:  # PyAV: one sequential pass, keep what is asked for
         stream = reader.frames()
-    for i, get in stream:
+    for i, _, get in stream:  # (index, position, get)
         last = (i, get)
         if i in indices:
             got[i] = get()

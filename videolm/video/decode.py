@@ -7,7 +7,13 @@ PyAV, which resizes in swscale before the RGB conversion. At native resolution
 both give identical RGB frames (both use FFmpeg's YUV->RGB conversion); after
 resizing their scalers differ by a few grey levels.
 
-Frames are addressed by decode index ``i``; frame ``i`` is shown at ``i / fps``.
+Frames are addressed by decode index ``i`` (presentation order). Each frame
+also has a *position*: its presentation timestamp, relative to the first
+frame, in units of ``1 / fps`` (the stream's average rate). On a
+constant-rate stream frame ``i`` sits at position ``i``; a timestamp within
+a tenth of a frame of ``i / fps`` is snapped to it, so container rounding
+(e.g. millisecond timestamps) changes nothing. A variable-rate stream keeps
+its real positions, and clips are cut by them (see sampling.py).
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".ts", ".3gp")
 DECORD_BATCH = 32  # frames per decord get_batch call: bounds memory, amortises call overhead
+SNAP = 0.1  # a timestamp within this many frames of i / fps is taken to be exactly frame i's grid time
 
 Frame = np.ndarray  # (H, W, 3) uint8
-FrameStream = Iterator[tuple[int, Callable[[], Frame]]]
+FrameStream = Iterator[tuple[int, float, Callable[[], Frame]]]  # (index, position, get)
 
 
 class DecodeError(Exception):
@@ -42,12 +49,23 @@ class VideoInfo:
     fps: float
     num_frames: int | None  # None when the container does not say (PyAV counts while decoding)
     reader: str  # "decord" | "pyav" | "image"
+    # (num_frames,) position of each frame (timestamp x fps, see the module doc);
+    # None for a constant-rate stream (frame i at position i) or while unknown.
+    positions: np.ndarray | None = None
+
+    @property
+    def variable_rate(self) -> bool:
+        return self.positions is not None
 
     @property
     def duration(self) -> float | None:
+        """Seconds from the first frame to the end of the last (which is shown for 1 / fps)."""
         if self.num_frames is None:
             return None
-        return self.num_frames / self.fps if self.fps > 0 else 0.0
+        if self.fps <= 0:
+            return 0.0
+        end = self.num_frames if self.positions is None else float(self.positions[-1]) + 1.0
+        return end / self.fps
 
 
 def is_image(path: str) -> bool:
@@ -63,11 +81,30 @@ def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, 
 
 
 def center_crop(frame: Frame, crop: int | None) -> Frame:
+    """The central ``crop`` x ``crop`` square, offsets rounded as torchvision's
+    ``center_crop`` rounds them (``int(round((h - crop) / 2.0))``, Python's
+    half-to-even), so a frame is cut where the official eval transforms cut it."""
     if crop is None:
         return frame
     h, w = frame.shape[:2]
-    top, left = (h - crop) // 2, (w - crop) // 2
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
     return frame[top : top + crop, left : left + crop]
+
+
+def grid_positions(seconds: np.ndarray, fps: float) -> np.ndarray | None:
+    """Positions (see the module doc) of frames whose presentation times are
+    ``seconds`` (any origin, presentation order); None when every frame sits
+    within ``SNAP`` of its grid time, i.e. the stream has a constant rate."""
+    seconds = np.asarray(seconds, np.float64)
+    if seconds.size == 0:
+        return None
+    grid = np.arange(seconds.size, dtype=np.float64)
+    pos = (seconds - seconds[0]) * fps
+    on_grid = np.abs(pos - grid) <= SNAP
+    if on_grid.all():
+        return None
+    pos[on_grid] = grid[on_grid]
+    return np.maximum.accumulate(pos)  # never backwards, whatever the container says
 
 
 def _check_file(path: str) -> None:
@@ -128,13 +165,18 @@ class DecordVideo:
             raise DecodeError(f"decord cannot open ({_one_line(err)})") from None
         if n < 1 or fps <= 0:
             raise DecodeError("decord found no frames")
+        try:
+            starts = self._vr.get_frame_timestamp(list(range(n)))[:, 0]  # (n,) seconds, from the index
+        except decord.DECORDError as err:
+            raise DecodeError(f"decord cannot read the frame timestamps ({_one_line(err)})") from None
         self.crop = crop
-        self.info = VideoInfo(path, width, height, fps, n, "decord")
+        self.info = VideoInfo(path, width, height, fps, n, "decord", grid_positions(starts, fps))
 
     def frames(self, indices: list[int]) -> FrameStream:
-        """Yield ``(i, get)`` for the given increasing indices; one decode pass."""
+        """Yield ``(i, position, get)`` for the given increasing indices; one decode pass."""
         import decord
 
+        pos = self.info.positions
         for lo in range(0, len(indices), DECORD_BATCH):
             chunk = indices[lo : lo + DECORD_BATCH]
             try:
@@ -142,7 +184,7 @@ class DecordVideo:
             except decord.DECORDError as err:
                 raise DecodeError(f"decode failed near frame {chunk[0]} ({_one_line(err)})") from None
             for i, frame in zip(chunk, batch):
-                yield i, (lambda f=frame: center_crop(f, self.crop))
+                yield i, (float(i) if pos is None else float(pos[i])), (lambda f=frame: center_crop(f, self.crop))
 
 
 class PyAVVideo:
@@ -165,19 +207,31 @@ class PyAVVideo:
         return center_crop(out, self.crop)
 
     def frames(self, indices: list[int] | None = None) -> FrameStream:
-        """Yield ``(i, get)`` for every decoded frame; ``get`` converts lazily."""
+        """Yield ``(i, position, get)`` for every decoded frame; ``get``
+        converts lazily. The count and positions are in ``info`` at the end."""
         import av
 
+        fps = self.info.fps
         try:
             with av.open(self.info.path) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 stream.codec_context.thread_count = self.threads
-                count = 0
+                count, first, last = 0, None, 0.0
+                seconds = []
                 for i, frame in enumerate(container.decode(stream)):
                     count = i + 1
-                    yield i, (lambda f=frame: self._convert(f))
+                    t = frame.time
+                    if t is None:  # no timestamp: the grid time
+                        t = (first or 0.0) + i / fps
+                    first = t if first is None else first
+                    seconds.append(t)
+                    pos = (t - first) * fps
+                    pos = float(i) if abs(pos - i) <= SNAP else pos  # as grid_positions snaps
+                    last = max(pos, last)
+                    yield i, last, (lambda f=frame: self._convert(f))
                 self.info.num_frames = count
+                self.info.positions = grid_positions(np.array(seconds), fps)
                 if count == 0:
                     raise DecodeError("no decodable frame")
         except av.FFmpegError as err:
@@ -205,11 +259,12 @@ def open_video(path: str, short_side: int | None = None, crop: int | None = None
 def load_image(path: str, short_side: int | None = None, crop: int | None = None) -> tuple[Frame, tuple[int, int]]:
     """A still as one RGB frame, resized and cropped like video frames, and its
     source (width, height)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     _check_file(path)
     try:
         with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # a phone's portrait photo is stored landscape + an EXIF tag
             img = img.convert("RGB")
             source_size = img.size
             if short_side is not None:
