@@ -1,0 +1,216 @@
+"""`videolm evaluate`: a protocol's retrieval figures for a saved model, in all
+the directions it applies to, with the conventions written beside them.
+
+For each kind of gallery item the protocol holds (videos, images):
+
+- ``t2v`` / ``t2i``: every caption is a query; its item is the one correct answer;
+- ``v2t`` / ``i2t``: every item is a query against **all captions**; with
+  ``best-caption`` (default; LAVIS / ALBEF / the COCO literature) its rank is
+  that of its best-ranked own caption among all captions; with ``group-max``
+  (CLIP4Clip / X-Pool) each item's caption set scores as its best caption and
+  the N sets are ranked.
+
+Rows per direction: ``chance`` (computed), ``dual`` (cosine of the dual
+encoder's embeddings), ``reranked`` (top k re-scored by the alignment head,
+when ``rerank_k > 0``), ``dual+dsl`` (only when asked: it uses the whole test
+query set), and ``untrained_*`` (the same architecture freshly initialised,
+when asked).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from videolm import __version__
+from videolm.eval.embeddings import Embedded, Encoder, EvalError, embed
+from videolm.eval.metrics import (DEFAULT_KS, TIES, GroundTruth, Metrics, chance_metrics, dual_softmax, group_max,
+                                  retrieval_metrics)
+from videolm.eval.protocols import Protocol, load_protocol, resolve
+from videolm.eval.rerank import SCORES, rerank
+
+log = logging.getLogger(__name__)
+
+V2T_RULES = ("best-caption", "group-max")
+DIRECTIONS = {"video": ("t2v", "v2t"), "image": ("t2i", "i2t")}
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "captions"
+    annotations: list[str] = field(default_factory=list)
+    split: str | None = None
+    ks: tuple[int, ...] = DEFAULT_KS
+    ties: str = "pessimistic"
+    v2t_rule: str = "best-caption"
+    rerank_k: int = 0                 # 0: dual encoder only
+    rerank_score: str = "align"       # align | align+dual
+    rerank_batch: int = 64            # pairs per joint pass
+    dsl: bool = False
+    dsl_temperature: float = 100.0
+    untrained: bool = False
+    seed: int = 0
+    allow_missing: bool = False
+    batch_size: int = 64
+    device: str = "cpu"
+
+    def validate(self) -> "EvalConfig":
+        if self.ties not in TIES:
+            raise EvalError(f"--ties must be one of {', '.join(TIES)}, not {self.ties!r}")
+        if self.v2t_rule not in V2T_RULES:
+            raise EvalError(f"--v2t-rule must be one of {', '.join(V2T_RULES)}, not {self.v2t_rule!r}")
+        if self.rerank_score not in SCORES:
+            raise EvalError(f"--rerank-score must be one of {', '.join(SCORES)}, not {self.rerank_score!r}")
+        if self.rerank_k < 0 or self.batch_size < 1 or self.rerank_batch < 1:
+            raise EvalError("--rerank-k must be >= 0 and the batch sizes >= 1")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise EvalError(f"--k values must be >= 1, not {list(self.ks)}")
+        return self
+
+    def conventions(self) -> dict:
+        return {"ties": self.ties, "v2t_rule": self.v2t_rule, "ks": list(self.ks),
+                "rerank": {"k": self.rerank_k, "score": self.rerank_score} if self.rerank_k else None,
+                "dsl": {"temperature": self.dsl_temperature} if self.dsl else None,
+                "similarity": "cosine of L2-normalised dual-encoder embeddings",
+                "clip_selection": "all clips of an item (a timed span: the clips it overlaps), thinned to "
+                                  "max_visual_len by taking the middle clip of each equal run"}
+
+
+@dataclass
+class Direction:
+    """One direction's score matrices and figures."""
+
+    name: str                          # t2v, v2t, t2i, i2t
+    query_ids: list[str]
+    gallery_ids: list[str]
+    gt: GroundTruth
+    scores: dict[str, np.ndarray]      # row name -> (Q, N) score matrix
+    metrics: dict[str, Metrics]        # row name -> figures (incl. chance)
+
+
+@dataclass
+class EvalResult:
+    protocol: Protocol
+    directions: dict[str, Direction]
+    dropped: list[str]
+    counts: dict
+    config: EvalConfig
+    model: str
+    store: str
+    embeddings_cached: bool = False
+
+    def table(self) -> dict:
+        return {name: {row: m.as_dict() for row, m in d.metrics.items()} for name, d in self.directions.items()}
+
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+def _directions_of(kind: str, items, embedded: Embedded, encoder: Encoder, cfg: EvalConfig, prefix: str,
+                   progress: ProgressFactory | None) -> dict[str, Direction]:
+    t_name, v_name = DIRECTIONS[kind]
+    caption_item = np.array([i for i, item in enumerate(items) for _ in item.captions], dtype=np.int64)
+    caption_ids = [f"{item.id}#{j}" for item in items for j in range(len(item.captions))]
+    item_ids = [item.id for item in items]
+    n_items = len(items)
+    sim = embedded.text @ embedded.visual.T                               # (C, N) cosine
+
+    t2v_gt = GroundTruth.single(caption_item)
+    v2t_gt = t2v_gt.transpose(n_items) if cfg.v2t_rule == "best-caption" else GroundTruth.single(np.arange(n_items))
+
+    def v2t_view(matrix_vt: np.ndarray) -> np.ndarray:
+        return group_max(matrix_vt, caption_item, n_items) if cfg.v2t_rule == "group-max" else matrix_vt
+
+    t_scores = {f"{prefix}dual": sim}
+    v_scores = {f"{prefix}dual": v2t_view(sim.T)}
+    if cfg.dsl and not prefix:
+        t_scores["dual+dsl"] = dual_softmax(sim, cfg.dsl_temperature)
+        v_scores["dual+dsl"] = v2t_view(dual_softmax(sim.T, cfg.dsl_temperature))
+    if cfg.rerank_k:
+        texts, visuals = embedded.text_inputs, embedded.visual_inputs
+
+        def score_t2v(pairs):   # [caption, item]
+            bar = progress(f"re-rank {t_name}", len(pairs)) if progress else None
+            return encoder.alignment_scores(texts, visuals, pairs, bar, cfg.rerank_batch)
+
+        def score_v2t(pairs):   # [item, caption]
+            bar = progress(f"re-rank {v_name}", len(pairs)) if progress else None
+            return encoder.alignment_scores(texts, visuals, pairs[:, ::-1].copy(), bar, cfg.rerank_batch)
+
+        t_scores[f"{prefix}reranked"] = rerank(sim, cfg.rerank_k, score_t2v, cfg.rerank_score)
+        v_scores[f"{prefix}reranked"] = v2t_view(rerank(sim.T, cfg.rerank_k, score_v2t, cfg.rerank_score))
+
+    def figures(scores, gt, n):
+        out = {} if prefix else {"chance": chance_metrics(gt, n, cfg.ks)}
+        out.update({row: retrieval_metrics(s, gt, cfg.ks, cfg.ties) for row, s in scores.items()})
+        return out
+
+    v_gallery = item_ids if cfg.v2t_rule == "group-max" else caption_ids
+    return {
+        t_name: Direction(t_name, caption_ids, item_ids, t2v_gt, t_scores, figures(t_scores, t2v_gt, n_items)),
+        v_name: Direction(v_name, item_ids, v_gallery, v2t_gt, v_scores,
+                          figures(v_scores, v2t_gt, len(v_gallery))),
+    }
+
+
+def evaluate_encoder(encoder: Encoder, protocol: Protocol, store, cfg: EvalConfig, cache_dir: str | None = None,
+                     progress: ProgressFactory | None = None, untrained: Encoder | None = None) -> EvalResult:
+    """Every direction of the protocol for one (already loaded) model."""
+    cfg.validate()
+    encoder.check_store(store)
+    resolved = resolve(protocol, store, cfg.allow_missing)
+    directions: dict[str, Direction] = {}
+    counts = {"items_in_protocol": len(protocol.items), "dropped": len(resolved.dropped)}
+    cached = True
+    for kind in ("video", "image"):
+        items = [i for i in resolved.items if i.kind == kind]
+        if not items:
+            continue
+        texts = [c for item in items for c in item.captions]
+        counts[kind] = {"items": len(items), "captions": len(texts)}
+        embedded = embed(encoder, store, items, texts, cache_dir, progress)
+        cached &= embedded.cached
+        found = _directions_of(kind, items, embedded, encoder, cfg, "", progress)
+        if untrained is not None:
+            floor = embed(untrained, store, items, texts, cache_dir, progress)
+            for name, d in _directions_of(kind, items, floor, untrained, cfg, "untrained_", progress).items():
+                found[name].scores.update(d.scores)
+                found[name].metrics.update(d.metrics)
+        directions.update(found)
+    return EvalResult(protocol, directions, resolved.dropped, counts, cfg, encoder.name, store.root, cached)
+
+
+def evaluate(model_dir: str, store_dir: str, cfg: EvalConfig, out_dir: str | None = None,
+             cache_dir: str | None = None, progress: ProgressFactory | None = None) -> EvalResult:
+    """Load, check, evaluate, and (with ``out_dir``) write the report."""
+    from videolm.eval.report import write_report
+    from videolm.features.store import FeatureStore, StoreError
+
+    cfg.validate()
+    protocol = load_protocol(cfg.protocol, cfg.annotations, cfg.split)
+    try:
+        store = FeatureStore(store_dir)
+    except StoreError as err:
+        raise EvalError(str(err)) from None
+    encoder = Encoder.from_pretrained(model_dir, cfg.device, batch_size=cfg.batch_size)
+    untrained = (Encoder.from_pretrained(model_dir, cfg.device, untrained_seed=cfg.seed, batch_size=cfg.batch_size)
+                 if cfg.untrained else None)
+    result = evaluate_encoder(encoder, protocol, store, cfg, cache_dir, progress, untrained)
+    if out_dir:
+        write_report(result, out_dir)
+    return result
+
+
+def summary(result: EvalResult) -> dict:
+    """metrics.json's content."""
+    p = result.protocol
+    return {
+        "videolm_version": __version__, "model": result.model, "store": result.store,
+        "protocol": {"name": p.name, "split": p.split, "annotations": p.annotations, "note": p.note},
+        "counts": result.counts, "dropped_ids": result.dropped[:50],
+        "conventions": result.config.conventions(), "config": asdict(result.config),
+        "results": result.table(),
+    }
