@@ -15,6 +15,7 @@ import sys
 
 from videolm import __version__
 from videolm.tokenize import cli as tokenize_cli
+from videolm.eval import cli as eval_cli
 from videolm.train import cli as train_cli
 
 from videolm.cliutil import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, CliError  # noqa: F401
@@ -94,12 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Video-language pre-training toolkit (VideoBERT / CBT).")
     parser.add_argument("--version", action="version", version=f"videolm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="cmd", metavar="{extract,store,tokenize,pretrain,plot}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{extract,store,tokenize,pretrain,plot,evaluate,search,zeroshot}")
     sub.required = True
     _add_extract(sub)
     _add_store(sub)
     tokenize_cli.add_parser(sub)
     train_cli.add_parser(sub)
+    eval_cli.add_parser(sub)
     return parser
 
 
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     commands = {"extract": _cmd_extract, "store": _cmd_store, "tokenize": tokenize_cli.run,
-                "pretrain": train_cli.run_pretrain, "plot": train_cli.run_plot}
+                "pretrain": train_cli.run_pretrain, "plot": train_cli.run_plot,
+                "evaluate": eval_cli.run_evaluate, "search": eval_cli.run_search, "zeroshot": eval_cli.run_zeroshot}
     try:
         return commands[args.cmd](args)
     except CliError as err:

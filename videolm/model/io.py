@@ -6,6 +6,8 @@ A model directory (``save_pretrained`` / ``from_pretrained``)::
     model.safetensors      the state dict (tied decoders hold no tensor of their own, so ties survive)
     tokenizer files        tokenizer.save_pretrained(dir), when a tokenizer is given
     vocab/                 VideoBERT mode: the visual vocabulary (Vocabulary.save_pretrained)
+    preprocessor_config.json  how the inputs were built in training (InputSettings), so that
+                           evaluation rebuilds them from the model directory alone
 
 The directory is built under a temporary name and renamed into place, so a
 reader never sees half a model. Nothing here unpickles: safetensors, or
@@ -14,10 +16,13 @@ reader never sees half a model. Nothing here unpickles: safetensors, or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import pickle
+
+from dataclasses import dataclass
 
 import torch
 
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 MODEL_TYPE = "videolm"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_DIR = "vocab"
 META_KEYS = ("model_type", "format_version", "videolm_version")
@@ -151,6 +157,35 @@ def bert_to_joint(bert_config: dict, tensors: dict[str, torch.Tensor], config: M
 # ------------------------------------------------------------------ our model directories
 
 
+@dataclass
+class InputSettings:
+    """How a model's inputs are built (Hugging Face keeps this in
+    preprocessor_config.json): what evaluation needs besides the weights."""
+
+    max_text_len: int = 64          # text tokens incl. [CLS]/[SEP]; longer text keeps its first tokens
+    max_visual_len: int = 32        # clips per item; more are thinned deterministically at evaluation
+    eval_clip_selection: str = "uniform"  # the middle clip of each of max_visual_len equal runs
+    train_clip_sampling: str = "spread"   # what training did (data.clip_sampling), for the record
+    align_min_overlap: float = 0.5  # a timed span takes the clips it overlaps by this x the shorter
+    feature_store: dict | None = None  # backbone, weights, clip_spec, dim of the store it was trained on
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def read_input_settings(directory: str) -> tuple[InputSettings, bool]:
+    """(settings, found): a model saved before preprocessor_config.json existed gets the defaults."""
+    path = os.path.join(directory, PREPROCESSOR_FILE)
+    if not os.path.isfile(path):
+        return InputSettings(), False
+    data = _read_json(path)
+    names = {f.name for f in dataclasses.fields(InputSettings)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ModelError(f"{path}: unknown key {unknown[0]!r}")
+    return InputSettings(**data), True
+
+
 def is_model_dir(directory: str) -> bool:
     path = os.path.join(directory, CONFIG_FILE)
     try:
@@ -161,9 +196,10 @@ def is_model_dir(directory: str) -> bool:
 
 
 def save_pretrained(model: torch.nn.Module, config: ModelConfig, directory: str, tokenizer=None,
-                    vocabulary=None) -> str:
+                    vocabulary=None, inputs: InputSettings | None = None) -> str:
     """Write config.json + model.safetensors (+ tokenizer files, + vocab/ in
-    VideoBERT mode) into ``directory``, replacing an earlier model there."""
+    VideoBERT mode, + preprocessor_config.json) into ``directory``, replacing
+    an earlier model there."""
     from safetensors.torch import save_file
 
     directory = os.path.normpath(directory)
@@ -183,6 +219,8 @@ def save_pretrained(model: torch.nn.Module, config: ModelConfig, directory: str,
             where = vocabulary.path  # save_pretrained repoints it at the copy; the caller's stays as it was
             vocabulary.save_pretrained(os.path.join(tmp, VOCAB_DIR))
             vocabulary.path = where
+        if inputs is not None:
+            atomic_write_json(os.path.join(tmp, PREPROCESSOR_FILE), inputs.to_dict())
         # written last, after the tokenizer (whose save must not leave a config.json of its own)
         atomic_write_json(os.path.join(tmp, CONFIG_FILE), {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION,
                                                            "videolm_version": __version__, **config.to_dict()})
