@@ -276,3 +276,21 @@ def test_memory_does_not_grow_with_reads(tiny, manifests, tokenizer):
     walk(ds, set())
     assert any(isinstance(a, np.memmap) for a in held)
     assert all(isinstance(a, np.memmap) or a.size <= ds.epoch_size for a in held)
+
+
+def test_collator_refuses_a_visual_word_outside_the_vocabulary():
+    """The id range check runs here, on the CPU batch (the model checks only
+    CPU tensors: on CUDA it would sync the device every step)."""
+    from videolm.data.collate import Collator, Example
+    from videolm.data.errors import DataError
+
+    def example(words):
+        words = np.asarray(words, dtype=np.int64)
+        return Example(np.array([1, 5, 2]), np.full(3, -100), np.zeros(len(words), bool), 0, False,
+                       visual_ids=words, visual_labels=np.full(len(words), -100), video_id="v1")
+
+    collate = Collator("videobert", text_pad_id=0, visual_pad_id=9, visual_vocab_size=11)
+    assert collate([example([0, 10]), example([])]).visual_ids.tolist() == [[0, 10], [9, 9]]
+    with pytest.raises(DataError, match="v1: visual-word id 11 is outside the visual vocabulary") as err:
+        collate([example([3, 11])])
+    assert "\n" not in str(err.value)

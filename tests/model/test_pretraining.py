@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from videolm.data.batch import Batch
 from videolm.model.errors import ModelError
 from videolm.model.negatives import alignment_pairs
 from videolm.model.pretraining import VideoLMForPretraining
@@ -123,7 +126,17 @@ def test_same_generator_same_loss_and_rows_without_visual_side():
     assert a.loss.item() == b.loss.item()
     batch.visual_attention[2] = False
     c = model(batch, generator=torch.Generator().manual_seed(3))
-    assert c.text_embeds.shape[0] == 3 and set(c.losses) == ALL  # row 2: masked LM only
+    assert set(c.losses) == ALL
+    # row 2 (no visual side) takes part in the masked LM only: without it, the
+    # same contrastive loss and (hard negatives only: no draws) the same alignment loss
+    model = VideoLMForPretraining(tiny_config("videobert", align_random_negatives=0)).eval()
+    c = model(batch)
+    keep = torch.tensor([0, 1, 3])
+    without = Batch(**{f.name: getattr(batch, f.name)[keep] for f in dataclasses.fields(Batch)
+                       if getattr(batch, f.name) is not None})
+    d = model(without)
+    for key in ("contrastive", "align"):
+        torch.testing.assert_close(c.losses[key], d.losses[key])
 
 
 def test_batch_for_the_other_mode_is_refused():
@@ -157,3 +170,82 @@ def test_text_only_batch_keeps_every_key_at_zero(mode):
     assert out.losses["mlm"].item() > 0
     out.loss.backward()
     assert model.transformer.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_logit_scale_past_the_clamp_gets_a_gradient_and_comes_back():
+    """The bound is applied to the value after a step (CLIP), not inside
+    forward, where past it the gradient would be 0 and the parameter stuck."""
+    import math
+
+    torch.manual_seed(0)
+    model = VideoLMForPretraining(tiny_config("cbt")).train()
+    bound = math.log(100.0)
+    with torch.no_grad():
+        model.logit_scale.fill_(bound + 0.5)
+    assert model.contrastive_scale().item() == pytest.approx(100.0 * math.exp(0.5), rel=1e-6)
+    out = model(make_batch("cbt"), generator=torch.Generator().manual_seed(0))
+    out.losses["contrastive"].backward()
+    assert model.logit_scale.grad.item() != 0.0
+    torch.optim.AdamW(model.parameters(), lr=1e-3).step()
+    model.clamp_parameters()
+    assert model.logit_scale.item() == pytest.approx(bound)
+    with torch.no_grad():
+        model.logit_scale.fill_(1.0)
+    model.clamp_parameters()  # inside the bound: untouched
+    assert model.logit_scale.item() == 1.0
+
+
+@pytest.mark.parametrize("mode", ["videobert", "cbt"])
+@pytest.mark.parametrize("masked_pass", [False, True])
+def test_only_dual_encoder_and_alignment_on_a_batch_without_visual_rows(mode, masked_pass):
+    """mlm_weight=0, visual_weight=0 and no row with a visual side: the losses
+    are 0 and still in the graph, so backward works (it raised 'element 0 of
+    tensors does not require grad')."""
+    torch.manual_seed(0)
+    model = VideoLMForPretraining(tiny_config(mode, mlm_weight=0.0, visual_weight=0.0,
+                                              align_on_masked_pass=masked_pass)).train()
+    out = model(make_batch(mode, visual_lens=(0, 0, 0, 0), mask_visual=False),
+                generator=torch.Generator().manual_seed(0))
+    assert set(out.losses) == {"align", "contrastive"}
+    assert out.loss.item() == 0.0 and out.loss.requires_grad
+    out.loss.backward()
+
+
+@pytest.mark.parametrize("mode", ["videobert", "cbt"])
+def test_alignment_on_the_masked_pass(mode):
+    """align_on_masked_pass: no alignment pass of its own; some rows carry an
+    other-group video's visual side (with its masking and labels), and the
+    [CLS] of the masked pass scores every row with a visual side."""
+    torch.manual_seed(0)
+    groups = (0, 0, 1, 2, 3, 4, 5, 6)
+    batch = make_batch(mode, text_lens=(5, 7, 4, 6, 5, 6, 4, 7), visual_lens=(3, 4, 2, 4, 3, 0, 2, 4), groups=groups)
+    model = VideoLMForPretraining(tiny_config(mode, align_on_masked_pass=True, align_hard_negatives=False)).train()
+    passes = count_passes(model)
+    seen = []
+    model.transformer.register_forward_hook(lambda m, args, out: seen.append(args))
+    out = model(batch, generator=torch.Generator().manual_seed(1))
+    assert len(passes) == 3 and passes[0] == 8  # text alone, video alone, the masked joint pass (8 rows)
+    assert set(out.losses) == ALL
+    visual_in = seen[2][2]  # the masked pass's visual input
+    labels = out.align_labels
+    assert labels.shape == (8,) and 0 < int((labels == 0).sum()) < 8
+    swapped = []
+    for i in range(8):
+        if labels[i] == 1:
+            assert torch.equal(visual_in[i], (batch.visual_ids if mode == "videobert" else batch.visual_feats)[i])
+        else:  # another video's visual side, of another group, that has one
+            j = [j for j in range(8) if torch.equal(visual_in[i], (batch.visual_ids if mode == "videobert"
+                                                                   else batch.visual_feats)[j])]
+            assert j and all(groups[k] != groups[i] and batch.visual_attention[k].any() for k in j)
+            swapped.append(i)
+    assert 5 not in swapped  # row 5 has no visual side: no pair, weight 0
+    # the loss, by hand: BCE over the rows with a visual side
+    import math
+    rows = [i for i in range(8) if i != 5]
+    bce = [math.log(1 + math.exp(-out.align_logits[i].item())) if labels[i] == 1
+           else math.log(1 + math.exp(out.align_logits[i].item())) for i in rows]
+    assert out.losses["align"].item() == pytest.approx(sum(bce) / len(bce), rel=1e-5)
+    # the visual loss follows the swapped visual sides: one masked position per row with a visual side
+    assert out.visual_logits.shape[0] == 7
+    out.loss.backward()
+    assert model.align_head.classifier.weight.grad.abs().sum() > 0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from videolm.data.batch import IGNORE, Batch
+from videolm.data.errors import DataError
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Collator:
     text_pad_id: int
     visual_pad_id: int = 0  # VideoBERT [PAD]
     feature_dim: int = 0    # CBT: D, for the zero padding of an all-empty visual side
+    visual_vocab_size: int = 0  # VideoBERT: ids must be below this (checked here, on the CPU); 0 = unchecked
 
     def __call__(self, examples: list[Example]) -> Batch:
         b = len(examples)
@@ -65,6 +67,11 @@ class Collator:
             visual_attention[i, :v] = True
             visual_masked[i, :v] = torch.from_numpy(e.visual_masked)
             if visual_ids is not None:
+                outside = (e.visual_ids < 0) | (e.visual_ids >= self.visual_vocab_size)
+                if self.visual_vocab_size and outside.any():
+                    bad = e.visual_ids[outside][0]
+                    raise DataError(f"{e.video_id}: visual-word id {bad} is outside the visual vocabulary "
+                                    f"(vocab_size {self.visual_vocab_size}); re-encode the store with this vocabulary")
                 visual_ids[i, :v] = torch.from_numpy(e.visual_ids)
                 visual_labels[i, :v] = torch.from_numpy(e.visual_labels)
             elif v:

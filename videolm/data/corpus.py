@@ -370,7 +370,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.num_words = vocab.num_words if vocab is not None else 0
         self.visual_mask_id = vocab.mask_id if vocab is not None else -1
         self.collator = Collator(mode, tokenizer.pad_token_id, vocab.pad_id if vocab is not None else 0,
-                                 self.feature_dim)
+                                 self.feature_dim, vocab.vocab_size if vocab is not None else 0)
         self._stores = dict(stores)                      # root -> FeatureStore (reopened per process)
         self._tokens: dict[str, TokenStore] = {}         # dir -> TokenStore
         self._vocab = vocab

@@ -60,6 +60,7 @@ class ModelConfig:
     contrastive_temperature: float = 0.07  # initial value; learned, clamped at 1/100 like CLIP
     align_random_negatives: int = 1      # random other-group videos per text
     align_hard_negatives: bool = True    # + hardest other-group video per text and text per video
+    align_on_masked_pass: bool = False   # score alignment on the masked joint pass (BERT NSP style), no extra pass
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -33,7 +33,10 @@ class VisualWordEmbeddings(nn.Module):
         if ids.dtype not in (torch.int32, torch.int64):
             raise ModelError(f"VideoBERT mode takes visual-word ids (integers), not {ids.dtype} features; "
                              "use model.mode=cbt for raw features")
-        if ids.numel():
+        # The range check reads the ids on the host: free for CPU tensors, a
+        # device sync per step for CUDA ones, so there it is left to the data
+        # side (the collator checks every batch it builds, on the CPU).
+        if ids.numel() and ids.device.type == "cpu":
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= self.table.num_embeddings:
                 raise ModelError(f"visual-word id {lo if lo < 0 else hi} is outside the visual vocabulary "

@@ -12,7 +12,9 @@ For a batch of B clean pairs (text i belongs with video i):
 A row never gets a negative from its own group (``group_ids``: one id per
 source video or image, so two captions of one video are never a negative
 pair), and a row whose group fills the whole batch gets no negative at all.
-Random draws use the given ``torch.Generator`` so runs are reproducible.
+Rows marked not ``valid`` (no visual side) take no part: no positive, no
+negative, never anyone's negative. Random draws use the given
+``torch.Generator`` so runs are reproducible.
 """
 
 from __future__ import annotations
@@ -30,22 +32,25 @@ class AlignmentPairs:
 
 
 def alignment_pairs(group_ids: torch.Tensor, num_random: int, generator: torch.Generator | None = None,
-                    similarity: torch.Tensor | None = None) -> AlignmentPairs:
+                    similarity: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> AlignmentPairs:
     """group_ids: (B,); similarity: (B, B) text-by-video scores (detached), or
-    None for no hard negatives."""
+    None for no hard negatives; valid: (B,) bool, None = every row."""
     device = group_ids.device
     B = len(group_ids)
     rows = torch.arange(B, device=device)
     other = group_ids[:, None] != group_ids[None, :]  # (B, B) True where j may be a negative of i
-    texts, videos = [rows], [rows]
+    if valid is not None:
+        other &= valid[:, None] & valid[None, :]
+    positives = rows if valid is None else rows[valid]
+    texts, videos = [positives], [positives]
     if num_random > 0 and B > 1:
         gen_device = generator.device if generator is not None else torch.device("cpu")
         draws = torch.rand((B, B), generator=generator, device=gen_device).to(device)  # (B, B) in [0, 1)
         draws = draws.masked_fill(~other, -1.0)
         score, pick = draws.topk(min(num_random, B), dim=1)  # (B, k) a uniform subset of each row's candidates
-        valid = score >= 0
-        texts.append(rows[:, None].expand_as(pick)[valid])
-        videos.append(pick[valid])
+        drawn = score >= 0
+        texts.append(rows[:, None].expand_as(pick)[drawn])
+        videos.append(pick[drawn])
     if similarity is not None:
         sim = similarity.detach().masked_fill(~other, float("-inf"))  # (B, B)
         has = other.any(1)  # rows (and, by symmetry, columns) with a candidate

@@ -9,7 +9,14 @@ One ``forward(batch)`` computes every objective whose weight is above 0:
    ``[CLS] text [SEP]`` and video alone ``[CLS] visual [SEP]``, each [CLS]
    projected and L2-normalised; symmetric InfoNCE ("contrastive");
 3. alignment: positives, random and hard negatives (videolm.model.negatives)
-   in one joint pass, [CLS] -> logit, binary cross-entropy ("align").
+   in one joint pass, [CLS] -> logit, binary cross-entropy ("align"); or,
+   with ``align_on_masked_pass``, on the [CLS] of pass 1, where some rows
+   carry another video's visual side (BERT's next-sentence prediction): no
+   extra pass.
+
+Under torchrun the candidates of InfoNCE, masked-feature NCE and the
+alignment negatives come from every rank (videolm.model.gather), so the
+objectives are those of one process over the global batch.
 
 ``loss`` is the weighted sum. Rows without a visual side take part in the
 masked LM only; an objective that is on always has its key in ``losses``
@@ -30,12 +37,16 @@ from videolm.data.batch import IGNORE, Batch
 from videolm.model import io
 from videolm.model.config import MIN_TEMPERATURE, ModelConfig
 from videolm.model.errors import ModelError
+from videolm.model.gather import RankGroup, pad_dim1
 from videolm.model.heads import AlignmentHead, FeatureHead, MaskedTokenHead, ProjectionHead
 from videolm.model.losses import alignment_loss, contrastive_loss, masked_feature_nce, masked_token_loss
 from videolm.model.negatives import alignment_pairs
 from videolm.model.transformer import JointTransformer, init_bert_weights
 
 log = logging.getLogger(__name__)
+
+MASKED_PASS_NEGATIVE_PROB = 0.5  # align_on_masked_pass: share of rows given another video's visual side (BERT's NSP)
+
 
 @dataclass
 class PretrainOutput:
@@ -88,82 +99,177 @@ class VideoLMForPretraining(nn.Module):
         return self.align_head(self.transformer(text_ids, text_attention, visual, visual_attention).cls)
 
     def contrastive_scale(self) -> torch.Tensor:
-        """exp(logit_scale), clamped at 1 / MIN_TEMPERATURE as in CLIP."""
-        return self.logit_scale.clamp(max=math.log(1.0 / MIN_TEMPERATURE)).exp()
+        """exp(logit_scale). Not clamped here: a clamp inside forward has zero
+        gradient past the bound, so Adam's momentum could hold the parameter
+        there for good; ``clamp_parameters`` clamps the value after each step, as CLIP does."""
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_parameters(self) -> None:
+        """After every optimizer step: keep the temperature >= MIN_TEMPERATURE
+        (logit_scale <= log(100), CLIP's bound)."""
+        self.logit_scale.clamp_(max=math.log(1.0 / MIN_TEMPERATURE))
 
     # -- training
 
-    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> PretrainOutput:
+    def forward(self, batch: Batch, generator: torch.Generator | None = None,
+                ranks: RankGroup | None = None) -> PretrainOutput:
+        """``generator`` draws the random alignment negatives (the same on every
+        rank: it draws for the global batch). ``ranks``: the ranks whose
+        micro-batches form the global batch (videolm.model.gather); None for one
+        process. With N ranks every objective is what one process computes over
+        the N micro-batches together: candidates come from every rank, and a
+        loss that is a mean over items (masked tokens, pairs) is divided by the
+        global item count (each rank returns N x its share, which DDP's
+        gradient average turns back into the global mean)."""
         cfg = self.config
+        ranks = ranks or RankGroup()
+        W, rank = ranks.world_size, ranks.rank
         videobert = cfg.mode == "videobert"
         visual = batch.visual_ids if videobert else batch.visual_feats
         if visual is None:
             raise ModelError(f"model.mode={cfg.mode} needs batch.{'visual_ids' if videobert else 'visual_feats'}; "
                              "the data was built for the other mode")
-        losses, out = {}, PretrainOutput(loss=torch.zeros(()))
+        B, Tt, Tv = len(batch), batch.text_ids.shape[1], visual.shape[1]
+        if ranks.enabled:  # padding sizes for the gathers, and one micro-batch size everywhere
+            big, Tt, Tv, minus_small = ranks.max_ints([B, Tt, Tv, -B])
+            if big != -minus_small:
+                raise ModelError(f"micro-batches of {-minus_small} to {big} rows across ranks; the contrastive "
+                                 "gathers need the same micro-batch size on every rank")
+        visual_pad = cfg.visual_pad_id if videobert else 0
+        mlm_on, visual_on = cfg.enabled("mlm_weight"), cfg.enabled("visual_weight")
+        contrastive_on, align_on = cfg.enabled("contrastive_weight"), cfg.enabled("align_weight")
+        align_masked = align_on and cfg.align_on_masked_pass      # scored on the masked joint pass
+        align_separate = align_on and not cfg.align_on_masked_pass  # its own clean joint pass
+        need_embeds = contrastive_on or (align_on and cfg.align_hard_negatives)
+        has_visual = batch.visual_attention.any(1)  # (B,) rows without a visual side: masked LM only
+        out = PretrainOutput(loss=torch.zeros(()))
+        losses: dict[str, torch.Tensor] = {}
+        terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (sum over items here, item count here)
 
-        # 1. masked modelling on the masked batch; the last layer runs only where a loss reads
-        if cfg.enabled("mlm_weight") or cfg.enabled("visual_weight"):
+        # the global batch's row metadata, and clean copies (masked ids put back)
+        meta = ranks.gather(torch.stack([batch.group_ids, has_visual.long()], 1))  # (W*B, 2)
+        all_groups, all_valid = meta[:, 0], meta[:, 1].bool()
+        text_ids = torch.where(batch.text_labels != IGNORE, batch.text_labels, batch.text_ids)  # (B, Tt)
+        clean_visual = (torch.where(batch.visual_labels != IGNORE, batch.visual_labels, visual) if videobert
+                        else visual)
+
+        # 1. the dual encoder on every row: text alone, video alone; InfoNCE over the global batch
+        similarity = None  # (W*B, W*B) detached text-by-video scores, for hard negatives
+        if need_embeds:
+            # with the contrastive objective off, embeddings only pick hard negatives: no graph
+            with contextlib.nullcontext() if contrastive_on else torch.no_grad():
+                out.text_embeds = self.encode_text(text_ids, batch.text_attention)  # (B, E)
+                out.video_embeds = self.encode_video(clean_visual, batch.visual_attention)  # (B, E)
+            both = ranks.gather(torch.cat([out.text_embeds, out.video_embeds], 1), grad=contrastive_on)
+            all_text, all_video = both.split(cfg.embed_dim, dim=1)  # (W*B, E) each
+            if contrastive_on:
+                losses["contrastive"] = contrastive_loss(all_text, all_video, self.contrastive_scale(), all_groups,
+                                                         all_valid)
+            similarity = (all_text.detach() @ all_video.detach().T).float()
+
+        # 2. masked modelling on the masked batch; the last layer runs only where a loss reads.
+        # With align_on_masked_pass, some rows' visual sides are swapped for another video's
+        # (BERT's next-sentence negatives) and [CLS] scores the alignment in the same pass.
+        if mlm_on or visual_on or align_masked:
+            swap = torch.arange(B, device=visual.device)  # (B,) whose visual side each row gets
+            negative = torch.zeros(B, dtype=torch.bool, device=visual.device)
+            if align_masked:
+                swap, negative = self._masked_pass_negatives(batch.group_ids, has_visual, generator, ranks,
+                                                             None if similarity is None else
+                                                             similarity[rank * B:(rank + 1) * B,
+                                                                        rank * B:(rank + 1) * B])
+            m_visual, m_attention = visual[swap], batch.visual_attention[swap]  # (B, Tv[, D]), (B, Tv)
+            m_masked = batch.visual_masked[swap]
+            m_labels = batch.visual_labels[swap] if videobert else None
             text_where = batch.text_labels != IGNORE  # (B, Tt)
-            if videobert:
-                visual_where = batch.visual_labels != IGNORE  # (B, Tv)
-            else:
-                visual_where = batch.visual_masked & batch.visual_attention  # (B, Tv)
-            joint = self.transformer(batch.text_ids, batch.text_attention, visual, batch.visual_attention,
-                                     batch.visual_masked,
-                                     text_select=text_where if cfg.enabled("mlm_weight") else None,
-                                     visual_select=visual_where if cfg.enabled("visual_weight") else None)
-            if cfg.enabled("mlm_weight"):
-                out.mlm_logits = self.mlm_head(joint.text_selected, self.transformer.word_embeddings.weight)
-                losses["mlm"] = masked_token_loss(out.mlm_logits, batch.text_labels[text_where])
-            if cfg.enabled("visual_weight"):
-                if videobert:
-                    out.visual_logits = self.visual_head(joint.visual_selected,
-                                                         self.transformer.visual_embeddings.table.weight)
-                    losses["visual"] = masked_token_loss(out.visual_logits, batch.visual_labels[visual_where])
-                else:
-                    out.visual_logits = self.visual_head(joint.visual_selected)  # (Mv, D)
-                    losses["visual"] = masked_feature_nce(out.visual_logits, visual[visual_where], None,
-                                                          cfg.nce_temperature, cfg.nce_normalize)
+            visual_where = m_labels != IGNORE if videobert else m_masked & m_attention  # (B, Tv)
+            cls_column = torch.zeros_like(text_where)
+            cls_column[:, 0] = align_masked
+            text_select = None
+            if mlm_on or align_masked:
+                text_select = (text_where if mlm_on else torch.zeros_like(text_where)) | cls_column
+            joint = self.transformer(batch.text_ids, batch.text_attention, m_visual, m_attention, m_masked,
+                                     text_select=text_select, visual_select=visual_where if visual_on else None)
+            text_hidden = joint.text_selected  # (Mt [+ B], H), row-major
+            if align_masked:
+                is_cls = cls_column[text_select]  # (Mt + B,)
+                out.align_logits = self.align_head(text_hidden[is_cls])  # (B,)
+                out.align_labels = (~negative).float()
+                weight = has_visual.float()  # rows without a visual side have no pair to score
+                per_row = alignment_loss(out.align_logits, out.align_labels, "none")  # (B,)
+                terms["align"] = ((per_row * weight).sum(), weight.sum())
+                text_hidden = text_hidden[~is_cls]
+            if mlm_on:
+                out.mlm_logits = self.mlm_head(text_hidden, self.transformer.word_embeddings.weight)
+                terms["mlm"] = (masked_token_loss(out.mlm_logits, batch.text_labels[text_where], "sum"),
+                                text_where.sum())
+            if visual_on and videobert:
+                out.visual_logits = self.visual_head(joint.visual_selected,
+                                                     self.transformer.visual_embeddings.table.weight)
+                terms["visual"] = (masked_token_loss(out.visual_logits, m_labels[visual_where], "sum"),
+                                   visual_where.sum())
+            elif visual_on:
+                out.visual_logits = self.visual_head(joint.visual_selected)  # (Mv, D)
+                negatives = None
+                if ranks.enabled:  # the other ranks' masked clips are candidates too
+                    all_feats = ranks.gather(pad_dim1(m_visual, Tv, 0.0))  # (W*B, Tv, D)
+                    all_where = ranks.gather(pad_dim1(visual_where, Tv, False))  # (W*B, Tv)
+                    elsewhere = torch.arange(W * B, device=visual.device) // B != rank  # (W*B,)
+                    negatives = all_feats[all_where & elsewhere[:, None]]  # (N, D)
+                terms["visual"] = (masked_feature_nce(out.visual_logits, m_visual[visual_where], None,
+                                                      cfg.nce_temperature, cfg.nce_normalize, "sum", negatives),
+                                   visual_where.sum())
 
-        # 2. + 3. need clean copies of the rows that have a visual side
-        need_embeds = cfg.enabled("contrastive_weight") or (cfg.enabled("align_weight") and cfg.align_hard_negatives)
-        if cfg.enabled("contrastive_weight") or cfg.enabled("align_weight"):
-            has_visual = batch.visual_attention.any(1)  # (B,)
-            rows = slice(None) if bool(has_visual.all()) else has_visual.nonzero().squeeze(1)
-            text_ids = torch.where(batch.text_labels != IGNORE, batch.text_labels, batch.text_ids)[rows]
-            text_attention = batch.text_attention[rows]
-            clean_visual = (torch.where(batch.visual_labels != IGNORE, batch.visual_labels, visual) if videobert
-                            else visual)[rows]
-            visual_attention = batch.visual_attention[rows]
-            group_ids = batch.group_ids[rows]
+        # 3. alignment on its own clean joint pass: positives, random and hard negatives over the
+        # global batch; every rank builds the same pair list and runs its share (every W-th pair)
+        if align_separate:
+            all_text_ids = ranks.gather(pad_dim1(text_ids, Tt, cfg.pad_token_id))  # (W*B, Tt)
+            all_text_attention = ranks.gather(pad_dim1(batch.text_attention, Tt, False))
+            all_visual = ranks.gather(pad_dim1(clean_visual, Tv, visual_pad))  # (W*B, Tv[, D])
+            all_visual_attention = ranks.gather(pad_dim1(batch.visual_attention, Tv, False))
+            pairs = alignment_pairs(all_groups, cfg.align_random_negatives, generator,
+                                    similarity if cfg.align_hard_negatives else None, all_valid)
+            t, v, labels = pairs.text_index[rank::W], pairs.video_index[rank::W], pairs.labels[rank::W]
+            out.align_logits = self.alignment_score(all_text_ids[t], all_text_attention[t], all_visual[v],
+                                                    all_visual_attention[v])
+            out.align_labels = labels
+            terms["align"] = (alignment_loss(out.align_logits, labels, "sum"), torch.tensor(len(labels)))
 
-            if not len(text_ids):  # no row has a visual side: the objectives are on but have nothing to score
-                zero = batch.text_ids.new_zeros((), dtype=torch.float32)
-                losses.update({name: zero for name in ("contrastive", "align") if cfg.enabled(f"{name}_weight")})
-            elif need_embeds:
-                # with the contrastive objective off, embeddings only pick hard negatives: no graph
-                with contextlib.nullcontext() if cfg.enabled("contrastive_weight") else torch.no_grad():
-                    out.text_embeds = self.encode_text(text_ids, text_attention)
-                    out.video_embeds = self.encode_video(clean_visual, visual_attention)
-                if cfg.enabled("contrastive_weight"):
-                    losses["contrastive"] = contrastive_loss(out.text_embeds, out.video_embeds,
-                                                             self.contrastive_scale(), group_ids)
-
-            if cfg.enabled("align_weight") and len(text_ids):
-                similarity = out.text_embeds.detach() @ out.video_embeds.detach().T if cfg.align_hard_negatives else None
-                pairs = alignment_pairs(group_ids, cfg.align_random_negatives, generator, similarity)
-                out.align_logits = self.alignment_score(text_ids[pairs.text_index], text_attention[pairs.text_index],
-                                                        clean_visual[pairs.video_index],
-                                                        visual_attention[pairs.video_index])
-                out.align_labels = pairs.labels
-                losses["align"] = alignment_loss(out.align_logits, pairs.labels)
-
+        # means over the global batch: one collective for every count
+        if terms:
+            names = list(terms)
+            counts = ranks.sum(torch.stack([terms[n][1].to(visual.device, torch.float32) for n in names]))
+            for name, count in zip(names, counts):
+                losses[name] = terms[name][0] * W / count.clamp(min=1.0)
         weights = {"mlm": cfg.mlm_weight, "visual": cfg.visual_weight, "align": cfg.align_weight,
                    "contrastive": cfg.contrastive_weight}
-        out.loss = sum(weights[name] * value for name, value in losses.items())
-        out.losses = losses
+        out.losses = {name: losses[name] for name in ("mlm", "visual", "align", "contrastive") if name in losses}
+        out.loss = sum(weights[name] * value for name, value in out.losses.items())
         return out
+
+    def _masked_pass_negatives(self, group_ids: torch.Tensor, has_visual: torch.Tensor,
+                               generator: torch.Generator | None, ranks: RankGroup,
+                               similarity: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """align_on_masked_pass: which rows of this micro-batch get another
+        video's visual side. Each row with a visual side and an other-group
+        candidate is a negative with probability MASKED_PASS_NEGATIVE_PROB; its
+        partner is the most similar other-group video (align_hard_negatives,
+        dual-encoder scores) or a uniform random one. Returns (swap (B,) long,
+        negative (B,) bool). Draws are made for the global batch and sliced,
+        so ranks draw differently."""
+        B, device = len(group_ids), group_ids.device
+        W, rank = ranks.world_size, ranks.rank
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        coin = torch.rand((W * B,), generator=generator, device=gen_device)[rank * B:(rank + 1) * B].to(device)
+        draws = torch.rand((W * B, B), generator=generator, device=gen_device)[rank * B:(rank + 1) * B].to(device)
+        other = (group_ids[:, None] != group_ids[None, :]) & has_visual[:, None] & has_visual[None, :]  # (B, B)
+        hard = self.config.align_hard_negatives and similarity is not None
+        scores = (similarity.float() if hard else draws).masked_fill(~other, float("-inf"))
+        partner = scores.argmax(1)  # (B,)
+        negative = (coin < MASKED_PASS_NEGATIVE_PROB) & other.any(1)
+        rows = torch.arange(B, device=device)
+        return torch.where(negative, partner, rows), negative
 
     # -- initialisation and files
 
@@ -180,9 +286,11 @@ class VideoLMForPretraining(nn.Module):
         if found:
             log.info("masked-LM head initialised from %s (%d tensors)", path, len(found))
 
-    def save_pretrained(self, directory: str, tokenizer=None, vocabulary=None) -> str:
-        """config.json + model.safetensors (+ tokenizer files, + vocab/ in VideoBERT mode), atomically."""
-        return io.save_pretrained(self, self.config, directory, tokenizer, vocabulary)
+    def save_pretrained(self, directory: str, tokenizer=None, vocabulary=None,
+                        inputs: io.InputSettings | None = None) -> str:
+        """config.json + model.safetensors (+ tokenizer files, + vocab/ in VideoBERT mode,
+        + preprocessor_config.json), atomically."""
+        return io.save_pretrained(self, self.config, directory, tokenizer, vocabulary, inputs)
 
     @classmethod
     def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> "VideoLMForPretraining":

@@ -16,8 +16,10 @@ argument) has no closing column at all, which makes the text-only model
 exactly BERT.
 
 Attention is ``torch.nn.functional.scaled_dot_product_attention`` with a
-boolean padding mask (None when nothing is padded, which lets the fused
-kernels run), over one fused QKV projection per layer.
+boolean padding mask (on the CPU None when nothing is padded, which lets the
+fused kernels run; on CUDA always, since finding out would sync the device),
+over one fused QKV projection per layer. The sequence-length check reads the
+mask only when the columns exceed ``max_positions``.
 """
 
 from __future__ import annotations
@@ -183,7 +185,10 @@ class JointTransformer(nn.Module):
         positions = (attention.cumsum(1) - 1).clamp(0, cfg.max_positions - 1)  # (B, L)
         x = x + self.segment_embeddings(segments) + self.position_embeddings(positions)
         x = self.embedding_dropout(self.embedding_norm(x))
-        attn_mask = None if bool(attention.all()) else attention[:, None, None, :]  # (B, 1, 1, L) True = attend
+        # No mask when nothing is padded lets the fused kernels run; finding that out reads the
+        # mask on the host, a device sync per pass on CUDA, so there the mask always goes in.
+        unpadded = attention.device.type == "cpu" and bool(attention.all())
+        attn_mask = None if unpadded else attention[:, None, None, :]  # (B, 1, 1, L) True = attend
         if text_select is None and visual_select is None:
             for layer in self.layers:
                 x = layer(x, attn_mask)
