@@ -133,3 +133,107 @@ def test_wrong_feature_shape_is_refused(tmp_path):
     w.plan(["a"])
     with pytest.raises(StoreError, match="expects"):
         w.add(Finished("a", "a.mp4", np.zeros((2, 5), np.float32), {}))
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    root = tmp_path / "s"
+    first = StoreWriter(str(root), dict(META))
+    with pytest.raises(StoreError) as err:
+        StoreWriter(str(root), dict(META))
+    assert str(err.value) == (f"{root}: another process (pid {os.getpid()}) is writing this store; "
+                              "wait for it to finish, or write to another directory")
+    first.plan(["a"])
+    first.add(_result("a", 1))
+    first.finalize()  # releases the store
+    _write(root, ["a", "b"], {"a": 1, "b": 2})
+    assert FeatureStore(str(root)).ids() == ["a", "b"]
+
+
+def test_a_lock_left_by_a_killed_writer_does_not_block(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "s"
+    script = ("import sys, time\n"
+              "from videolm.features.store import StoreWriter\n"
+              f"w = StoreWriter({str(root)!r}, {META!r})\n"
+              "print('locked', flush=True)\n"
+              "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError, match=f"pid {proc.pid}"):
+            StoreWriter(str(root), dict(META))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (root / ".lock").read_text().strip() == str(proc.pid)  # the file stays; the kernel dropped the lock
+    _write(root, ["a"], {"a": 1})
+    assert FeatureStore(str(root)).ids() == ["a"]
+
+
+@pytest.mark.parametrize("damage", ["truncate_npy", "truncate_json", "delete_npy"])
+def test_an_unreadable_partial_is_redone_with_a_warning(tmp_path, caplog, damage):
+    ids = ["v0", "v1", "v2"]
+    clips = {"v0": 3, "v1": 2, "v2": 1}
+    _write(tmp_path / "ref", ids, clips, videos_per_shard=3)
+    w = StoreWriter(str(tmp_path / "cut"), dict(META), 3)
+    w.plan(ids)
+    w.add(_result("v0", 3))
+    w.add(_result("v1", 2))
+    npy, js = w._partial_paths("v0")
+    del w  # killed (a power loss cut the partial short)
+    if damage == "truncate_npy":
+        data = open(npy, "rb").read()
+        open(npy, "wb").write(data[: len(data) // 2])
+    elif damage == "truncate_json":
+        data = open(js, "rb").read()
+        open(js, "wb").write(data[:10])
+    else:
+        os.remove(npy)
+    w = StoreWriter(str(tmp_path / "cut"), dict(META), 3)
+    with caplog.at_level("WARNING", logger="videolm"):
+        w.plan(ids)
+    assert not w.has_partial("v0") and w.has_partial("v1")
+    assert "'v0' cannot be read" in caplog.text and "extracting it again" in caplog.text
+    assert not os.path.exists(npy) and not os.path.exists(js)
+    w.add(_result("v0", 3))
+    w.add(_result("v2", 1))
+    w.finalize()
+    for name in ["index.jsonl", "shards/00000.npy", "shards/00000.jsonl"]:
+        assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), name
+
+
+def test_index_follows_each_committed_shard(tmp_path):
+    ids = [f"v{i}" for i in range(5)]
+    w = StoreWriter(str(tmp_path / "s"), dict(META), 2)
+    w.plan(ids)
+    for v in ids[:3]:
+        w.add(_result(v, 1))
+    del w  # killed: shard 0 (v0, v1) committed, v2 in .partial, index never finalised
+    on_disk = [json.loads(line)["video_id"] for line in open(tmp_path / "s" / "index.jsonl")]
+    assert on_disk == ["v0", "v1"]  # plain json readers see the committed shard
+    store = FeatureStore(str(tmp_path / "s"))
+    assert store.ids() == ["v0", "v1"] and store.num_clips == 2
+    assert np.array_equal(store.features("v1"), np.float16([[2, 2, 2, 2]]))
+
+
+def test_readers_keep_a_bounded_number_of_shards_open(tmp_path):
+    ids = [f"v{i}" for i in range(12)]
+    _write(tmp_path / "s", ids, {v: 2 for v in ids}, videos_per_shard=1)  # 12 shards
+    fd_dir = "/proc/self/fd"
+    if not os.path.isdir(fd_dir):
+        pytest.skip("needs /proc")
+    before = len(os.listdir(fd_dir))
+    store = FeatureStore(str(tmp_path / "s"), max_open_shards=3)
+    for _ in range(2):
+        for i, v in enumerate(ids):  # through the reader, then checked against the file read directly
+            expected = np.load(tmp_path / "s" / "shards" / f"{i:05d}.npy")
+            assert np.array_equal(store.features(v), expected)
+    assert len(os.listdir(fd_dir)) - before <= 3
+    kept = store.features("v0")  # a view handed out stays valid after its shard is closed
+    for v in ids[1:]:
+        store.features(v)
+    assert np.array_equal(kept, np.load(tmp_path / "s" / "shards" / "00000.npy"))

@@ -8,6 +8,7 @@ Layout of a store directory (readable with plain numpy + json, see docs/formats.
     shards/00000.npy     (clips, dim) float16/float32, opens with mmap_mode="r"
     shards/00000.jsonl   the rows of that shard (ok and failed): the source of truth
     .partial/            finished inputs whose shard is not yet complete
+    .lock                held (flock) by the one process writing the store; holds its pid
 
 How a run stays resumable and deterministic: the inputs still to do are cut,
 in input order, into groups of ``videos_per_shard``; each group becomes one
@@ -16,28 +17,49 @@ at most the inputs in flight), and a group is committed as a shard -- npy,
 then its jsonl, each written to a temp file and renamed -- only after every
 group before it, so committed shards are always a prefix of the plan. A rerun
 skips inputs in committed shards (failed ones too, unless retried) and picks
-up partials; it therefore cuts the same groups and writes the same bytes as a
-run that was never interrupted.
+up partials (one that cannot be read, e.g. cut short by a power loss, is
+extracted again); it therefore cuts the same groups and writes the same
+bytes as a run that was never interrupted.
+
+index.jsonl follows the shards: each commit appends the shard's rows, a
+writer rewrites it from the shards when it starts, and ``finalize`` rewrites
+it with errors.jsonl. While a run is going on or after one was killed
+(``.partial/`` exists), ``FeatureStore`` reads the rows from the shards
+themselves, so what is committed is always visible.
+
+One writer at a time: a writer holds an exclusive ``flock`` on ``.lock`` for
+its whole life, and a second one is refused with the holder's pid. The
+kernel drops the lock when its process dies, so a killed run never blocks
+the next one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
-from videolm.fileio import atomic_save_npy, atomic_write_json, atomic_write_jsonl, now_iso, read_jsonl  # noqa: F401
+from videolm.errors import first_line
+from videolm.fileio import (atomic_save_npy, atomic_write_json, atomic_write_jsonl, fsync_directory,  # noqa: F401
+                            now_iso, read_jsonl)
+
+log = logging.getLogger(__name__)
 
 FORMAT = "videolm-features"
 FORMAT_VERSION = 1
 # meta keys that must agree for a rerun (or a merge) to add to a store
 COMPAT_KEYS = ("backbone", "weights", "clip_spec", "dim", "dtype")
+LOCK_FILE = ".lock"
+MAX_OPEN_SHARDS = 64  # memory-mapped shards kept open per reader (each holds a file descriptor)
 
 
 class StoreError(Exception):
@@ -49,9 +71,11 @@ class StoreError(Exception):
 
 class FeatureStore:
     """Read a store: ``store.features(video_id)`` is an (n_clips, dim) view of
-    a memory-mapped shard; nothing is loaded until asked for."""
+    a memory-mapped shard; nothing is loaded until asked for. At most
+    ``max_open_shards`` shards stay mapped (least recently used closed first),
+    so a store of any number of shards stays under the open-file limit."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, max_open_shards: int = MAX_OPEN_SHARDS):
         self.root = root
         meta_path = os.path.join(root, "meta.json")
         index_path = os.path.join(root, "index.jsonl")
@@ -61,9 +85,13 @@ class FeatureStore:
             self.meta = json.load(f)
         if self.meta.get("format") != FORMAT:
             raise StoreError(f"{meta_path}: not a videolm feature store (format={self.meta.get('format')!r})")
-        self.rows = read_jsonl(index_path) if os.path.isfile(index_path) else []
+        if os.path.isdir(os.path.join(root, ".partial")) or not os.path.isfile(index_path):
+            self.rows = index_rows(root)  # a run is going on or was killed: the shards are the truth
+        else:
+            self.rows = read_jsonl(index_path)
         self._by_id = {row["video_id"]: row for row in self.rows}
-        self._shards: dict[str, np.ndarray] = {}
+        self.max_open_shards = max(1, max_open_shards)
+        self._shards: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @property
     def dim(self) -> int:
@@ -93,9 +121,16 @@ class FeatureStore:
             raise KeyError(f"{self.root}: no video {video_id!r} in the store") from None
 
     def shard(self, name: str) -> np.ndarray:
-        if name not in self._shards:
-            self._shards[name] = np.load(os.path.join(self.root, name), mmap_mode="r")
-        return self._shards[name]
+        """The memory-mapped shard ``name`` (LRU-cached; views handed out stay valid)."""
+        array = self._shards.get(name)
+        if array is None:
+            array = np.load(os.path.join(self.root, name), mmap_mode="r")
+            self._shards[name] = array
+            if len(self._shards) > self.max_open_shards:
+                self._shards.popitem(last=False)
+        else:
+            self._shards.move_to_end(name)
+        return array
 
     def features(self, video_id: str) -> np.ndarray:
         """(n_clips, dim), a read-only view into the memory-mapped shard."""
@@ -168,24 +203,31 @@ class StoreWriter:
         self.root = root
         self.videos_per_shard = videos_per_shard
         self.dtype = np.dtype(meta["dtype"])
+        self._lock_fd: int | None = None
         meta = json.loads(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta}))  # as stored
         meta_path = os.path.join(root, "meta.json")
-        if os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                old = json.load(f)
-            diff = describe_mismatch(old, meta)
-            if old.get("format") != FORMAT:
-                raise StoreError(f"{root}: exists and is not a videolm feature store")
-            if diff:
-                raise StoreError(
-                    f"{root}: holds features from backbone={old.get('backbone')} weights={old.get('weights')} "
-                    f"with another setting ({', '.join(diff)} differ); write to another directory")
-        elif os.path.isdir(root) and os.listdir(root):
+        if not os.path.isfile(meta_path) and os.path.isdir(root) and set(os.listdir(root)) - {LOCK_FILE}:
             raise StoreError(f"{root}: exists, is not empty and is not a feature store")
-        os.makedirs(os.path.join(root, "shards"), exist_ok=True)
-        os.makedirs(os.path.join(root, ".partial"), exist_ok=True)
-        if not os.path.isfile(meta_path):
-            atomic_write_json(meta_path, meta)
+        os.makedirs(root, exist_ok=True)
+        self._lock()
+        try:
+            if os.path.isfile(meta_path):
+                with open(meta_path) as f:
+                    old = json.load(f)
+                if old.get("format") != FORMAT:
+                    raise StoreError(f"{root}: exists and is not a videolm feature store")
+                diff = describe_mismatch(old, meta)
+                if diff:
+                    raise StoreError(
+                        f"{root}: holds features from backbone={old.get('backbone')} weights={old.get('weights')} "
+                        f"with another setting ({', '.join(diff)} differ); write to another directory")
+            else:
+                atomic_write_json(meta_path, meta)
+            os.makedirs(os.path.join(root, "shards"), exist_ok=True)
+            os.makedirs(os.path.join(root, ".partial"), exist_ok=True)
+        except BaseException:
+            self.close()
+            raise
         self.meta = meta
         self._clean_temp_files()
         self.committed: dict[str, dict] = {}  # video_id -> its row in a committed shard
@@ -196,9 +238,42 @@ class StoreWriter:
             self.num_shards += 1
             for row in read_jsonl(path):
                 self.committed[row["video_id"]] = row
+        if self.num_shards:  # a killed run may have committed shards after the index was last written
+            atomic_write_jsonl(os.path.join(root, "index.jsonl"), index_rows(root))
         self.groups: list[list[str]] = []
         self.results: dict[str, Finished] = {}
         self.next_group = 0
+
+    # -- the lock
+
+    def _lock(self) -> None:
+        path = os.path.join(self.root, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"{self.root}: another process (pid {holder}) is writing this store; "
+                             "wait for it to finish, or write to another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the store (idempotent). ``finalize`` calls it."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
 
     def _clean_temp_files(self) -> None:
         """Leftovers of a killed run: temp files, and an npy whose jsonl never came."""
@@ -212,6 +287,31 @@ class StoreWriter:
 
     # -- which inputs are left
 
+    def conflict(self, video_id: str, path: str) -> str | None:
+        """Why ``path`` cannot go under ``video_id``, when a committed row of
+        that id came from another file (or this file changed since); None when
+        there is no such row or it is the same file. The same file is the same
+        path with the same size and modification time, or another path (the
+        tree moved, or was given from another directory) with the same size
+        and modification time."""
+        row = self.committed.get(video_id)
+        if row is None or not row.get("path"):
+            return None
+        old = row["path"]
+        same_path = os.path.realpath(old) == os.path.realpath(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None if same_path else f"id {video_id!r} is already stored from {old}; {path} cannot be checked"
+        same_stat = None if "size" not in row else (row["size"], row.get("mtime_ns")) == (st.st_size, st.st_mtime_ns)
+        if same_stat or (same_path and same_stat is None):
+            return None
+        if same_path:
+            return (f"changed since it was stored as {video_id!r} (size or modification time differ); "
+                    "write to another store to extract it again")
+        return (f"id {video_id!r} is already stored from {old}, another file; "
+                "give this one another id (a manifest's video_id column) or write to another store")
+
     def is_done(self, video_id: str, retry_failed: bool = False) -> bool:
         row = self.committed.get(video_id)
         if row is None:
@@ -223,12 +323,17 @@ class StoreWriter:
         n = self.videos_per_shard
         self.groups = [video_ids[i : i + n] for i in range(0, len(video_ids), n)]
         self.next_group = 0
-        wanted = set(video_ids)
-        for path in glob.glob(os.path.join(self.root, ".partial", "*.json")):
-            with open(path) as f:
-                saved = json.load(f)
-            if saved["video_id"] in wanted and saved["video_id"] not in self.results:
-                self.results[saved["video_id"]] = self._load_partial(saved)
+        for video_id in video_ids:
+            if video_id in self.results or not os.path.exists(self._partial_paths(video_id)[1]):
+                continue
+            try:
+                self.results[video_id] = self._load_partial(video_id)
+            except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
+                log.warning("%s: the saved result of %r cannot be read (%s); extracting it again",
+                            self._partial_paths(video_id)[1], video_id, first_line(err))
+                for path in self._partial_paths(video_id):
+                    if os.path.exists(path):
+                        os.remove(path)
 
     def has_partial(self, video_id: str) -> bool:
         return video_id in self.results
@@ -240,10 +345,19 @@ class StoreWriter:
         base = os.path.join(self.root, ".partial", key)
         return base + ".npy", base + ".json"
 
-    def _load_partial(self, saved: dict) -> Finished:
-        npy, _ = self._partial_paths(saved["video_id"])
-        features = np.load(npy) if saved.get("error") is None else None
-        return Finished(saved["video_id"], saved["path"], features, saved["row"], saved.get("error"),
+    def _load_partial(self, video_id: str) -> Finished:
+        """A finished input saved in .partial/; raises if either file is unreadable."""
+        npy, js = self._partial_paths(video_id)
+        with open(js) as f:
+            saved = json.load(f)
+        if saved["video_id"] != video_id:
+            raise ValueError(f"holds {saved['video_id']!r}")
+        features = None
+        if saved.get("error") is None:
+            features = np.load(npy)
+            if features.ndim != 2 or features.shape[1] != self.meta["dim"] or features.dtype != self.dtype:
+                raise ValueError(f"features of shape {features.shape} ({features.dtype})")
+        return Finished(video_id, saved["path"], features, saved["row"], saved.get("error"),
                         saved.get("warnings", []), saved.get("time", now_iso()))
 
     def add(self, result: Finished) -> list[int]:
@@ -291,6 +405,7 @@ class StoreWriter:
         data = np.concatenate(arrays) if arrays else np.zeros((0, dim), self.dtype)
         atomic_save_npy(os.path.join(self.root, name + ".npy"), data)
         atomic_write_jsonl(os.path.join(self.root, name + ".jsonl"), rows)
+        self._append_index([r for r in rows if r["status"] == "ok"])
         self.num_shards += 1
         for row in rows:
             self.committed[row["video_id"]] = row
@@ -301,8 +416,20 @@ class StoreWriter:
             del self.results[video_id]
         return number
 
+    def _append_index(self, rows: list[dict]) -> None:
+        """Add a committed shard's ok rows to index.jsonl, so readers that do not
+        know the protocol see them before ``finalize`` (same bytes as it writes)."""
+        if not rows:
+            return
+        data = "".join(json.dumps(_index_row(r), sort_keys=True) + "\n" for r in rows).encode()
+        with open(os.path.join(self.root, "index.jsonl"), "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
     def finalize(self, input_errors: list[dict] | None = None) -> None:
-        """Rewrite index.jsonl and errors.jsonl from the committed shards."""
+        """Rewrite index.jsonl and errors.jsonl from the committed shards, and
+        release the store."""
         pending = [g for g in self.groups[self.next_group:]]
         if pending:
             raise StoreError(f"{self.root}: {len(pending)} shard(s) still incomplete")
@@ -310,6 +437,8 @@ class StoreWriter:
         partial = os.path.join(self.root, ".partial")
         if os.path.isdir(partial) and not os.listdir(partial):
             os.rmdir(partial)
+            fsync_directory(self.root)
+        self.close()
 
 
 def shard_rows(root: str) -> list[dict]:
@@ -325,10 +454,19 @@ def shard_rows(root: str) -> list[dict]:
     return list(latest.values())
 
 
+def _index_row(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "status"}
+
+
+def index_rows(root: str) -> list[dict]:
+    """The rows index.jsonl holds, derived from the committed shards."""
+    return [_index_row(r) for r in shard_rows(root) if r.get("status") == "ok"]
+
+
 def write_index(root: str, input_errors: list[dict]) -> None:
     """index.jsonl (ok rows, shard order) and errors.jsonl (failures + warnings)."""
     rows = shard_rows(root)
-    index = [{k: v for k, v in r.items() if k != "status"} for r in rows if r.get("status") == "ok"]
+    index = [_index_row(r) for r in rows if r.get("status") == "ok"]
     errors = list(input_errors)
     for r in rows:
         if r.get("status") == "failed":
@@ -361,8 +499,7 @@ def merge_stores(out: str, parts: list[str], link: bool = True) -> FeatureStore:
                 raise StoreError(f"{store.root}: video id {row['video_id']!r} is also in {seen[row['video_id']]}")
             seen[row["video_id"]] = store.root
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
-    meta = {k: v for k, v in first.meta.items() if k != "shard"}
-    atomic_write_json(os.path.join(out, "meta.json"), meta)
+    atomic_write_json(os.path.join(out, "meta.json"), first.meta)
     number = 0
     input_errors = []
     for store in stores:

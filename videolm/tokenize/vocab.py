@@ -33,12 +33,13 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from videolm import __version__
-from videolm.features.store import FeatureStore, StoreError
+from videolm.features.store import MAX_OPEN_SHARDS, FeatureStore, StoreError
 from videolm.fileio import (atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json,
                             atomic_write_jsonl, read_jsonl)
 from videolm.tokenize.kmeans import (ENCODE_BATCH, NO_WORD, Encoding, HierarchicalKMeans, KMeansConfig, Progress,
@@ -424,9 +425,11 @@ def _check_nonfinite(store: FeatureStore, rows: list[dict], ids: np.ndarray, str
 
 class TokenStore:
     """Read what ``encode_store`` wrote: ``tokens(video_id)`` is an
-    (n_clips,) int32 view of a memory-mapped file, in the store's clip order."""
+    (n_clips,) int32 view of a memory-mapped file, in the store's clip order.
+    At most ``max_open_files`` files stay mapped (least recently used closed
+    first), as in ``FeatureStore``."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, max_open_files: int = MAX_OPEN_SHARDS):
         meta_path = os.path.join(root, "meta.json")
         index_path = os.path.join(root, "index.jsonl")
         if not os.path.isfile(meta_path) or not os.path.isfile(index_path):
@@ -436,7 +439,8 @@ class TokenStore:
         self.root = root
         self.rows = read_jsonl(index_path)
         self._by_id = {row["video_id"]: row for row in self.rows}
-        self._files: dict[str, np.ndarray] = {}
+        self.max_open_files = max(1, max_open_files)
+        self._files: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def ids(self) -> list[str]:
         return [row["video_id"] for row in self.rows]
@@ -445,9 +449,15 @@ class TokenStore:
         return len(self.rows)
 
     def _file(self, name: str) -> np.ndarray:
-        if name not in self._files:
-            self._files[name] = np.load(os.path.join(self.root, name), mmap_mode="r")
-        return self._files[name]
+        array = self._files.get(name)
+        if array is None:
+            array = np.load(os.path.join(self.root, name), mmap_mode="r")
+            self._files[name] = array
+            if len(self._files) > self.max_open_files:
+                self._files.popitem(last=False)
+        else:
+            self._files.move_to_end(name)
+        return array
 
     def _view(self, video_id: str, suffix: str) -> np.ndarray:
         row = self._by_id.get(video_id)
