@@ -70,3 +70,9 @@ def tiny_models(eval_corpus, tmp_path_factory) -> dict[str, str]:
     """mode -> model directory (CBT and VideoBERT), trained 40 steps each."""
     root = tmp_path_factory.mktemp("eval_models")
     return {mode: train_tiny(eval_corpus, str(root / mode), mode) for mode in ("cbt", "videobert")}
+
+
+@pytest.fixture(scope="session")
+def trainer():
+    """train_tiny, for tests that train with their own settings."""
+    return train_tiny

@@ -201,7 +201,6 @@ def run_search(args) -> int:
 
 
 def run_zeroshot(args) -> int:
-    import json
 
     from videolm.eval.embeddings import Encoder
     from videolm.eval.zeroshot import (DEFAULT_TEMPLATES, kinetics400_classes, read_labels, read_lines,

@@ -36,6 +36,7 @@ def add_parser(subparsers) -> None:
 def run_pretrain(args) -> int:
     from videolm.cliutil import EXIT_OK, CliError
     from videolm.data.errors import DataError
+    from videolm.eval.embeddings import EvalError
     from videolm.model.errors import ModelError
     from videolm.text.tokenizer import TextError
     from videolm.train.checkpoint import CheckpointError
@@ -66,7 +67,7 @@ def run_pretrain(args) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    except (ConfigError, DataError, ModelError, TextError, CheckpointError) as err:
+    except (ConfigError, DataError, ModelError, TextError, CheckpointError, EvalError) as err:
         raise CliError(str(err)) from None
     if env_from_torchrun().is_main:
         resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from is not None else ""

@@ -48,7 +48,20 @@ def plot_losses(metrics_path: str, png_path: str, title: str | None = None) -> s
 
     rows = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
     keys = [k for k in LOSS_KEYS if any(k in r for r in rows)]
-    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    # validation rows (videolm.eval.validation): R@K per direction, beside the losses
+    val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and k.endswith("/R@1") and "/mean/" not in k})
+    heights = [3, 1] + ([2] if val_keys else [])
+    fig, axes = plt.subplots(len(heights), 1, figsize=(8, 6 + 2 * bool(val_keys)), sharex=True,
+                             gridspec_kw={"height_ratios": heights})
+    ax, ax_lr = axes[0], axes[1]
+    if val_keys:
+        ax_val = axes[2]
+        for key in val_keys:
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            ax_val.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=key[4:])
+        ax_val.set_ylabel("validation R@K (%)")
+        ax_val.grid(alpha=0.3)
+        ax_val.legend(fontsize=7, ncol=3)
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, linewidth=2.0 if key == "loss" else 1.2)
@@ -60,7 +73,7 @@ def plot_losses(metrics_path: str, png_path: str, title: str | None = None) -> s
     lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
     ax_lr.plot([p[0] for p in lr], [p[1] for p in lr], color="grey")
     ax_lr.set_ylabel("lr")
-    ax_lr.set_xlabel("step")
+    (axes[-1]).set_xlabel("step")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     tmp = f"{png_path}.tmp-{os.getpid()}.png"

@@ -1,0 +1,226 @@
+"""Evaluation end to end on tiny models trained on the real sample media:
+inputs rebuilt from the model directory, the report recomputed from
+similarity.npz with code written here, re-ranking and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from videolm.cli import main as cli
+from videolm.eval.embeddings import Encoder, EvalError, embed, uniform_clips
+from videolm.eval.evaluate import EvalConfig, evaluate
+from videolm.eval.protocols import Item
+from videolm.features.store import FeatureStore
+
+
+def test_uniform_clips_by_hand():
+    assert uniform_clips(np.arange(3), 4).tolist() == [0, 1, 2]
+    assert uniform_clips(np.arange(10), 4).tolist() == [0, 3, 5, 8]   # runs [0,2) [2,5) [5,7) [7,10): middles
+    assert uniform_clips(np.arange(10, 18), 2).tolist() == [11, 15]
+
+
+def test_model_dir_records_its_inputs(tiny_models):
+    with open(os.path.join(tiny_models["cbt"], "preprocessor_config.json")) as f:
+        settings = json.load(f)
+    assert settings["max_text_len"] == 16 and settings["max_visual_len"] == 4
+    assert settings["feature_store"]["backbone"] == "mobilenet_v2" and settings["feature_store"]["dim"] == 1280
+
+
+@pytest.mark.parametrize("mode", ["cbt", "videobert"])
+def test_embeddings_match_a_hand_built_forward(tiny_models, eval_corpus, mode, tmp_path):
+    from transformers import AutoTokenizer
+
+    from videolm.model.pretraining import VideoLMForPretraining
+    from videolm.tokenize.vocab import TokenStore
+
+    store = FeatureStore(eval_corpus["store"])
+    enc = Encoder.from_pretrained(tiny_models[mode], batch_size=3)
+    items = [Item(v, v, "video") for v in ("bigbuckbunny", "bikes", "blue", "carphone_pristine")]
+    texts = ["a rabbit", "people ride bikes along a long long street in the sun", "blue"]
+    out = embed(enc, store, items, texts, str(tmp_path))
+    assert not out.cached and embed(enc, store, items, texts, str(tmp_path)).cached
+
+    model = VideoLMForPretraining.from_pretrained(tiny_models[mode])
+    tok = AutoTokenizer.from_pretrained(tiny_models[mode])
+    with torch.no_grad():
+        for i, text in enumerate(texts):   # one at a time, no padding
+            ids = tok(text, truncation=True, max_length=16)["input_ids"]
+            ref = model.encode_text(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))[0]
+            np.testing.assert_allclose(out.text[i], ref.numpy(), atol=1e-5)
+        tokens = TokenStore(os.path.join(eval_corpus["store"], "tokens", "vocab"))
+        for i, item in enumerate(items):
+            n = store.entry(item.media_id)["num_clips"]
+            clips = uniform_clips(np.arange(n), 4)
+            if mode == "cbt":
+                visual = torch.from_numpy(store.features(item.media_id)[clips].astype(np.float32))[None]
+            else:   # the ids `tokenize encode` stored, made with the same vocabulary
+                visual = torch.from_numpy(tokens.tokens(item.media_id)[clips].astype(np.int64))[None]
+            ref = model.encode_video(visual, torch.ones(visual.shape[:2], dtype=torch.bool))[0]
+            np.testing.assert_allclose(out.visual[i], ref.numpy(), atol=1e-5)
+
+
+def recompute(npz, direction, row, ks=(1, 5, 10)):
+    """R@K / MdR / MnR from the saved matrix, pessimistic ties, written independently."""
+    s = npz[f"{direction}/{row}"]
+    indptr, indices = npz[f"{direction}/gt_indptr"], npz[f"{direction}/gt_indices"]
+    ranks = []
+    for q in range(len(s)):
+        correct = set(indices[indptr[q]:indptr[q + 1]].tolist())
+        best = max(s[q, j] for j in correct)
+        wrong_at_or_above = sum(1 for j in range(s.shape[1]) if j not in correct and s[q, j] >= best)
+        ranks.append(1 + wrong_at_or_above)
+    ranks = np.array(ranks)
+    return {**{f"R@{k}": 100 * np.mean(ranks <= k) for k in ks}, "MdR": np.median(ranks), "MnR": ranks.mean()}
+
+
+@pytest.mark.parametrize("mode", ["cbt", "videobert"])
+def test_report_recomputes_from_similarity(tiny_models, eval_corpus, mode, tmp_path):
+    out = tmp_path / "report"
+    cfg = EvalConfig(annotations=[eval_corpus["captions"], eval_corpus["images"]], rerank_k=3, untrained=True,
+                     dsl=True)
+    result = evaluate(tiny_models[mode], eval_corpus["store"], cfg, str(out), str(tmp_path / "cache"))
+    assert set(result.directions) == {"t2v", "v2t", "t2i", "i2t"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["conventions"]["ties"] == "pessimistic" and metrics["conventions"]["rerank"] == {
+        "k": 3, "score": "align"}
+    assert metrics["counts"]["video"] == {"items": 5, "captions": 7}
+    assert (out / "recall.png").stat().st_size > 1000 and "| t2v | re-ranked |" in (out / "report.md").read_text()
+    with np.load(out / "similarity.npz") as npz:
+        for direction, rows in metrics["results"].items():
+            for row, figures in rows.items():
+                if row == "chance":
+                    continue
+                mine = recompute(npz, direction, row)
+                for key, value in mine.items():
+                    assert figures[key] == pytest.approx(value, abs=1e-3), (direction, row, key)
+        # chance: one correct video among 5 -> K / N
+        assert rows and metrics["results"]["t2v"]["chance"]["R@1"] == pytest.approx(20.0)
+        # the dual matrix is the cosine of the embeddings; re-ranking keeps it outside the top 3
+        dual, reranked = npz["t2v/dual"], npz["t2v/reranked"]
+        for q in range(len(dual)):
+            top = set(np.argsort(-dual[q], kind="stable")[:3].tolist())
+            rest = [j for j in np.argsort(-dual[q], kind="stable") if j not in top]
+            assert [j for j in np.argsort(-reranked[q], kind="stable") if j not in top] == rest
+            assert min(reranked[q, list(top)]) > max(reranked[q, rest])
+
+
+def test_reranked_scores_are_the_alignment_head(tiny_models, eval_corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    from videolm.model.pretraining import VideoLMForPretraining
+
+    out = tmp_path / "r"
+    evaluate(tiny_models["cbt"], eval_corpus["store"], EvalConfig(annotations=[eval_corpus["captions"]], rerank_k=2),
+             str(out))
+    npz = np.load(out / "similarity.npz")
+    model = VideoLMForPretraining.from_pretrained(tiny_models["cbt"])
+    tok = AutoTokenizer.from_pretrained(tiny_models["cbt"])
+    store = FeatureStore(eval_corpus["store"])
+    q = 0
+    caption = "a big white rabbit stands in a green meadow"       # the first caption of the first item
+    assert str(npz["t2v/query_ids"][q]) == "bigbuckbunny#0"
+    top = np.argsort(-npz["t2v/dual"][q], kind="stable")[:2]
+    ids = torch.tensor([tok(caption, truncation=True, max_length=16)["input_ids"]])
+    for j in top:
+        media = str(npz["t2v/gallery_ids"][j])
+        clips = uniform_clips(np.arange(store.entry(media)["num_clips"]), 4)
+        feats = torch.from_numpy(store.features(media)[clips].astype(np.float32))[None]
+        with torch.no_grad():
+            logit = model.alignment_score(ids, torch.ones_like(ids, dtype=torch.bool), feats,
+                                          torch.ones(feats.shape[:2], dtype=torch.bool))
+        assert npz["t2v/reranked"][q, j] == pytest.approx(float(logit), abs=1e-4)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tiny_models, eval_corpus, tmp_path, capsys, sample_store):
+    out = tmp_path / "out"
+    base = ["evaluate", tiny_models["cbt"], "--protocol", "captions", "--store", eval_corpus["store"],
+            "--annotations", eval_corpus["captions"], "--out", str(out)]
+    assert cli(base[:3] + ["nope"] + base[4:]) == 2
+    assert "unknown protocol 'nope'; choose one of" in capsys.readouterr().err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"video_id": "bikes", "captions": ["x"]}\n{"video_id": \n')
+    assert cli(base[:7] + [str(broken)] + base[8:]) == 2
+    assert f"{broken}:2: not valid JSON" in capsys.readouterr().err
+    no_weights = tmp_path / "m"
+    shutil.copytree(tiny_models["cbt"], no_weights)
+    os.remove(no_weights / "model.safetensors")
+    assert cli(base[:1] + [str(no_weights)] + base[2:]) == 2
+    assert "model.safetensors: missing" in capsys.readouterr().err
+    # a store with other features: the sample store's clips are 1280-dim too, but its backbone spec differs
+    # (2 frames at 64 px): make a CBT model expect another dim instead
+    other = tmp_path / "m2"
+    shutil.copytree(tiny_models["cbt"], other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "preprocessor_config.json").write_text(json.dumps({"feature_store": {"backbone": "s3d"}}))
+    assert cli(base[:1] + [str(other)] + base[2:]) == 2
+    assert "trained on 's3d' features" in capsys.readouterr().err
+    assert config["feature_dim"] == 1280
+    lost = tmp_path / "lost.jsonl"
+    lost.write_text('{"video_id": "bikes", "captions": ["x"]}\n{"video_id": "nowhere", "captions": ["y"]}\n')
+    assert cli(base[:7] + [str(lost)] + base[8:]) == 2
+    assert "1 of 2 captions items have no features" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli(base[:7] + [str(lost)] + base[8:] + ["--allow-missing"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["counts"]["dropped"] == 1
+
+
+def test_videobert_needs_its_own_vocabulary(tiny_models, eval_corpus, tmp_path):
+    other = tmp_path / "m"
+    shutil.copytree(tiny_models["videobert"], other)
+    shutil.rmtree(other / "vocab")
+    with pytest.raises(EvalError, match="without its visual vocabulary"):
+        Encoder.from_pretrained(str(other))
+    # a vocabulary fit on other features (a 2-dim toy store) cannot read the store
+    from videolm.features.store import Finished, StoreWriter
+    toy = tmp_path / "toy"
+    w = StoreWriter(str(toy), {"backbone": "toy", "weights": "none", "clip_spec": {}, "dim": 2, "dtype": "float32"}, 4)
+    w.plan(["a"])
+    w.add(Finished("a", "a.mp4", np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32),
+                   {"kind": "video", "clip_start": [0.0, 1.0, 2.0, 3.0], "clip_end": [1.0, 2.0, 3.0, 4.0]}))
+    w.finalize()
+    enc = Encoder.from_pretrained(tiny_models["videobert"])
+    with pytest.raises(EvalError, match="2-dim"):
+        enc.check_store(FeatureStore(str(toy)))
+
+
+def test_evaluate_cli_and_search(tiny_models, eval_corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli(["evaluate", tiny_models["videobert"], "--protocol", "captions", "--store", eval_corpus["store"],
+                "--annotations", eval_corpus["captions"], "--annotations", eval_corpus["images"], "--rerank-k", "2",
+                "--v2t-rule", "group-max", "--ties", "mean", "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "t2v" in printed and "i2t" in printed and "re-ranked" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["conventions"]["v2t_rule"] == "group-max" and m["results"]["v2t"]["dual"]["gallery"] == 5
+
+    cache = tmp_path / "cache"
+    args = ["search", tiny_models["cbt"], eval_corpus["store"]]
+    opts = ["--cache", str(cache), "-q"]
+    assert cli(args + ["a rabbit in a meadow", "-k", "3"] + opts) == 0
+    first = capsys.readouterr().out
+    assert "8 items" in first and "cached" not in first.splitlines()[0] and len(first.strip().splitlines()) == 5
+    assert cli(args + ["a rabbit in a meadow", "-k", "3", "--rerank", "4"] + opts) == 0
+    second = capsys.readouterr().out
+    assert "cached" in second.splitlines()[0] and "align" in second.splitlines()[1]
+    assert cli(args + [""] + opts) == 2
+    assert "empty query" in capsys.readouterr().err
+
+
+def test_search_by_example_image(tiny_models, eval_corpus, tmp_path, capsys):
+    """The photo the store holds, queried by file, finds itself at the top score."""
+    from videolm.eval.search import open_gallery, search_example
+
+    store = FeatureStore(eval_corpus["store"])
+    enc = Encoder.from_pretrained(tiny_models["cbt"])
+    gallery = open_gallery(enc, store, "image", cache_root=str(tmp_path))
+    photo = store.entry("chelsea")["path"]
+    hits = search_example(enc, gallery, store, photo, k=3)
+    own = next(h for h in hits if h.id == "chelsea")
+    assert own.score == pytest.approx(max(h.score for h in hits), abs=1e-5)
+    assert own.score == pytest.approx(1.0, abs=1e-4)

@@ -1,0 +1,46 @@
+"""Validation during pre-training on the tiny configs: rows in metrics.jsonl,
+best/ kept by the chosen metric, the figures equal a separate evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from videolm.eval.evaluate import EvalConfig, evaluate
+from videolm.train.config import ConfigError, load_config
+
+
+def rows(run):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_validation_rows_best_and_plot(trainer, eval_corpus, tmp_path):
+    run = str(tmp_path / "run")
+    annotations = f"[{eval_corpus['captions']},{eval_corpus['images']}]"
+    trainer(eval_corpus, run, "cbt", steps=20, **{"eval.protocol": "captions", "eval.annotations": annotations,
+                                                  "eval.every": 10, "eval.metric": "t2v/R@1"})
+    val = [r for r in rows(run) if "val/t2v/R@1" in r]
+    assert [r["step"] for r in val] == [10, 20]
+    assert {"val/v2t/R@5", "val/t2i/MdR", "val/i2t/MnR", "val/mean/R@1"} <= set(val[0])
+    best = json.loads(open(os.path.join(run, "best", "validation.json")).read())
+    assert best["metric"] == "t2v/R@1" and best["value"] == max(r["val/t2v/R@1"] for r in val)
+    assert best["step"] == next(r["step"] for r in val if r["val/t2v/R@1"] == best["value"])
+    assert os.path.isfile(os.path.join(run, "best", "model.safetensors"))
+    # the last validation is the final model's: a separate evaluation gives the same figures
+    result = evaluate(os.path.join(run, "model"), eval_corpus["store"],
+                      EvalConfig(annotations=[eval_corpus["captions"], eval_corpus["images"]], split="val"))
+    for name, d in result.directions.items():
+        assert d.metrics["dual"].recall[1] == pytest.approx(val[-1][f"val/{name}/R@1"], abs=1e-3)
+    assert os.path.getsize(os.path.join(run, "loss.png")) > 1000
+
+
+def test_validation_config_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="eval.split=test"):
+        load_config(None, ["eval.protocol=captions", "eval.every=5", "eval.split=test"])
+    with pytest.raises(ConfigError, match="eval.metric must look like"):
+        load_config(None, ["eval.protocol=captions", "eval.every=5", "eval.metric=R1"])
+    with pytest.raises(ConfigError, match="eval.every is set but eval.protocol is empty"):
+        load_config(None, ["eval.every=5"])

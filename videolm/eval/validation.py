@@ -1,0 +1,140 @@
+"""Validation during pre-training: a retrieval protocol on a validation split
+every ``eval.every`` steps, logged to ``metrics.jsonl`` as ``val/<direction>/R@K``
+rows, drawn beside the loss curves, and the best model so far kept in
+``RUN/best/`` (by ``eval.metric``).
+
+The model is evaluated as it is in memory (eval mode, no dropout, nothing
+drawn from any RNG, so a resumed run still computes exactly the same steps),
+on rank 0 only; other ranks wait. Never point ``eval`` at a test split: a
+checkpoint picked on the test split reports an optimistic figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from videolm.eval.embeddings import Encoder, EvalError
+from videolm.eval.evaluate import EvalConfig, evaluate_encoder
+from videolm.eval.protocols import ProtocolError, load_protocol
+from videolm.fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+PREFIX = "val/"
+
+
+@dataclass
+class ValidationConfig:
+    protocol: str = ""               # "" = no validation; e.g. captions (with annotations), msrvtt-full
+    annotations: list[str] = field(default_factory=list)
+    split: str = "val"               # never test
+    store: str | None = None         # default: data.store
+    every: int = 0                   # steps between validations (and at the end); 0 = off
+    metric: str = "mean/R@1"         # what picks best/: "DIR/R@K" (e.g. t2v/R@1), "mean/R@K", "DIR/MdR"
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    rerank_k: int = 0
+    ties: str = "pessimistic"
+    v2t_rule: str = "best-caption"
+    allow_missing: bool = False
+    batch_size: int = 64
+    keep_best: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.protocol) and self.every > 0
+
+    def validate(self) -> None:
+        if not self.protocol and self.every:
+            raise EvalError("eval.every is set but eval.protocol is empty; name a protocol (e.g. captions)")
+        if self.protocol and self.every < 0:
+            raise EvalError(f"eval.every must be >= 0, not {self.every}")
+        if self.protocol and self.split == "test":
+            raise EvalError("eval.split=test: validation picks checkpoints, and picking them on the test split "
+                            "inflates the reported figure; hold out a validation split")
+        name, _, what = self.metric.partition("/")
+        if not name or not what or not (what in ("MdR", "MnR") or (what.startswith("R@") and what[2:].isdigit())):
+            raise EvalError(f"eval.metric must look like t2v/R@1, mean/R@5 or v2t/MdR, not {self.metric!r}")
+
+    def lower_is_better(self) -> bool:
+        return self.metric.endswith(("MdR", "MnR"))
+
+
+def flatten_result(result) -> dict[str, float]:
+    """{"val/t2v/R@1": ..., "val/mean/R@1": ...} from an EvalResult (dual, or re-ranked when on)."""
+    row = "reranked" if result.config.rerank_k else "dual"
+    out, by_k = {}, {}
+    for name, d in result.directions.items():
+        m = d.metrics[row]
+        for k, v in m.recall.items():
+            out[f"{PREFIX}{name}/R@{k}"] = round(v, 4)
+            by_k.setdefault(k, []).append(v)
+        out[f"{PREFIX}{name}/MdR"] = m.median_rank
+        out[f"{PREFIX}{name}/MnR"] = round(m.mean_rank, 4)
+    for k, values in by_k.items():
+        out[f"{PREFIX}mean/R@{k}"] = round(float(np.mean(values)), 4)
+    return out
+
+
+class Validator:
+    """Built once at the start of a run (the protocol and store are checked then)."""
+
+    def __init__(self, cfg: ValidationConfig, store_root: str, tokenizer, vocab, inputs):
+        from videolm.features.store import FeatureStore, StoreError
+
+        cfg.validate()
+        self.cfg = cfg
+        try:
+            self.protocol = load_protocol(cfg.protocol, cfg.annotations, cfg.split)
+            self.store = FeatureStore(cfg.store or store_root)
+        except (ProtocolError, StoreError) as err:
+            raise EvalError(f"eval: {err}") from None
+        self.tokenizer, self.vocab, self.inputs = tokenizer, vocab, inputs
+        self.eval_config = EvalConfig(protocol=cfg.protocol, annotations=cfg.annotations, split=cfg.split,
+                                      ks=tuple(cfg.ks), ties=cfg.ties, v2t_rule=cfg.v2t_rule, rerank_k=cfg.rerank_k,
+                                      allow_missing=cfg.allow_missing, batch_size=cfg.batch_size).validate()
+        self.best: float | None = None
+
+    def due(self, step: int, total: int) -> bool:
+        return self.cfg.enabled and (step % self.cfg.every == 0 or step == total)
+
+    def restore_best(self, rows: list[dict]) -> None:
+        """The best value so far from a resumed run's metrics rows."""
+        key = PREFIX + self.cfg.metric
+        values = [r[key] for r in rows if key in r]
+        if values:
+            self.best = min(values) if self.cfg.lower_is_better() else max(values)
+
+    def run(self, model, step: int) -> dict[str, float]:
+        encoder = Encoder(model, self.tokenizer, self.inputs, self.vocab, f"step-{step}", "the model in training",
+                          self.cfg.batch_size)
+        result = evaluate_encoder(encoder, self.protocol, self.store, self.eval_config)
+        values = flatten_result(result)
+        key = PREFIX + self.cfg.metric
+        if key not in values:
+            raise EvalError(f"eval.metric={self.cfg.metric!r} is not among the figures "
+                            f"({', '.join(k[len(PREFIX):] for k in values)})")
+        return values
+
+    def improved(self, values: dict[str, float]) -> bool:
+        value = values[PREFIX + self.cfg.metric]
+        if math.isnan(value):
+            return False
+        better = self.best is None or (value < self.best if self.cfg.lower_is_better() else value > self.best)
+        if better:
+            self.best = value
+        return better
+
+    def save_best(self, model, run_dir: str, step: int, values: dict, tokenizer, vocab, inputs) -> str:
+        best_dir = os.path.join(run_dir, "best")
+        model.save_pretrained(best_dir, tokenizer=tokenizer, vocabulary=vocab, inputs=inputs)
+        atomic_write_json(os.path.join(best_dir, "validation.json"),
+                          {"step": step, "metric": self.cfg.metric, "value": values[PREFIX + self.cfg.metric],
+                           "protocol": self.cfg.protocol, "split": self.cfg.split, "figures": values})
+        log.info("step %d: %s = %.4g, the best so far; saved %s", step, self.cfg.metric,
+                 values[PREFIX + self.cfg.metric], best_dir)
+        return best_dir
