@@ -104,26 +104,74 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_match_one_process_with_accumulation(tiny_config, tmp_path):
-    """Two gloo ranks with micro-batch 2 vs one process accumulating two
-    micro-batches of 2: the same examples, negatives and updates, so the same
-    losses up to float summation order (tolerance 1e-4)."""
+def test_torchrun_two_processes_match_one_process_over_the_whole_batch(tiny_config, tmp_path):
+    """Two gloo ranks with micro-batch 2 vs one process with batch 4: the
+    contrastive candidates and alignment negatives are gathered over the
+    ranks and the mean losses divided by global counts, so the same losses up
+    to float summation order (tolerance 1e-4). Then the same two ranks with
+    grad_accum=2 against one process with grad_accum=2: each accumulation
+    group is one batch for the negatives, whatever the number of ranks."""
     path, overrides = tiny_config
-    single = tmp_path / "single"
-    assert cli(["pretrain", path, *overrides(single, "cbt", steps=5, **{"train.grad_accum": 2}), "-q"]) == 0
-    ddp = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-                          "-m", "videolm.cli", "pretrain", path, *overrides(ddp, "cbt", steps=5), "-q"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    a, b = losses(single), losses(ddp)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5]
-    for ra, rb in zip(a, b):
-        for key in ra:
-            assert rb[key] == pytest.approx(ra[key], abs=1e-4), (key, ra, rb)
-    assert os.path.isdir(ddp / "model") and not os.path.exists(ddp / "model.tmp")
+    for accum in (1, 2):
+        single = tmp_path / f"single{accum}"
+        extra = {"train.grad_accum": accum, "train.batch_size": 4 * accum}
+        assert cli(["pretrain", path, *overrides(single, "cbt", steps=4, **extra), "-q"]) == 0
+        ddp = tmp_path / f"ddp{accum}"
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                              "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                              "-m", "videolm.cli", "pretrain", path, *overrides(ddp, "cbt", steps=4, **extra), "-q"],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        a, b = losses(single), losses(ddp)
+        assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+        for ra, rb in zip(a, b):
+            for key in ra:
+                assert rb[key] == pytest.approx(ra[key], abs=1e-4), (accum, key, ra, rb)
+        assert os.path.isdir(ddp / "model") and not os.path.exists(ddp / "model.tmp")
+
+
+def test_changing_steps_on_resume_keeps_the_lr_schedule_unless_asked(tiny_config, tmp_path, caplog):
+    """A run of 8 steps stopped at 4 and resumed with train.steps=12 keeps its
+    8-step cosine (no LR jump); train.schedule_steps=12 on the next resume is
+    an explicit change, announced with its jump. LRs checked by hand."""
+    import logging
+    import math
+
+    path, overrides = tiny_config
+    out = tmp_path / "run"
+    peak, warmup = 2e-3, 2
+
+    def by_hand(step: int, total: int) -> float:  # the lr of 1-based step `step`: warmup (s + 1) / w, then cosine
+        s = step - 1
+        if s < warmup:
+            return peak * (s + 1) / warmup
+        return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / (total - warmup))))
+
+    def lrs() -> dict[int, float]:
+        with open(out / "metrics.jsonl") as f:
+            return {r["step"]: r["lr"] for r in map(json.loads, f)}
+
+    stop = {"train.max_steps_per_run": 4, "train.save_every": 4}
+    pretrain(load_config(path, overrides(out, "cbt", steps=8, **stop)))
+    with caplog.at_level(logging.WARNING, logger="videolm.train.loop"):
+        pretrain(load_config(path, overrides(out, "cbt", steps=12, **stop)))
+    assert "the LR schedule keeps the 8 steps it was saved with" in caplog.text
+    assert "train.schedule_steps=12" in caplog.text
+    got = lrs()
+    assert sorted(got) == list(range(1, 9))
+    for step in range(1, 9):
+        assert got[step] == pytest.approx(by_hand(step, 8), rel=1e-6), step
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="videolm.train.loop"):
+        pretrain(load_config(path, overrides(out, "cbt", steps=12, **{"train.schedule_steps": 12})))
+    # at step 8: the 8-step cosine has ended (0.000); the 12-step one is at 0.5 (1 + cos(0.6 pi)) = 0.345
+    assert "changes the LR schedule from 8 to 12 steps: at step 8 the lr multiplier goes from 0.000 to 0.345" \
+        in caplog.text
+    got = lrs()
+    assert sorted(got) == list(range(1, 13))
+    for step in range(9, 13):
+        assert got[step] == pytest.approx(by_hand(step, 12), rel=1e-6), step
 
 
 def test_resume_with_a_different_config_is_refused(tiny_config, tmp_path, capsys):

@@ -31,14 +31,23 @@ def test_is_a_distributed_sampler_and_covers_each_epoch_without_overlap():
     assert len(ranks[0]) == 16 == len(list(ranks[0]))
 
 
-def test_two_ranks_read_what_one_process_with_accumulation_reads():
+def test_ranks_together_hold_each_accumulation_group_of_one_process():
+    """Accumulation step a reads the same positions whatever the number of
+    ranks: ranks split each group, accumulation splits the step."""
     data = Sized(64)
     one = micro_batches(ResumableDistributedSampler(data, 8, 2, 1, 0, 0, 5))
-    r0 = micro_batches(ResumableDistributedSampler(data, 8, 1, 2, 0, 0, 5))
-    r1 = micro_batches(ResumableDistributedSampler(data, 8, 1, 2, 1, 0, 5))
+    r0 = micro_batches(ResumableDistributedSampler(data, 8, 2, 2, 0, 0, 5))
+    r1 = micro_batches(ResumableDistributedSampler(data, 8, 2, 2, 1, 0, 5))
     for step in range(5):
-        assert one[2 * step] == r0[step]
-        assert one[2 * step + 1] == r1[step]
+        for a in range(2):
+            assert one[2 * step + a] == r0[2 * step + a] + r1[2 * step + a]
+    # by hand, step 0: group 0 is positions 0-3 (rank 0: 0, 1; rank 1: 2, 3), group 1 is 4-7
+    assert [p for _, p in r0[0]] == [0, 1] and [p for _, p in r1[0]] == [2, 3]
+    assert [p for _, p in r0[1]] == [4, 5] and [p for _, p in r1[1]] == [6, 7]
+    # without accumulation, two ranks split the one process's batch
+    whole = micro_batches(ResumableDistributedSampler(data, 8, 1, 1, 0, 0, 5))
+    halves = [micro_batches(ResumableDistributedSampler(data, 8, 1, 2, r, 0, 5)) for r in range(2)]
+    assert all(whole[s] == halves[0][s] + halves[1][s] for s in range(5))
 
 
 def test_resuming_at_a_step_continues_exactly():

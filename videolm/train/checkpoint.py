@@ -5,7 +5,7 @@
     model.pt         model state dict (torch.save of tensors only)
     optimizer.pt     AdamW state; scheduler and grad-scaler state
     rng.pt           torch CPU (and CUDA) generator state of every rank
-    state.json       step, data position, python/numpy RNG, the run's config
+    state.json       step, data position, LR schedule length, python/numpy RNG, the run's config
 
 A checkpoint is written into a temporary directory that is renamed into place,
 then ``checkpoints/latest`` is rewritten (temp + rename) to name it; a run
@@ -41,6 +41,11 @@ class TrainState:
     position: int             # first position of the next step's global batch in that epoch
     config: dict              # the run's config (as given, before sizes were filled from data)
     world_size: int
+    schedule_steps: int = 0   # the LR schedule's length in force; 0 = the config's train.steps (older checkpoints)
+
+    def __post_init__(self):
+        if not self.schedule_steps:
+            self.schedule_steps = int(self.config.get("train", {}).get("steps", 0))
 
 
 def python_numpy_rng() -> dict:
@@ -104,7 +109,8 @@ def save_checkpoint(run_dir: str, model: torch.nn.Module, optimizer, scheduler, 
         torch.save({"ranks": rng_per_rank}, os.path.join(tmp, "rng.pt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"format": FORMAT, "step": state.step, "epoch": state.epoch, "position": state.position,
-                       "world_size": state.world_size, "config": state.config, "rng": python_numpy_rng()}, f)
+                       "world_size": state.world_size, "schedule_steps": state.schedule_steps,
+                       "config": state.config, "rng": python_numpy_rng()}, f)
     atomic_write_bytes(os.path.join(root, "latest"), checkpoint_name(state.step).encode())
     _prune(root, keep)
     return final
@@ -142,7 +148,8 @@ def load_checkpoint(path: str) -> Checkpoint:
         raise CheckpointError(f"{path}: not a checkpoint directory (missing {os.path.basename(e.filename)})") from None
     except (json.JSONDecodeError, RuntimeError, KeyError, EOFError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first_line(e)})") from None
-    state = TrainState(meta["step"], meta["epoch"], meta["position"], meta["config"], meta["world_size"])
+    state = TrainState(meta["step"], meta["epoch"], meta["position"], meta["config"], meta["world_size"],
+                       meta.get("schedule_steps", 0))
     return Checkpoint(path, state, model, optim, rng["ranks"], meta["rng"])
 
 

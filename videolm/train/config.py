@@ -37,8 +37,9 @@ class TrainConfig:
     weight_decay: float = 0.01      # AdamW decay; never on biases, LayerNorm or other 1-d parameters
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-6
-    warmup_steps: int = 1000        # linear warmup from 0, then cosine decay
+    warmup_steps: int = 1000        # linear warmup (step s at lr * (s + 1) / warmup_steps), then cosine decay
     min_lr_ratio: float = 0.0       # the cosine ends at lr * min_lr_ratio
+    schedule_steps: int = 0         # the cosine's length; 0 = train.steps (a resumed run keeps its saved length)
     clip_grad_norm: float = 1.0     # 0 switches clipping off
     amp: str = "none"               # none | bf16 | fp16 (fp16 only on CUDA)
     device: str = "auto"            # auto | cpu | cuda
@@ -57,6 +58,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}")
+        if self.schedule_steps < 0:
+            raise ConfigError(f"train.schedule_steps must be >= 0 (0: train.steps), not {self.schedule_steps}")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must be two numbers, not {self.betas}")
 
@@ -73,8 +76,9 @@ class PretrainConfig:
 
 # Keys that may change between a checkpoint and its resumption: they do not
 # change what the run computes, only how long it runs, where it logs, or how
-# fast data arrives.
-RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.save_every", "train.keep_checkpoints",
+# fast data arrives. (train.steps does not stretch the LR schedule, which keeps
+# its saved length; train.schedule_steps changes it, explicitly and announced.)
+RESUMABLE_KEYS = {"train.steps", "train.schedule_steps", "train.log_every", "train.save_every", "train.keep_checkpoints",
                   "train.num_workers", "train.max_steps_per_run", "train.out", "train.device"}
 
 

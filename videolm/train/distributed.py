@@ -95,15 +95,18 @@ class ResumableDistributedSampler(DistributedSampler):
     *which positions* each rank reads at each step. Optimizer step ``s`` uses
     the global batch of positions ``[b, b + G)`` of its epoch
     (``b = (s mod steps_per_epoch) * G``; the last partial batch of an epoch
-    is dropped). That batch is cut into ``world_size * grad_accum``
-    micro-batches of ``G / (world_size * grad_accum)`` positions; rank ``r``
-    takes micro-batches ``r * grad_accum + a`` for ``a`` in
-    ``range(grad_accum)``.
+    is dropped). That batch is cut into ``grad_accum`` consecutive groups,
+    one per accumulation step ``a``, and each group into ``world_size``
+    micro-batches: rank ``r`` takes micro-batch ``a * world_size + r``, i.e.
+    positions ``b + (a * world_size + r) * m`` onwards (``m = G /
+    (world_size * grad_accum)``).
 
     Two consequences the tests rely on: a run resumed at step ``s`` reads
-    exactly what an uninterrupted run reads from step ``s`` on, and two ranks
-    with ``grad_accum = 1`` read the same micro-batches as one process with
-    ``grad_accum = 2``, so the two compute the same optimizer steps.
+    exactly what an uninterrupted run reads from step ``s`` on, and at each
+    accumulation step the ranks together hold the same group of positions
+    whatever their number, so (the model gathering its contrastive candidates
+    over the ranks) N ranks compute the optimizer steps one process with the
+    same ``grad_accum`` computes.
     """
 
     def __init__(self, dataset, global_batch: int, grad_accum: int, num_replicas: int, rank: int,
@@ -127,7 +130,7 @@ class ResumableDistributedSampler(DistributedSampler):
         base = within * self.global_batch
         out = []
         for a in range(self.grad_accum):
-            start = base + (self.rank * self.grad_accum + a) * self.micro_batch
+            start = base + (a * self.num_replicas + self.rank) * self.micro_batch
             out.append([(epoch, p) for p in range(start, start + self.micro_batch)])
         return out
 

@@ -6,7 +6,13 @@ command resumes from ``RUN/checkpoints/latest`` and computes exactly the
 steps an uninterrupted run would have computed: the data position is the
 step (see ResumableDistributedSampler), per-example randomness is seeded by
 ``(seed, epoch, position)``, the model's negative sampling by
-``(seed, step, micro-batch)``, and dropout's RNG state is checkpointed.
+``(seed, step, accumulation index)``, and dropout's RNG state is checkpointed.
+
+Under torchrun the contrastive candidates come from every rank
+(videolm.model.gather): N ranks compute the optimizer step one process with
+the same ``grad_accum`` computes over the whole batch. Accumulation is not
+gathered: each of its micro-batch groups is a batch of its own for the
+negatives.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from videolm.data.corpus import build_pretrain_dataset
 from videolm.fileio import atomic_write_jsonl
 from videolm.model.config import ModelConfig
 from videolm.model.errors import ModelError
+from videolm.model.gather import RankGroup
 from videolm.model.pretraining import VideoLMForPretraining
 from videolm.text.tokenizer import load_tokenizer
 from videolm.train import distributed as D
@@ -39,7 +46,7 @@ from videolm.train.checkpoint import (CheckpointError, TrainState, latest_checkp
                                       torch_rng_state, write_resolved_config)
 from videolm.train.config import PretrainConfig, config_differences
 from videolm.train.metrics import MetricsLog, plot_losses
-from videolm.train.optim import build_optimizer, build_scheduler
+from videolm.train.optim import build_optimizer, build_scheduler, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +140,41 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 
 def negatives_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """The model's random alignment negatives for one micro-batch: seeded by
-    (seed, step, global micro-batch index), so one process with grad_accum=2
-    and two ranks draw the same negatives."""
+    """The model's random alignment negatives for one accumulation step:
+    seeded by (seed, step, accumulation index) and the same on every rank, as
+    the model draws them for the global batch; so any number of ranks draws
+    what one process draws."""
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + step) * 1_009 + micro)
     return g
+
+
+def schedule_length(t, ckpt, env: D.DistEnv) -> int:
+    """The cosine schedule's length in steps. A fresh run: train.schedule_steps,
+    or train.steps when that is 0. A resumed run keeps the length it was saved
+    with, whatever train.steps now says (so extending a run never makes the LR
+    jump); a train.schedule_steps that differs is an explicit schedule change,
+    announced with the jump it makes."""
+    if ckpt is None:
+        return t.schedule_steps or t.steps
+    saved = ckpt.state.schedule_steps
+    step = ckpt.state.step
+
+    def multiplier(total: int) -> float:
+        return warmup_cosine(step, t.warmup_steps, total, t.min_lr_ratio)
+
+    if t.schedule_steps and t.schedule_steps != saved:
+        if env.is_main:
+            log.warning("train.schedule_steps=%d changes the LR schedule from %d to %d steps: at step %d the lr "
+                        "multiplier goes from %.3f to %.3f", t.schedule_steps, saved, t.schedule_steps, step,
+                        multiplier(saved), multiplier(t.schedule_steps))
+        return t.schedule_steps
+    if t.steps != saved and env.is_main:
+        log.warning("train.steps=%d; the LR schedule keeps the %d steps it was saved with (lr multiplier %.3f at "
+                    "step %d)%s; set train.schedule_steps=%d to change the schedule", t.steps, saved,
+                    warmup_cosine(t.steps - 1, t.warmup_steps, saved, t.min_lr_ratio), t.steps,
+                    f", and is {t.min_lr_ratio:g} from step {saved}" if t.steps > saved else "", t.steps)
+    return saved
 
 
 def pretrain(cfg: PretrainConfig, progress: Progress | None = None) -> PretrainResult:
@@ -202,7 +238,8 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
                  model_cfg.hidden_size, env.world_size, device)
 
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.betas, t.eps, fused=True)
-    scheduler = build_scheduler(optimizer, t.warmup_steps, t.steps, t.min_lr_ratio)
+    schedule_steps = schedule_length(t, ckpt, env)
+    scheduler = build_scheduler(optimizer, t.warmup_steps, schedule_steps, t.min_lr_ratio)
     scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
     start_step = 0
     if ckpt is not None:
@@ -212,9 +249,15 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
         if scaler is not None and ckpt.optimizer["scaler"]:
             scaler.load_state_dict(ckpt.optimizer["scaler"])
         start_step = ckpt.state.step
-        if ckpt.state.world_size != env.world_size:
-            log.warning("resuming a %d-process run with %d processes: data and steps continue exactly, "
-                        "dropout draws start afresh", ckpt.state.world_size, env.world_size)
+        # the next step's lr under the schedule in force (not the saved one, after an explicit change)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * warmup_cosine(start_step, t.warmup_steps, schedule_steps, t.min_lr_ratio)
+        if ckpt.state.world_size != env.world_size and env.is_main:
+            log.warning("resuming a %d-process run with %d processes: every step reads the same examples in the "
+                        "same micro-batch groups, with the same negatives (train.batch_size and grad_accum are "
+                        "unchanged); only dropout draws start afresh and float sums run in another order",
+                        ckpt.state.world_size, env.world_size)
+    ranks = RankGroup.new(env.world_size, env.rank)  # contrastive candidates from every rank
     train_model = model
     if env.enabled:
         # find_unused_parameters: a micro-batch may mask no visual position
@@ -270,7 +313,7 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
                 sync = contextlib.nullcontext() if (not env.enabled or a == t.grad_accum - 1) else train_model.no_sync()
                 with sync:
                     with autocast():
-                        out = train_model(batch, generator=negatives_generator(t.seed, step, env.rank * t.grad_accum + a))
+                        out = train_model(batch, generator=negatives_generator(t.seed, step, a), ranks=ranks)
                     loss = out.loss / t.grad_accum
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 sums["loss"] += out.loss.detach().float() / t.grad_accum
@@ -285,7 +328,8 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
                 scaler.update()
             else:
                 optimizer.step()
-            lr = scheduler.get_last_lr()[0]
+            model.clamp_parameters()  # the temperature's bound, on the value (as CLIP), not inside forward
+            lr = optimizer.param_groups[0]["lr"]  # the lr this step used
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             sums["grad_norm"] += grad_norm.detach().float()
@@ -312,7 +356,7 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
             stop = stop and step < t.steps
             if step % t.save_every == 0 or step == t.steps or stop:
                 _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, given_config, env, device,
-                            t.keep_checkpoints)
+                            t.keep_checkpoints, schedule_steps)
             if stop:
                 stopped_early = True
                 break
@@ -333,7 +377,8 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     return PretrainResult(run_dir, step, ckpt.state.step if ckpt else None, model_dir, metrics.path, png, last)
 
 
-def _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, config, env, device, keep) -> None:
+def _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, config, env, device, keep,
+                schedule_steps) -> None:
     """All ranks call this (RNG states are gathered); rank 0 writes."""
     rng = torch_rng_state(device)
     if env.enabled:
@@ -343,6 +388,6 @@ def _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, con
         gathered = [rng]
     if env.is_main:
         epoch, within = divmod(step, sampler.steps_per_epoch)
-        state = TrainState(step, epoch, within * sampler.global_batch, config, env.world_size)
+        state = TrainState(step, epoch, within * sampler.global_batch, config, env.world_size, schedule_steps)
         save_checkpoint(run_dir, model, optimizer, scheduler, scaler, state, gathered, keep)
     D.barrier(env)
