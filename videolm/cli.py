@@ -32,8 +32,8 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _add_extract(sub) -> None:
-    from videolm.features.backbones import BACKBONES
-    from videolm.features.extract import ExtractConfig
+    # torch-free imports only: building the parser must not load torch (--version, --help)
+    from videolm.features.config import BACKBONE_NAMES, ExtractConfig
     from videolm.video.sampling import PRESETS
 
     d = ExtractConfig()
@@ -43,19 +43,21 @@ def _add_extract(sub) -> None:
                     "INPUTS: video/image files, directories (searched recursively), text lists (.txt), or\n"
                     "CSV/JSONL manifests with a 'path' and optional 'video_id' column.\n"
                     "A rerun into the same --out skips finished inputs.")
+    own = "default: the preset's, else the backbone's own (docs/backbones.md)"
     p.add_argument("inputs", nargs="+", help="files, directories, lists or manifests")
     p.add_argument("-o", "--out", required=True, help="store directory to write (created or resumed)")
-    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES), help="feature network")
+    p.add_argument("--backbone", default=d.backbone, choices=BACKBONE_NAMES, help="feature network")
     p.add_argument("--weights", default=d.weights,
-                   help="'none' (random init, seeded), a .safetensors/.pt file, or an official name (e.g. KINETICS400_V1)")
+                   help="an official name (e.g. KINETICS400_V1), a .safetensors/.pt file, or 'none' "
+                        "(random init, seeded: for testing the pipeline only)")
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS),
-                   help="clip timing preset; default: the backbone's own frames x sampling rate")
-    p.add_argument("--window", dest="window_s", type=float, default=d.window_s, help="clip length in seconds")
+                   help="clip timing preset (default: the backbone's own frames x sampling rate)")
+    p.add_argument("--window", dest="window_s", type=float, default=d.window_s, help=f"clip length in seconds ({own})")
     p.add_argument("--stride", dest="stride_s", type=float, default=d.stride_s,
-                   help="seconds between clip starts (default: = window; smaller overlaps)")
-    p.add_argument("--frames", type=int, default=d.frames, help="frames per clip")
-    p.add_argument("--short-side", type=int, default=d.short_side, help="resize the short side to this")
-    p.add_argument("--crop", type=int, default=d.crop, help="centre crop size")
+                   help="seconds between clip starts (default: the window; smaller overlaps)")
+    p.add_argument("--frames", type=int, default=d.frames, help=f"frames per clip ({own})")
+    p.add_argument("--short-side", type=int, default=d.short_side, help=f"resize the short side to this ({own})")
+    p.add_argument("--crop", type=int, default=d.crop, help=f"centre crop size ({own})")
     p.add_argument("--drop-short", action="store_true", help="drop videos shorter than one clip instead of padding")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per backbone batch")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers decoding in parallel")
@@ -63,16 +65,22 @@ def _add_extract(sub) -> None:
     p.add_argument("--worker-nice", type=int, default=d.worker_nice,
                    help="lower the decoding workers' CPU priority by this nice value")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the backbone (default: torch's)")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default=d.device,
+                   help="cpu, cuda, cuda:1, ... ('cuda' under torchrun or Slurm: the rank's local GPU)")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     p.add_argument("--dtype", default=d.dtype, choices=["float16", "float32"], help="stored feature dtype")
     p.add_argument("--reader", default=d.reader, choices=["auto", "decord", "pyav"],
                    help="video reader; auto tries decord, then PyAV")
-    p.add_argument("--limit", type=int, default=d.limit, help="process at most this many inputs in this run")
+    p.add_argument("--limit", type=int, default=d.limit,
+                   help="process at most this many inputs in this run (default: all)")
     p.add_argument("--shard", type=_shard, default=d.shard,
-                   help="i/n: take every n-th input starting at i (default: from torchrun's RANK/WORLD_SIZE)")
+                   help="i/n: take every n-th input starting at i "
+                        "(default: from torchrun's RANK/WORLD_SIZE or Slurm's SLURM_PROCID/SLURM_NTASKS)")
     p.add_argument("--videos-per-shard", type=int, default=d.videos_per_shard, help="inputs per .npy shard")
     p.add_argument("--retry-failed", action="store_true", help="retry inputs that failed in an earlier run")
+    p.add_argument("--no-output-check", dest="check_output", action="store_false",
+                   help="store the features even if the first batch shows the network's output is degenerate "
+                        "(all zero, or the same vector for different clips); by default such a run stops")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for random-init weights")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -121,27 +129,81 @@ def _setup_logging(verbose: bool) -> None:
     root.propagate = False
 
 
+def launcher_rank(env) -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun, or as one of
+    several Slurm tasks (srun -n N); None otherwise."""
+    if int(env.get("WORLD_SIZE", "1")) > 1:  # torchrun
+        return int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
+    if int(env.get("SLURM_NTASKS", "1")) > 1:  # srun -n N
+        return int(env.get("SLURM_PROCID", "0")), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+    return None
+
+
+class _Bars:
+    """Progress for extract: two tqdm bars (inputs, clips) on a terminal; on
+    a log file or CI pipe, one plain line per finished input instead."""
+
+    def __init__(self, quiet: bool, errors_path: str):
+        from tqdm import tqdm
+
+        self.tqdm, self.quiet, self.errors_path = tqdm, quiet, errors_path
+        self.tty = sys.stderr.isatty()
+        self.videos = self.clip_bar = None
+        self.total = self.done = 0
+
+    def start(self, total):
+        self.total = total
+        if self.tty and not self.quiet:
+            self.videos = self.tqdm(total=total, desc="inputs", unit="input", position=0)
+            self.clip_bar = self.tqdm(desc="clips", unit="clip", position=1)
+
+    def clips(self, n):
+        if self.clip_bar is not None:
+            self.clip_bar.update(n)
+
+    def finished(self, item, status, message):
+        self.done += 1
+        if self.videos is not None:
+            self.videos.update(1)
+        elif not self.quiet:
+            print(f"[{self.done}/{self.total}] {status}: {item.path}", file=sys.stderr, flush=True)
+        if status == "failed":
+            self.tqdm.write(f"error: {item.path}: {message}; recorded in {self.errors_path}", file=sys.stderr)
+        elif message:
+            self.tqdm.write(f"warning: {item.path}: {message}", file=sys.stderr)
+
+    def close(self):
+        for bar in (self.videos, self.clip_bar):
+            if bar is not None:
+                bar.close()
+
+
 def _cmd_extract(args) -> int:
     import torch
     from tqdm import tqdm
 
     from videolm.features.backbones import BackboneError
-    from videolm.features.extract import ExtractConfig, Progress, extract
+    from videolm.features.extract import ExtractConfig, clip_spec_for, extract
     from videolm.features.inputs import UsageError, collect_inputs
     from videolm.features.store import StoreError
 
     out = args.out
-    shard = args.shard
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if shard is None and world > 1:  # under torchrun: each rank writes its own part
-        rank = int(os.environ.get("RANK", "0"))
+    shard, device = args.shard, args.device
+    launched = launcher_rank(os.environ)
+    if shard is None and launched is not None:  # under torchrun / srun: each rank writes its own part
+        rank, world, local = launched
         shard = (rank, world)
         out = os.path.join(out, f"part-{rank:05d}-of-{world:05d}")
+        if device == "cuda":
+            device = f"cuda:{local}"
+        print(f"videolm extract: rank {rank} of {world}: inputs {rank}, {rank + world}, ... on {device} -> {out}",
+              file=sys.stderr)
     try:
         cfg = ExtractConfig(**{k: getattr(args, k) for k in (
             "backbone", "weights", "preset", "window_s", "stride_s", "frames", "short_side", "crop", "drop_short",
-            "batch_size", "workers", "decode_threads", "worker_nice", "device", "amp", "dtype", "reader", "limit",
-            "videos_per_shard", "retry_failed", "seed")}, shard=shard)
+            "batch_size", "workers", "decode_threads", "worker_nice", "amp", "dtype", "reader", "limit",
+            "videos_per_shard", "retry_failed", "check_output", "seed")}, shard=shard, device=device)
+        clip_spec_for(cfg)  # sizes that cannot work are a usage error before anything runs
         items, input_errors = collect_inputs(args.inputs)
     except (ValueError, UsageError) as err:
         raise CliError(str(err)) from None
@@ -153,34 +215,17 @@ def _cmd_extract(args) -> int:
     for e in input_errors:
         tqdm.write(f"error: {e.where}: {e.reason}; recorded in {errors_path}", file=sys.stderr)
 
-    class Bars(Progress):
-        def start(self, total):
-            self.videos = tqdm(total=total, desc="inputs", unit="input", disable=args.quiet, position=0)
-            self.clip_bar = tqdm(desc="clips", unit="clip", disable=args.quiet, position=1)
-
-        def clips(self, n):
-            self.clip_bar.update(n)
-
-        def finished(self, item, status, message):
-            self.videos.update(1)
-            if status == "failed":
-                tqdm.write(f"error: {item.path}: {message}; recorded in {errors_path}", file=sys.stderr)
-            elif message:
-                tqdm.write(f"warning: {item.path}: {message}", file=sys.stderr)
-
-    bars = Bars()
+    bars = _Bars(args.quiet, errors_path)
     try:
         result = extract(items, out, cfg, input_errors, progress=bars)
     except (BackboneError, StoreError) as err:
         raise CliError(str(err)) from None
     finally:
-        for bar in ("videos", "clip_bar"):
-            if hasattr(bars, bar):
-                getattr(bars, bar).close()
+        bars.close()
     failed = result.failed + len(input_errors)
     print(f"videolm extract: {result.ok} ok, {failed} failed, {result.skipped} already done; "
           f"{result.clips} clips in {result.seconds:.1f} s ({result.clips_per_s:.2f} clips/s) -> {out}")
-    if world > 1 and args.shard is None:
+    if launched is not None and args.shard is None:
         print(f"when every rank has finished: videolm store merge MERGED {args.out}/part-*")
     return EXIT_SOME_FAILED if failed else EXIT_OK
 

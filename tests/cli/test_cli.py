@@ -1,8 +1,11 @@
+import re
 import subprocess
 import sys
 
+import pytest
+
 from videolm import __version__
-from videolm.features.extract import ExtractConfig
+from videolm.features.config import ExtractConfig
 
 
 def _run(*args):
@@ -14,6 +17,20 @@ def test_version():
     assert r.returncode == 0 and r.stdout.strip() == f"videolm {__version__}"
 
 
+def test_building_the_parser_does_not_import_torch():
+    """What makes --version and --help fast (torch alone takes seconds to import)."""
+    code = "import sys; from videolm.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_backbone_names_match_the_backbone_table():
+    from videolm.features.backbones import BACKBONES
+    from videolm.features.config import BACKBONE_NAMES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
 def test_help_lists_every_option_with_its_default():
     top = _run("--help")
     assert top.returncode == 0 and "extract" in top.stdout and "store" in top.stdout
@@ -21,11 +38,48 @@ def test_help_lists_every_option_with_its_default():
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     for field, value in vars(ExtractConfig()).items():
-        flag = {"window_s": "--window", "stride_s": "--stride"}.get(field, "--" + field.replace("_", "-"))
+        flag = {"window_s": "--window", "stride_s": "--stride", "check_output": "--no-output-check"}.get(
+            field, "--" + field.replace("_", "-"))
         assert flag in text, flag
     assert "(default: s3d)" in text and "(default: float16)" in text and "(default: 8)" in text
+
+
+def test_help_gives_one_default_per_option_and_never_none():
+    r = _run("extract", "--help")
+    options = r.stdout.split("options:")[1]
+    entries = re.split(r"\n  (?=-)", options)  # one entry per option
+    assert len(entries) > 20
+    for entry in entries:
+        assert "(default: None)" not in entry, entry
+        assert entry.count("default") <= 1, entry
+    stride = next(e for e in entries if e.startswith("--stride"))
+    assert "default: the window" in " ".join(stride.split())
 
 
 def test_no_command_is_a_usage_error():
     r = _run()
     assert r.returncode == 2 and "usage:" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--short-side", "100"], "--short-side 100 is smaller than the crop 224 (--crop): "
+                              "the crop must fit inside the resized frame"),
+    (["--window", "0"], "--window must be > 0 seconds, got 0.0"),
+    (["--frames", "0"], "--frames must be >= 1, got 0"),
+    (["--videos-per-shard", "0"], "--videos-per-shard must be >= 1, got 0"),
+    (["--limit", "-1"], "--limit must be >= 0, got -1"),
+])
+def test_impossible_settings_are_one_line_usage_errors(tmp_path, args, message):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"x")
+    r = _run("extract", str(tmp_path / "v"), "-o", str(tmp_path / "s"), *args)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_folder_with_no_media_is_a_usage_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = _run("extract", str(tmp_path / "empty"), "-o", str(tmp_path / "s"))
+    assert r.returncode == 2 and not (tmp_path / "s").exists()
+    assert r.stderr.startswith(f"error: {tmp_path / 'empty'}: no video or image files") and ".mp4" in r.stderr

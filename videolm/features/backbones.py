@@ -21,7 +21,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
 from videolm.errors import first_line
+from videolm.video.sampling import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD
 
 with warnings.catch_warnings():
     # fvcore (imported by pytorchvideo) calls torch.jit.script at import time,
@@ -42,10 +43,6 @@ with warnings.catch_warnings():
 
 logger = logging.getLogger(__name__)
 
-KINETICS_MEAN = (0.45, 0.45, 0.45)  # pytorchvideo model zoo
-KINETICS_STD = (0.225, 0.225, 0.225)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FRAME_CHUNK = 32  # frames per forward call of a 2-D backbone
 PTV_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
 
@@ -69,7 +66,6 @@ class BackboneSpec:
     kind: str  # "3d" or "2d"
     source: str  # "torchvision" | "pytorchvideo"
     official: dict[str, str]  # official weight name -> download URL
-    default_weights: str | None  # the official name users would normally pick
     # Modules after the pooled vector (the classifier, and pytorchvideo's
     # softmax); dotted paths in the full model, replaced by nn.Identity.
     classifier: tuple[str, ...] = ()
@@ -77,6 +73,14 @@ class BackboneSpec:
     alpha: int | None = None
     # MViT only: positional embeddings accept exactly frames x crop x crop.
     fixed_input: bool = False
+    # official weight name -> its own eval sizes / mean / std where they differ
+    # from the fields above (torchvision's IMAGENET1K_V2: 232 px, not 256)
+    weight_preprocessing: dict[str, dict] = field(default_factory=dict)
+
+    def preprocessing(self, weights: str = "none") -> dict:
+        """short_side, crop, mean, std for clips fed to these weights."""
+        base = dict(short_side=self.short_side, crop=self.crop, mean=self.mean, std=self.std)
+        return dict(base, **self.weight_preprocessing.get(weights, {}))
 
 
 def _torchvision_preprocessing(weights) -> dict:
@@ -95,104 +99,116 @@ def _torchvision_official(enum) -> dict[str, str]:
     return {w.name: w.url for w in enum}
 
 
+def _torchvision_weights(enum, default) -> dict:
+    """The BackboneSpec fields that come from a torchvision weight enum: the
+    default weights' preprocessing, and each other weight's where it differs."""
+    base = _torchvision_preprocessing(default)
+    per_weight = {}
+    for w in enum:
+        diff = {k: v for k, v in _torchvision_preprocessing(w).items() if v != base[k]}
+        if diff:
+            per_weight[w.name] = diff
+    return dict(base, official=_torchvision_official(enum), weight_preprocessing=per_weight)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     # torchvision 3-D. S3D: 16 frames at 15 fps (torchvision evaluates at
     # 15 fps); its eval transform resizes to a fixed 256x256, we keep aspect.
     "s3d": BackboneSpec(
         builder=partial(tvv.s3d, weights=None),
         dim=1024, frames=16, sampling_rate=2,
-        **_torchvision_preprocessing(tvv.S3D_Weights.KINETICS400_V1),
+        **_torchvision_weights(tvv.S3D_Weights, tvv.S3D_Weights.KINETICS400_V1),
         kind="3d", source="torchvision",
-        official=_torchvision_official(tvv.S3D_Weights), default_weights="KINETICS400_V1",
         classifier=("classifier",),
     ),
     "r2plus1d_18": BackboneSpec(
         builder=partial(tvv.r2plus1d_18, weights=None),
         dim=512, frames=16, sampling_rate=2,
-        **_torchvision_preprocessing(tvv.R2Plus1D_18_Weights.KINETICS400_V1),
+        **_torchvision_weights(tvv.R2Plus1D_18_Weights, tvv.R2Plus1D_18_Weights.KINETICS400_V1),
         kind="3d", source="torchvision",
-        official=_torchvision_official(tvv.R2Plus1D_18_Weights), default_weights="KINETICS400_V1",
         classifier=("fc",),
     ),
     # MViT's positional embedding fixes the input to exactly 16x224x224.
     "mvit_v2_s": BackboneSpec(
         builder=partial(tvv.mvit_v2_s, weights=None),
         dim=768, frames=16, sampling_rate=4,
-        **_torchvision_preprocessing(tvv.MViT_V2_S_Weights.KINETICS400_V1),
+        **_torchvision_weights(tvv.MViT_V2_S_Weights, tvv.MViT_V2_S_Weights.KINETICS400_V1),
         kind="3d", source="torchvision",
-        official=_torchvision_official(tvv.MViT_V2_S_Weights), default_weights="KINETICS400_V1",
         classifier=("head",), fixed_input=True,
     ),
-    # pytorchvideo model zoo (Kinetics-400); sizes from its hub documentation.
+    # pytorchvideo model zoo (Kinetics-400). T x tau from each checkpoint's
+    # name; sizes from the torch hub recipes (the pytorchvideo hub pages and
+    # tutorial_torchhub_inference: X3D-XS/S 182/182, X3D-M, Slow and SlowFast
+    # 256/256, i.e. the crop covers the short side). I3D and R(2+1)D-50 have no
+    # hub recipe: they keep the 256 / 224 centre crop of their training size.
     # X3D's pooled vector is the 2048-d output of the head's projected pool.
     "x3d_xs": BackboneSpec(
         builder=partial(ptv_hub.x3d_xs, pretrained=False),
         dim=2048, frames=4, sampling_rate=12, short_side=182, crop=182,
         mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/X3D_XS.pyth"}, default_weights="KINETICS400",
+        official={"KINETICS400": f"{PTV_ZOO}/X3D_XS.pyth"},
         classifier=("blocks.5.proj", "blocks.5.activation"),
     ),
     "x3d_s": BackboneSpec(
         builder=partial(ptv_hub.x3d_s, pretrained=False),
         dim=2048, frames=13, sampling_rate=6, short_side=182, crop=182,
         mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/X3D_S.pyth"}, default_weights="KINETICS400",
+        official={"KINETICS400": f"{PTV_ZOO}/X3D_S.pyth"},
         classifier=("blocks.5.proj", "blocks.5.activation"),
     ),
     "x3d_m": BackboneSpec(
         builder=partial(ptv_hub.x3d_m, pretrained=False),
-        dim=2048, frames=16, sampling_rate=5, short_side=256, crop=224,
+        dim=2048, frames=16, sampling_rate=5, short_side=256, crop=256,
         mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/X3D_M.pyth"}, default_weights="KINETICS400",
+        official={"KINETICS400": f"{PTV_ZOO}/X3D_M.pyth"},
         classifier=("blocks.5.proj", "blocks.5.activation"),
     ),
     "slow_r50": BackboneSpec(
         builder=partial(ptv_hub.slow_r50, pretrained=False),
-        dim=2048, frames=8, sampling_rate=8, short_side=256, crop=224,
+        dim=2048, frames=8, sampling_rate=8, short_side=256, crop=256,
         mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/SLOW_8x8_R50.pyth"}, default_weights="KINETICS400",
+        official={"KINETICS400": f"{PTV_ZOO}/SLOW_8x8_R50.pyth"},
         classifier=("blocks.5.proj",),
     ),
     # SlowFast 8x8: the fast pathway reads 32 frames at tau=2, the slow one
     # every 4th of them (8 frames at tau=8); 2048 slow + 256 fast channels.
     "slowfast_r50": BackboneSpec(
         builder=partial(ptv_hub.slowfast_r50, pretrained=False),
-        dim=2304, frames=32, sampling_rate=2, short_side=256, crop=224,
+        dim=2304, frames=32, sampling_rate=2, short_side=256, crop=256,
         mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/SLOWFAST_8x8_R50.pyth"}, default_weights="KINETICS400",
+        official={"KINETICS400": f"{PTV_ZOO}/SLOWFAST_8x8_R50.pyth"},
         classifier=("blocks.6.proj",), alpha=4,
     ),
     "i3d_r50": BackboneSpec(
         builder=partial(ptv_hub.i3d_r50, pretrained=False),
         dim=2048, frames=8, sampling_rate=8, short_side=256, crop=224,
         mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/I3D_8x8_R50.pyth"}, default_weights="KINETICS400",
+        official={"KINETICS400": f"{PTV_ZOO}/I3D_8x8_R50.pyth"},
         classifier=("blocks.6.proj",),
     ),
     "r2plus1d_r50": BackboneSpec(
         builder=partial(ptv_hub.r2plus1d_r50, pretrained=False),
         dim=2048, frames=16, sampling_rate=4, short_side=256, crop=224,
         mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/R2PLUS1D_16x4_R50.pyth"}, default_weights="KINETICS400",
+        official={"KINETICS400": f"{PTV_ZOO}/R2PLUS1D_16x4_R50.pyth"},
         classifier=("blocks.5.proj", "blocks.5.activation"),
     ),
     # 2-D ImageNet networks, frame by frame then mean over T (video_features'
     # ResNet mode). 16 frames at 15 fps is our choice, not a training setting;
-    # 256/224 is the IMAGENET1K_V1 eval transform (V2 resizes to 232).
+    # 256/224 is the IMAGENET1K_V1 eval transform; IMAGENET1K_V2 weights get
+    # their own 232/224 (weight_preprocessing).
     "mobilenet_v2": BackboneSpec(
         builder=partial(tvm.mobilenet_v2, weights=None),
         dim=1280, frames=16, sampling_rate=2,
-        **_torchvision_preprocessing(tvm.MobileNet_V2_Weights.IMAGENET1K_V1),
+        **_torchvision_weights(tvm.MobileNet_V2_Weights, tvm.MobileNet_V2_Weights.IMAGENET1K_V1),
         kind="2d", source="torchvision",
-        official=_torchvision_official(tvm.MobileNet_V2_Weights), default_weights="IMAGENET1K_V1",
         classifier=("classifier",),
     ),
     "resnet50": BackboneSpec(
         builder=partial(tvm.resnet50, weights=None),
         dim=2048, frames=16, sampling_rate=2,
-        **_torchvision_preprocessing(tvm.ResNet50_Weights.IMAGENET1K_V1),
+        **_torchvision_weights(tvm.ResNet50_Weights, tvm.ResNet50_Weights.IMAGENET1K_V1),
         kind="2d", source="torchvision",
-        official=_torchvision_official(tvm.ResNet50_Weights), default_weights="IMAGENET1K_V1",
         classifier=("fc",),
     ),
 }

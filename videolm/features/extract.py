@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from videolm.errors import first_line
 from videolm.features.backbones import BACKBONES, BackboneError, build_backbone
+from videolm.features.config import ExtractConfig  # noqa: F401  (re-exported: the config lives torch-free)
 from videolm.features.inputs import InputError, InputItem
 from videolm.features.store import Finished, StoreWriter
 from videolm.video.decode import DecodeError
@@ -35,59 +36,27 @@ SOURCE_FPS = 30.0  # backbone sampling rates are given in frames of a 30 fps vid
 CHUNK = 4  # clips per message from a worker
 
 
-@dataclass
-class ExtractConfig:
-    backbone: str = "s3d"
-    weights: str = "none"  # "none" (random, seeded), a file, or an official weight name
-    preset: str | None = None  # None: the backbone's own T x tau clip; or "videobert" / "cbt"
-    window_s: float | None = None  # None values come from the preset / backbone
-    stride_s: float | None = None
-    frames: int | None = None
-    short_side: int | None = None
-    crop: int | None = None
-    drop_short: bool = False
-    batch_size: int = 8
-    workers: int = 1  # DataLoader workers decoding while the backbone runs (0: decode in-process)
-    decode_threads: int = 1  # decoder threads per worker
-    worker_nice: int = 10  # raise the workers' nice value by this much: the backbone gets the CPU first
-    device: str = "cpu"
-    amp: bool = False  # float16 autocast on CUDA
-    dtype: str = "float16"  # stored dtype: float16 or float32
-    reader: str = "auto"  # auto (decord, PyAV fallback), decord, pyav
-    limit: int | None = None  # at most this many inputs this run
-    shard: tuple[int, int] | None = None  # (i, n): take inputs i, i+n, i+2n, ...
-    videos_per_shard: int = 256
-    retry_failed: bool = False
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if self.workers < 0:
-            raise ValueError("workers must be >= 0")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r} ({', '.join(PRESETS)})")
-        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
-            raise ValueError(f"shard must be i/n with 0 <= i < n, got {self.shard[0]}/{self.shard[1]}")
-
-
 def clip_spec_for(cfg: ExtractConfig) -> ClipSpec:
     """The backbone's own clip (T frames every tau frames of a 30 fps video),
-    or a preset's timing with the backbone's normalisation; then overrides."""
+    or a preset's timing with the backbone's normalisation; then overrides.
+    Sizes and mean/std follow the chosen official weights where they differ
+    (torchvision's IMAGENET1K_V2 is evaluated at 232 px, V1 at 256)."""
     spec = BACKBONES[cfg.backbone]
+    pre = spec.preprocessing(cfg.weights)
     if cfg.preset is not None:
         base = PRESETS[cfg.preset]
-        values = dict(base.to_dict(), mean=spec.mean, std=spec.std)
+        values = dict(base.to_dict(), mean=pre["mean"], std=pre["std"])
     else:
         values = dict(ClipSpec().to_dict(), window_s=spec.frames * spec.sampling_rate / SOURCE_FPS,
-                      frames=spec.frames, short_side=spec.short_side, crop=spec.crop, mean=spec.mean, std=spec.std)
+                      frames=spec.frames, **pre)
     for key in ("window_s", "stride_s", "frames", "short_side", "crop"):
         if getattr(cfg, key) is not None:
             values[key] = getattr(cfg, key)
     if cfg.short_side is None and cfg.crop is not None and values["short_side"] < cfg.crop:
         values["short_side"] = cfg.crop
+    if values["short_side"] < values["crop"]:
+        raise ValueError(f"--short-side {values['short_side']} is smaller than the crop {values['crop']} "
+                         "(--crop): the crop must fit inside the resized frame")
     values["drop_short"] = cfg.drop_short
     return ClipSpec.from_dict(values)
 
@@ -112,7 +81,8 @@ def _lower_priority(nice: int, _worker_id: int) -> None:
 class ClipStream(IterableDataset):
     """Decodes inputs; worker ``w`` of ``W`` takes inputs ``w, w+W, ...``.
     Yields ("clips", pos, first_clip, uint8 (n, T, H, W, 3), [(start, end)]),
-    then ("done", pos, row, n_clips, warnings) or ("error", pos, reason)."""
+    then ("done", pos, row, n_clips, warnings) or ("error", pos, reason);
+    ("restart", pos) means: forget that input's clips, they all come again."""
 
     def __init__(self, items: list[InputItem], spec: ClipSpec, reader: str, threads: int):
         self.items, self.spec, self.reader, self.threads = items, spec, reader, threads
@@ -127,33 +97,47 @@ class ClipStream(IterableDataset):
 
     def _one(self, pos: int):
         item = self.items[pos]
-        count, buf = 0, []
-        try:
-            opened = open_clips(item.path, self.spec, self.reader, self.threads)
-            for window, clip in opened.clips:
-                buf.append((window, clip))
-                if len(buf) == CHUNK:
-                    yield self._message(pos, count, buf)
-                    count, buf = count + len(buf), []
-            if buf:
-                yield self._message(pos, count, buf)
-                count += len(buf)
-        except DecodeError as err:
-            yield ("error", pos, str(err))
-            return
-        except Exception as err:  # an unexpected decoder failure must not stop the run; keep the trace in the log
-            log.debug("%s: %s", item.path, traceback.format_exc())
-            yield ("error", pos, f"{type(err).__name__}: {err}".splitlines()[0])
-            return
+        reader = self.reader
+        while True:
+            sent, buf, opened = 0, [], None
+            try:
+                opened = open_clips(item.path, self.spec, reader, self.threads)
+                for window, clip in opened.clips:
+                    buf.append((window, clip))
+                    if len(buf) == CHUNK:
+                        yield self._message(pos, sent, buf)
+                        sent, buf = sent + len(buf), []
+                if buf:
+                    yield self._message(pos, sent, buf)
+                    sent += len(buf)
+                break
+            except DecodeError as err:
+                if reader == "auto" and opened is not None and opened.info.reader == "decord":
+                    # decord failed midway (a failure before the first clip already fell back):
+                    # read the whole video again with PyAV; the main process drops what it had
+                    log.info("%s: %s after %d clips; reading it again with PyAV", item.path, err, sent + len(buf))
+                    yield ("restart", pos)
+                    reader = "pyav"
+                    continue
+                yield ("error", pos, str(err))
+                return
+            except Exception as err:  # an unexpected decoder failure must not stop the run; keep the trace in the log
+                log.debug("%s: %s", item.path, traceback.format_exc())
+                yield ("error", pos, f"{type(err).__name__}: {err}".splitlines()[0])
+                return
         meta = opened.info
+        st = os.stat(item.path)  # with the path, tells a rerun whether an id still names the same file
         row = {"kind": "image" if meta.reader == "image" else "video", "reader": meta.reader,
                "width": meta.width, "height": meta.height, "fps": round(meta.fps, 6),
-               "num_frames": meta.num_frames, "duration": round(meta.duration or 0.0, 6)}
+               "num_frames": meta.num_frames, "duration": round(meta.duration or 0.0, 6),
+               "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if meta.variable_rate:
+            row["variable_rate"] = True
         warnings = []
         if row["kind"] == "video" and row["duration"] < self.spec.window_s - 1e-9:
             what = "dropped (--drop-short)" if self.spec.drop_short else "stored as one padded clip"
             warnings.append(f"shorter than one clip ({row['duration']:.2f} s < {self.spec.window_s:.2f} s); {what}")
-        yield ("done", pos, row, count, warnings)
+        yield ("done", pos, row, sent, warnings)
 
     @staticmethod
     def _message(pos, first, buf):
@@ -207,24 +191,41 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     t0 = time.perf_counter()
     spec = clip_spec_for(cfg)
     device = torch.device(cfg.device)
+    if cfg.weights == "none":
+        log.warning("%s: --weights none: random weights (seed %d); the features carry no meaning beyond "
+                    "testing the pipeline (see docs/backbones.md for real weights)", cfg.backbone, cfg.seed)
     if backbone is None:
         backbone = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed)
     backbone = backbone.to(device).eval()
     _check_input_size(backbone, spec)
     dim = BACKBONES[cfg.backbone].dim
-    writer = StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard)
-    result = ExtractResult(out)
-    input_rows = [e.to_row() for e in input_errors]  # once: each row records when it was found
-    result.errors += input_rows
+    with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
+        return _extract(items, writer, cfg, spec, device, backbone, dim, list(input_errors), progress, t0)
 
+
+def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, device, backbone, dim: int,
+             input_errors: list[InputError], progress: Progress, t0: float) -> ExtractResult:
+    result = ExtractResult(writer.root)
     if cfg.shard is not None:
         items = items[cfg.shard[0] :: cfg.shard[1]]
+    conflicts = []  # an id already stored from another file: that input's error, never written into a shard
+    for it in items:
+        reason = writer.conflict(it.video_id, it.path)
+        if reason is not None:
+            conflicts.append((it, InputError(it.path, reason)))
+    clash = {it.video_id for it, _ in conflicts}
+    items = [it for it in items if it.video_id not in clash]
+    input_rows = [e.to_row() for e in input_errors + [e for _, e in conflicts]]  # once: each row records when
+    result.errors += input_rows
     todo = [it for it in items if not writer.is_done(it.video_id, cfg.retry_failed)]
     result.skipped = len(items) - len(todo)
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
     writer.plan([it.video_id for it in todo])
-    progress.start(len(todo))
+    progress.start(len(todo) + len(conflicts))
+    for it, err in conflicts:
+        result.failed += 1
+        progress.finished(it, "failed", err.reason)
     for it in todo:  # finished by an earlier, killed run
         if writer.has_partial(it.video_id):
             res = writer.results[it.video_id]
@@ -239,6 +240,7 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
                         worker_init_fn=partial(_lower_priority, cfg.worker_nice) if cfg.worker_nice else None)
     videos: dict[int, _Video] = {}
     queue: list[tuple[int, int, torch.Tensor]] = []  # (pos, clip index, (T, H, W, 3))
+    check = OutputCheck(f"{cfg.backbone} (weights {cfg.weights})") if cfg.check_output else None
 
     def finish(pos: int, error: str | None = None):
         item, video = decode[pos], videos.pop(pos)
@@ -260,7 +262,10 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
             clips = torch.cat([clips, pad])
         x = normalize_clips(clips.to(device, non_blocking=True), spec.mean, spec.std)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp and device.type == "cuda"):
-            feats = backbone(x).float().cpu().numpy()  # (B, D)
+            out = backbone(x).float()  # (B, D)
+        if check is not None and not check.done:
+            check(x[: len(batch)], out[: len(batch)])
+        feats = out.cpu().numpy()
         for (pos, idx, _), f in zip(batch, feats):
             videos[pos].features[idx] = f
         progress.clips(len(batch))
@@ -278,6 +283,9 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
             for j in range(clips.shape[0]):
                 queue.append((pos, first + j, clips[j]))
                 video.times[first + j] = times[j]
+        elif kind == "restart":  # its clips come again, from another reader
+            queue = [q for q in queue if q[0] != pos]
+            videos[pos] = _Video()
         elif kind == "done":
             _, _, video.row, video.expected, video.warnings = message
             if len(video.features) == video.expected:
@@ -293,6 +301,53 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     writer.finalize(input_rows)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+class DegenerateOutput(BackboneError):
+    """The backbone gives the same vector (or zeros) for clips that differ."""
+
+
+class OutputCheck:
+    """Stops a run whose backbone output carries no information, before a
+    store fills with it: random-init MobileNetV2 gives all-zero vectors, and
+    random ResNet-50 gives cosine > 0.99 between unrelated clips. Zero is
+    checked on the first batch; "constant" on the first batch that holds two
+    clips whose inputs clearly differ (cosine < 0.9), with real weights such
+    clips are far apart (MobileNetV2 on the sample videos: cosine 0.3-0.5)."""
+
+    INPUTS_DIFFER = 0.9  # input cosine below this: clearly different clips
+    SAME_OUTPUT = 0.99  # ... and yet every such pair's features this close: constant
+
+    def __init__(self, what: str):
+        self.what = what
+        self.done = False
+        self.first = True
+
+    def __call__(self, x: torch.Tensor, feats: torch.Tensor) -> None:
+        """x: (n, 3, T, H, W) normalised clips; feats: (n, D) their vectors."""
+        if self.first:
+            self.first = False
+            if feats.abs().max().item() < 1e-6:
+                raise DegenerateOutput(f"{self.what}: every feature of the first batch is 0: this network gives no "
+                                       "information with these weights; use real weights (--weights, see docs/backbones.md)")
+        if feats.shape[0] < 2:
+            return
+        xc = _cosine(x.flatten(1).double())
+        fc = _cosine(feats.double())
+        differ = torch.triu(xc < self.INPUTS_DIFFER, diagonal=1)
+        if not differ.any():
+            return  # undecided: look at the next batch
+        self.done = True
+        closest = fc[differ].min().item()
+        if closest > self.SAME_OUTPUT:
+            raise DegenerateOutput(f"{self.what}: clips that differ get the same vector (cosine >= {closest:.4f}): "
+                                   "this network gives no information with these weights; use real weights "
+                                   "(--weights, see docs/backbones.md), or check_output=False to store it anyway")
+
+
+def _cosine(v: torch.Tensor) -> torch.Tensor:
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return v @ v.T
 
 
 def _check_input_size(backbone, spec: ClipSpec) -> None:
@@ -319,6 +374,3 @@ def _count(result: ExtractResult, res: Finished, progress: Progress, item: Input
         result.errors.append({"level": "warning", "video_id": res.video_id, "path": res.path, "reason": w})
     progress.finished(item, "ok", "; ".join(res.warnings) or None)
 
-
-def config_dict(cfg: ExtractConfig) -> dict:
-    return asdict(cfg)

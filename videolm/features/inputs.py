@@ -116,6 +116,12 @@ def _read_manifest(path: str) -> list[InputItem | InputError]:
     return out
 
 
+def _where(item: InputItem) -> str:
+    """What an error about this input names: the manifest line it came from,
+    or the file itself (not the folder it was found in)."""
+    return item.path if os.path.isdir(item.origin) else item.origin
+
+
 def collect_inputs(args: list[str]) -> tuple[list[InputItem], list[InputError]]:
     """Expand the command's inputs. A path given on the command line that does
     not exist is a usage error; a missing path inside a list is that input's
@@ -126,7 +132,11 @@ def collect_inputs(args: list[str]) -> tuple[list[InputItem], list[InputError]]:
     for arg in args:
         if os.path.isdir(arg):
             root = os.path.normpath(arg)
-            found += [InputItem(_strip_ext(os.path.relpath(p, root)), p, arg) for p in _walk(root)]
+            media = _walk(root)
+            if not media:
+                raise UsageError(f"{arg}: no video or image files in this directory "
+                                 f"(looked for {' '.join(MEDIA_EXTENSIONS)})")
+            found += [InputItem(_strip_ext(os.path.relpath(p, root)), p, arg) for p in media]
         elif os.path.isfile(arg):
             ext = os.path.splitext(arg)[1].lower()
             if ext in LIST_EXTENSIONS + (".csv", ".jsonl"):
@@ -140,9 +150,9 @@ def collect_inputs(args: list[str]) -> tuple[list[InputItem], list[InputError]]:
         if isinstance(entry, InputError):
             errors.append(entry)
         elif entry.video_id in seen:
-            errors.append(InputError(entry.origin, f"duplicate id {entry.video_id!r} ({entry.path}; "
-                                                   f"first from {seen[entry.video_id]})"))
+            errors.append(InputError(_where(entry), f"duplicate id {entry.video_id!r} ({entry.path}; "
+                                                    f"first from {seen[entry.video_id]})"))
         else:
-            seen[entry.video_id] = entry.origin
+            seen[entry.video_id] = _where(entry)
             items.append(entry)
     return items, errors
