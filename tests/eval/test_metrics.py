@@ -97,20 +97,22 @@ def clip4clip_compute_metrics(x):
 
 def test_clip4clip_overcounts_ties():
     # rows are queries, the diagonal is correct
-    x = np.array([[1.0, 1.0, 1.0, 0.0],   # query 0: its video ties with two others at the top
+    x = np.array([[1.0, 1.0, 0.0, 0.0],   # query 0: its video ties with one other at the top
                   [0.1, 0.9, 0.8, 0.7],   # query 1: clear rank 1
                   [0.9, 0.8, 0.1, 0.7],   # query 2: rank 4
                   [0.9, 0.1, 0.8, 0.7]],  # query 3: rank 3
                  dtype=np.float32)
     gt = GroundTruth.single(np.arange(4))
     theirs = clip4clip_compute_metrics(x)
-    # query 0 adds three entries (0, 1, 2): R1 = 2 of 6 entries
-    assert theirs["R1"] == pytest.approx(100 * 2 / 6)
-    ours = {rule: retrieval_metrics(x, gt, ks=(1,), ties=rule).recall[1] for rule in ("pessimistic", "mean")}
-    # by hand: query 1 is a clear top-1; query 0 is top-1 with probability 1/3; queries 2, 3 miss
+    # query 0 adds two entries (ranks 0 and 1): R1 = 2 hits among 5 entries for 4 queries
+    assert theirs["R1"] == pytest.approx(40.0)
+    ours = {rule: retrieval_metrics(x, gt, ks=(1,), ties=rule).recall[1]
+            for rule in ("pessimistic", "mean", "optimistic")}
+    # by hand: query 1 is a clear top-1; query 0 is top-1 with probability 1/2; queries 2, 3 miss
     assert ours["pessimistic"] == pytest.approx(25.0)
-    assert ours["mean"] == pytest.approx(100 * (1 + 1 / 3) / 4)
-    assert theirs["R1"] > ours["mean"] > ours["pessimistic"]
+    assert ours["mean"] == pytest.approx(100 * (1 + 1 / 2) / 4)      # 37.5, the expectation
+    assert ours["optimistic"] == pytest.approx(50.0)
+    assert theirs["R1"] > ours["mean"]                                # the tied query weighs double
 
 
 def test_chance_single_and_multi():

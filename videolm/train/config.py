@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from videolm.data.config import DataConfig
+from videolm.eval.validation import ValidationConfig
 from videolm.model.config import ModelConfig
 
 
@@ -69,6 +70,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: ValidationConfig = field(default_factory=ValidationConfig)  # validation during training
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -236,5 +238,11 @@ def load_config(path: str | None, overrides: list[str] = ()) -> PretrainConfig:
         _set_dotted(tree, key.strip(), value, f"override {item!r}")
     cfg = _build(PretrainConfig, tree, "", source)
     cfg.train.validate()
+    from videolm.eval.embeddings import EvalError
+
+    try:
+        cfg.eval.validate()
+    except EvalError as err:
+        raise ConfigError(f"{source}: {err}") from None
     return cfg
 

@@ -34,10 +34,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from videolm.data.batch import Batch
 from videolm.data.corpus import build_pretrain_dataset
+from videolm.eval.validation import Validator
 from videolm.fileio import atomic_write_jsonl
 from videolm.model.config import ModelConfig
 from videolm.model.errors import ModelError
 from videolm.model.gather import RankGroup
+from videolm.model.io import InputSettings
 from videolm.model.pretraining import VideoLMForPretraining
 from videolm.text.tokenizer import load_tokenizer
 from videolm.train import distributed as D
@@ -104,6 +106,15 @@ def complete_model_config(cfg: ModelConfig, tokenizer, dataset) -> ModelConfig:
             raise ModelError(f"model.{key}={given} but the data gives {visual[key]} "
                              f"(store {dataset.describe()['store']}); remove the key or use matching data")
     return dataclasses.replace(cfg, **text, **visual)
+
+
+def input_settings(data_cfg, dataset) -> InputSettings:
+    """What preprocessor_config.json records: how this run built its inputs."""
+    store = dataset._store(dataset.sources[0].store)
+    meta = {k: store.meta.get(k) for k in ("backbone", "weights", "clip_spec", "dim", "dtype")}
+    return InputSettings(max_text_len=data_cfg.max_text_len, max_visual_len=data_cfg.max_visual_len,
+                         train_clip_sampling=data_cfg.clip_sampling, align_min_overlap=data_cfg.align_min_overlap,
+                         feature_store=meta)
 
 
 class StopRequest:
@@ -196,7 +207,8 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     ckpt_path = latest_checkpoint(run_dir)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        diff = [k for k in config_differences(ckpt.state.config, given_config) if not k.startswith("_data.")]
+        diff = [k for k in config_differences(ckpt.state.config, given_config)
+                if not k.startswith(("_data.", "eval."))]  # validation never changes what training computes
         if diff:
             shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise CheckpointError(f"{ckpt_path}: config differs from the checkpoint's in {shown}; "
@@ -272,12 +284,20 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(t.seed),
         worker_init_fn=_ignore_stop_signals, persistent_workers=False)
 
+    # Validation during training (rank 0 runs it; the protocol and store are checked now)
+    validator = None
+    if cfg.eval.enabled and env.is_main:
+        validator = Validator(cfg.eval, cfg.data.store or dataset.sources[0].store, tokenizer, dataset.vocab,
+                              input_settings(cfg.data, dataset))
+
     # Files (rank 0), then restore RNG last so nothing above consumes draws.
     metrics = MetricsLog(os.path.join(run_dir, "metrics.jsonl"))
     if env.is_main:
         os.makedirs(run_dir, exist_ok=True)
         write_resolved_config(run_dir, {"given": given_config, "model": dataclasses.asdict(model_cfg)})
         metrics.truncate_after(start_step)
+        if validator is not None:
+            validator.restore_best(metrics.rows())
         if dataset.missing:
             atomic_write_jsonl(os.path.join(run_dir, "missing.jsonl"), dataset.missing)
             log.warning("%d manifest rows have no features; listed in %s", len(dataset.missing),
@@ -349,6 +369,10 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
                 window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
                 if env.is_main:
                     metrics.append(last)
+            if cfg.eval.enabled and (step % cfg.eval.every == 0 or step == t.steps):
+                if env.is_main:
+                    _validate(validator, model, step, run_dir, metrics, last, tokenizer, dataset)
+                D.barrier(env)
             if env.is_main and progress is not None:
                 progress(step, t.steps, last)
             interrupted = D.broadcast_flag(stop_request.requested, env)  # every rank stops at the same step
@@ -372,9 +396,24 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
         if not stopped_early:
             model_dir = os.path.join(run_dir, "model")
             if steps_this_run or not os.path.exists(os.path.join(model_dir, "config.json")):
-                model.save_pretrained(model_dir, tokenizer=tokenizer, vocabulary=dataset.vocab)
+                model.save_pretrained(model_dir, tokenizer=tokenizer, vocabulary=dataset.vocab,
+                                      inputs=input_settings(cfg.data, dataset))
     D.barrier(env)
     return PretrainResult(run_dir, step, ckpt.state.step if ckpt else None, model_dir, metrics.path, png, last)
+
+
+def _validate(validator, model, step, run_dir, metrics, last, tokenizer, dataset) -> None:
+    """One validation pass (rank 0): a metrics row, the progress bar's figures, best/."""
+    model.eval()
+    try:
+        values = validator.run(model, step)
+    finally:
+        model.train()
+    metrics.append({"step": step, **values})
+    last.update(values)
+    if validator.cfg.keep_best and validator.improved(values):
+        validator.save_best(model, run_dir, step, values, tokenizer, dataset.vocab,
+                            input_settings(dataset.cfg, dataset))
 
 
 def _checkpoint(run_dir, model, optimizer, scheduler, scaler, step, sampler, config, env, device, keep,
