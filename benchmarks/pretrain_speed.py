@@ -19,8 +19,17 @@ high-water mark) and the growth over the RSS measured just before the first
 step (model and optimizer built, nothing run): torch's CPU allocator keeps
 no statistics, and tracemalloc does not see tensor memory.
 
-    python benchmarks/pretrain_speed.py [--settings base small] [--steps 6] [--warmup 2] [--threads 1]
-                                        [--optimizer fused|foreach] [--no-memory]
+Alignment (``--part alignment``): a full pre-training step of
+``VideoLMForPretraining`` in CBT mode with every objective on, two ways side
+by side in the same process, interleaved the same way: the default, where
+alignment has a clean joint pass of its own (positives, random and hard
+negatives: 4 B rows), and ``align_on_masked_pass``, where alignment is
+scored on the masked joint pass (BERT's next-sentence style: no extra pass).
+Reported: tokens/s of each (real tokens of the batch per step time) and the
+ratio, masked pass over separate pass.
+
+    python benchmarks/pretrain_speed.py [--part mlm alignment] [--settings base small] [--steps 6] [--warmup 2]
+                                        [--threads 1] [--optimizer fused|foreach] [--no-memory]
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from videolm.data.batch import IGNORE  # noqa: E402
 from videolm.model.config import ModelConfig  # noqa: E402
 from videolm.model.heads import MaskedTokenHead  # noqa: E402
 from videolm.model.losses import masked_token_loss  # noqa: E402
+from videolm.model.pretraining import VideoLMForPretraining  # noqa: E402
 from videolm.model.transformer import JointTransformer, init_bert_weights  # noqa: E402
 
 # name -> (hidden, layers, heads, intermediate, batch, seq)
@@ -169,6 +179,61 @@ def memory(side: str, setting: str, opt_kind: str, steps: int = 3) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# alignment part: name -> (hidden, layers, heads, intermediate, batch, text tokens, clips, feature dim)
+ALIGN_SETTINGS = {
+    "base": (768, 12, 12, 3072, 8, 48, 32, 1024),
+    "small": (256, 4, 4, 1024, 16, 48, 32, 1024),
+}
+
+
+def pretrain_batch(setting: str, seed: int = 0):
+    """A CBT batch: full-length captions and clip sides, 15 % masked on both,
+    two rows per video (as two captions of one video)."""
+    from videolm.data.batch import Batch
+
+    B, T, V, D = ALIGN_SETTINGS[setting][4:]
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, VOCAB, (B, T), generator=g)
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    chosen = torch.rand((B, T), generator=g) < 0.15
+    chosen[:, 0] = chosen[:, -1] = False
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
+    masked_ids = torch.where(chosen, torch.full_like(ids, MASK), ids)
+    return Batch(text_ids=masked_ids, text_attention=torch.ones((B, T), dtype=torch.bool), text_labels=labels,
+                 visual_attention=torch.ones((B, V), dtype=torch.bool),
+                 visual_masked=torch.rand((B, V), generator=g) < 0.15,
+                 group_ids=torch.arange(B) // 2, visual_feats=torch.randn((B, V, D), generator=g))
+
+
+def alignment_speed(setting: str, steps: int, warmup: int, opt_kind: str) -> dict:
+    hidden, layers, heads, inter, B, T, V, D = ALIGN_SETTINGS[setting]
+    models, opts = {}, {}
+    for side in ("separate", "masked"):
+        torch.manual_seed(0)
+        cfg = ModelConfig(mode="cbt", feature_dim=D, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                          intermediate_size=inter, embed_dim=256, align_on_masked_pass=side == "masked")
+        models[side] = VideoLMForPretraining(cfg).train()
+        opts[side] = optimizer(models[side], opt_kind)
+    batch = pretrain_batch(setting)
+    times = {"separate": [], "masked": []}
+    for i in range(warmup + steps):
+        for side in (("separate", "masked") if i % 2 == 0 else ("masked", "separate")):
+            model, opt = models[side], opts[side]
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            model(batch, generator=torch.Generator().manual_seed(i)).loss.backward()
+            opt.step()
+            model.clamp_parameters()
+            if i >= warmup:
+                times[side].append(time.perf_counter() - t)
+    tokens = B * (T + V + 1)
+    result = {"tokens_per_step": tokens}
+    for side, ts in times.items():
+        result[side] = {"median": tokens / statistics.median(ts), "best": tokens / min(ts)}
+    result["paired"] = statistics.median(s / m for s, m in zip(times["separate"], times["masked"]))
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
@@ -180,6 +245,8 @@ def main() -> None:
                     help="torch threads (default 1: on a shared machine, spinning OpenMP threads measure the "
                          "scheduler, not the model)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    ap.add_argument("--part", nargs="*", default=["mlm", "alignment"], choices=["mlm", "alignment"],
+                    help="mlm: ours vs HF BertForMaskedLM; alignment: separate alignment pass vs align_on_masked_pass")
     ap.add_argument("--memory-child", choices=["ours", "hf"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -190,7 +257,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
           f"forward + backward + AdamW ({args.optimizer}), dropout 0.1 both sides, random weights")
-    for setting in args.settings:
+    for setting in args.settings if "mlm" in args.part else []:
         hidden, layers, heads, inter, B, T = SETTINGS[setting]
         r = speed(setting, args.steps, args.warmup, args.optimizer)
         print(f"\n[{setting}] hidden {hidden}, {layers} layers, {heads} heads, ffn {inter}; batch {B} x {T} tokens "
@@ -209,6 +276,16 @@ def main() -> None:
                       f"model+optimizer built, {m['before_mb']:.0f} MB)")
             print(f"  peak growth ratio HF/ours: "
                   f"{(mem['hf']['peak_mb'] - mem['hf']['before_mb']) / (mem['ours']['peak_mb'] - mem['ours']['before_mb']):.2f}x")
+    for setting in args.settings if "alignment" in args.part else []:
+        hidden, layers, heads, inter, B, T, V, D = ALIGN_SETTINGS[setting]
+        r = alignment_speed(setting, args.steps, args.warmup, args.optimizer)
+        print(f"\n[alignment, {setting}] CBT, every objective on; hidden {hidden}, {layers} layers; batch {B} x "
+              f"({T} text + {V} clips of {D}-dim features)")
+        for side, name in (("separate", "alignment pass of its own"), ("masked", "align_on_masked_pass")):
+            print(f"  {name:30s} {r[side]['median']:8.0f} tok/s median  {r[side]['best']:8.0f} best")
+        print(f"  ratio masked-pass/separate: {r['masked']['median'] / r['separate']['median']:.2f}x of medians, "
+              f"{r['masked']['best'] / r['separate']['best']:.2f}x of bests, {r['paired']:.2f}x median of paired "
+              f"steps")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from videolm.data.align import align_span, asr_window, cap_clips, nearest_clip
+from videolm.data.align import align_span, asr_window, cap_clips, nearest_clip, subsample_clips
 
 TILES = np.array([[0.0, 1.5], [1.5, 3.0], [3.0, 4.5], [4.5, 6.0]])
 
@@ -89,3 +89,22 @@ def test_asr_window():
     assert asr_window(counts, 1, 11) == 4   # 4 + 5 + 2 = 11, to the end
     assert asr_window(counts, 2, 3) == 3    # the first segment alone exceeds: still taken
     assert asr_window(counts, 3, 100) == 4
+
+
+def test_subsample_keeps_every_sth_clip_with_a_random_stride_and_offset():
+    clips = np.arange(10, 30)
+    seen = set()
+    for seed in range(200):
+        kept = subsample_clips(clips, 5, np.random.default_rng(seed))
+        steps = set(np.diff(kept).tolist())
+        assert len(steps) == 1, kept  # one stride per example
+        stride = steps.pop()
+        assert 1 <= stride <= 5 and 0 <= kept[0] - 10 < stride  # offset in [0, stride)
+        assert len(kept) == len(range(kept[0] - 10, 20, stride))  # to the end
+        seen.add(stride)
+    assert seen == {1, 2, 3, 4, 5}
+    # off (1), a single clip, and a stride past the end keep something
+    rng = np.random.default_rng(0)
+    assert subsample_clips(clips, 1, rng) is clips and subsample_clips(clips[:1], 5, rng).tolist() == [10]
+    assert len(subsample_clips(clips[:2], 5, np.random.default_rng(3))) >= 1
+

@@ -13,6 +13,7 @@ import torch
 from videolm.data.batch import IGNORE, Batch
 from videolm.data.config import DataConfig, SourceConfig
 from videolm.data.corpus import build_pretrain_dataset, group_id
+from videolm.data.errors import DataError
 
 COLOURS = ["red", "green", "blue", "black", "white"]
 COUNTS = [3, 4, 5, 2, 6]  # words (one WordPiece each) in ASR segments 0..4
@@ -282,7 +283,6 @@ def test_collator_refuses_a_visual_word_outside_the_vocabulary():
     """The id range check runs here, on the CPU batch (the model checks only
     CPU tensors: on CUDA it would sync the device every step)."""
     from videolm.data.collate import Collator, Example
-    from videolm.data.errors import DataError
 
     def example(words):
         words = np.asarray(words, dtype=np.int64)
@@ -294,3 +294,18 @@ def test_collator_refuses_a_visual_word_outside_the_vocabulary():
     with pytest.raises(DataError, match="v1: visual-word id 11 is outside the visual vocabulary") as err:
         collate([example([3, 11])])
     assert "\n" not in str(err.value)
+
+
+def test_clip_subsample_in_the_dataset(tiny, tmp_path, jsonl, tokenizer):
+    path = jsonl(tmp_path / "c.jsonl", [{"video_id": "v_long", "caption": "a long video"}])
+    cfg = DataConfig(store=tiny["store"], sources=[SourceConfig("caption", path)], max_visual_len=8,
+                     clip_subsample=3, epoch_size=40)
+    dataset = build_pretrain_dataset(cfg, "cbt", tokenizer)
+    strides = set()
+    for position in range(40):
+        clips = dataset[(0, position)].clips
+        assert len(set(np.diff(clips).tolist())) <= 1
+        strides.add(int(clips[1] - clips[0]) if len(clips) > 1 else 0)
+    assert {1, 2, 3} <= strides  # 8 clips (tiny store): stride 1 keeps all, 3 keeps 2 or 3
+    with pytest.raises(DataError, match="data.clip_subsample must be at least 1"):
+        DataConfig(store="s", sources=[SourceConfig("caption", path)], clip_subsample=0).validate()

@@ -21,6 +21,13 @@ of two seeded rules: ``spread`` splits them into ``max_len`` equal runs
 the whole span stays covered; ``window`` takes a random run of ``max_len``
 consecutive clips.
 
+**Subsample (VideoBERT).** With ``clip_subsample = k > 1`` each example
+first keeps every ``s``-th of its aligned clips, from a random offset in
+``[0, s)``, with the stride ``s`` drawn uniformly from ``1 .. k`` (VideoBERT
+subsamples its visual tokens by a random factor of 1 to 5, for robustness to
+the speed of what is shown). It runs before the cap, and leaves one clip
+(an image) as it is.
+
 **ASR windows (VideoBERT).** An example starts at a given segment and adds
 the following ones while the total token count stays within a budget; the
 first segment is always taken, even when it alone exceeds the budget.
@@ -64,6 +71,17 @@ def cap_clips(indices: np.ndarray, max_len: int, rng: np.random.Generator, how: 
     lo = np.arange(max_len) * n // max_len                            # (max_len,) run starts
     hi = (np.arange(max_len) + 1) * n // max_len                      # run ends, hi - lo >= 1 since n > max_len
     return indices[lo + rng.integers(0, hi - lo)]
+
+
+def subsample_clips(indices: np.ndarray, max_stride: int, rng: np.random.Generator) -> np.ndarray:
+    """Every s-th of the clip indices from a random offset, s uniform in
+    1 .. max_stride (see the module doc); no draw at all when max_stride is 1."""
+    if max_stride <= 1 or len(indices) <= 1:
+        return indices
+    stride = int(rng.integers(1, max_stride + 1))
+    offset = int(rng.integers(0, stride))
+    kept = indices[offset::stride]
+    return kept if len(kept) else indices[:1]
 
 
 def asr_window(token_counts, first: int, budget: int) -> int:

@@ -37,6 +37,7 @@ class DataConfig:
     max_missing_fraction: float = 0.5  # fail when more than this fraction of manifest rows has no features
     align_min_overlap: float = 0.5  # a clip pairs with a span when overlap >= this x the shorter of the two
     clip_sampling: str = "spread"   # over max_visual_len clips: "spread" (one random clip per equal bin) | "window"
+    clip_subsample: int = 1         # keep every s-th aligned clip, s random in 1..clip_subsample (VideoBERT: 5); 1 = off
 
     def validate(self) -> None:
         """Raise DataError (one line, naming the key) for a value out of range."""
@@ -66,6 +67,8 @@ class DataConfig:
                             f"data.asr_max_tokens ({self.asr_max_tokens})")
         if self.epoch_size is not None and self.epoch_size < 1:
             raise DataError(f"data.epoch_size must be at least 1, not {self.epoch_size}")
+        if self.clip_subsample < 1:
+            raise DataError(f"data.clip_subsample must be at least 1 (1: off), not {self.clip_subsample}")
         if self.clip_sampling not in CLIP_SAMPLING:
             raise DataError(f"data.clip_sampling must be one of {', '.join(CLIP_SAMPLING)}, "
                             f"not {self.clip_sampling!r}")

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from videolm.data.align import align_span, asr_window, cap_clips
+from videolm.data.align import align_span, asr_window, cap_clips, subsample_clips
 from videolm.data.batch import Batch
 from videolm.data.collate import Collator, Example
 from videolm.data.config import DataConfig, SourceConfig
@@ -456,6 +456,7 @@ class PretrainDataset(torch.utils.data.Dataset):
             clips = np.arange(len(times))
         else:
             clips = align_span(times, span[0], span[1], self.cfg.align_min_overlap)
+        clips = subsample_clips(clips, self.cfg.clip_subsample, clip_rng)
         clips = cap_clips(clips, self.cfg.max_visual_len, clip_rng, self.cfg.clip_sampling)
 
         example = Example(text_ids, text_labels, np.zeros(0, bool), group_id(media_id), bool(is_image),
