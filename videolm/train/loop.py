@@ -267,8 +267,10 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
         if ckpt.state.world_size != env.world_size and env.is_main:
             log.warning("resuming a %d-process run with %d processes: every step reads the same examples in the "
                         "same micro-batch groups, with the same negatives (train.batch_size and grad_accum are "
-                        "unchanged); only dropout draws start afresh and float sums run in another order",
-                        ckpt.state.world_size, env.world_size)
+                        "unchanged); only dropout draws start afresh and float sums run in another order%s",
+                        ckpt.state.world_size, env.world_size,
+                        "; the swapped visual sides of model.align_on_masked_pass are drawn per rank and change"
+                        if model_cfg.align_on_masked_pass and model_cfg.align_weight > 0 else "")
     ranks = RankGroup.new(env.world_size, env.rank)  # contrastive candidates from every rank
     train_model = model
     if env.enabled:
