@@ -44,3 +44,21 @@ def test_validation_config_is_checked(tmp_path):
         load_config(None, ["eval.protocol=captions", "eval.every=5", "eval.metric=R1"])
     with pytest.raises(ConfigError, match="eval.every is set but eval.protocol is empty"):
         load_config(None, ["eval.every=5"])
+
+
+@pytest.mark.parametrize("name", ["videobert_tiny", "cbt_tiny"])
+def test_shipped_tiny_configs_validate(name, sample_media_store, tmp_path, monkeypatch):
+    """configs/*_tiny.yaml with an eval: section on the sample media (which is
+    also their training data: this checks the wiring, not generalisation)."""
+    from videolm.cli import main as cli
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.chdir(repo)
+    out = tmp_path / name
+    assert cli(["pretrain", f"configs/{name}.yaml", f"data.store={sample_media_store}/store",
+                f"data.vocab={sample_media_store}/vocab", f"train.out={out}", "train.steps=6",
+                "eval.protocol=captions", "eval.annotations=[configs/data/sample_captions.jsonl]",
+                "eval.every=3", "eval.rerank_k=2", "-q"]) == 0
+    val = [r for r in rows(str(out)) if "val/t2v/R@1" in r]
+    assert [r["step"] for r in val] == [3, 6]
+    assert json.loads((out / "best" / "validation.json").read_text())["metric"] == "mean/R@1"
