@@ -109,6 +109,9 @@ def _bars(quiet: bool):
     bars = []
 
     def factory(what: str, total: int):
+        if not quiet and not sys.stderr.isatty():   # a log file or CI: one plain line per stage, no bar
+            print(f"{what}: {total} inputs", file=sys.stderr)
+            return None
         bar = tqdm(total=total, desc=what, unit="input", disable=quiet, leave=False, file=sys.stderr)
         bars.append(bar)
         return bar.update
