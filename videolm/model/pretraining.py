@@ -166,7 +166,8 @@ class VideoLMForPretraining(nn.Module):
             if contrastive_on:
                 losses["contrastive"] = contrastive_loss(all_text, all_video, self.contrastive_scale(), all_groups,
                                                          all_valid)
-            similarity = (all_text.detach() @ all_video.detach().T).float()
+            if align_on and cfg.align_hard_negatives:
+                similarity = (all_text.detach() @ all_video.detach().T).float()
 
         # 2. masked modelling on the masked batch; the last layer runs only where a loss reads.
         # With align_on_masked_pass, some rows' visual sides are swapped for another video's
