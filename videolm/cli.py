@@ -140,42 +140,42 @@ def launcher_rank(env) -> tuple[int, int, int] | None:
 
 
 class _Bars:
-    """Progress for extract: two tqdm bars (inputs, clips) on a terminal; on
-    a log file or CI pipe, one plain line per finished input instead."""
+    """Progress for extract (videolm.progress hooks): on a terminal, one tqdm
+    bar per level (inputs, clips); when stderr is a log file or a CI pipe,
+    no bars but one plain line per finished input."""
 
     def __init__(self, quiet: bool, errors_path: str):
         from tqdm import tqdm
 
         self.tqdm, self.quiet, self.errors_path = tqdm, quiet, errors_path
         self.tty = sys.stderr.isatty()
-        self.videos = self.clip_bar = None
+        self.bars: dict[str, object] = {}
         self.total = self.done = 0
 
-    def start(self, total):
-        self.total = total
+    def start(self, stage, total=None):
+        if stage == "inputs":
+            self.total = total
         if self.tty and not self.quiet:
-            self.videos = self.tqdm(total=total, desc="inputs", unit="input", position=0)
-            self.clip_bar = self.tqdm(desc="clips", unit="clip", position=1)
+            unit = {"inputs": "input", "clips": "clip"}.get(stage, "step")
+            self.bars[stage] = self.tqdm(total=total, desc=stage, unit=unit, position=len(self.bars))
 
-    def clips(self, n):
-        if self.clip_bar is not None:
-            self.clip_bar.update(n)
+    def advance(self, n=1, stage=None):
+        bar = self.bars.get(stage)
+        if bar is not None:
+            bar.update(n)
 
-    def finished(self, item, status, message):
+    def finished(self, path, status, message=None):
         self.done += 1
-        if self.videos is not None:
-            self.videos.update(1)
-        elif not self.quiet:
-            print(f"[{self.done}/{self.total}] {status}: {item.path}", file=sys.stderr, flush=True)
+        if not self.bars and not self.quiet:
+            print(f"[{self.done}/{self.total}] {status}: {path}", file=sys.stderr, flush=True)
         if status == "failed":
-            self.tqdm.write(f"error: {item.path}: {message}; recorded in {self.errors_path}", file=sys.stderr)
+            self.tqdm.write(f"error: {path}: {message}; recorded in {self.errors_path}", file=sys.stderr)
         elif message:
-            self.tqdm.write(f"warning: {item.path}: {message}", file=sys.stderr)
+            self.tqdm.write(f"warning: {path}: {message}", file=sys.stderr)
 
     def close(self):
-        for bar in (self.videos, self.clip_bar):
-            if bar is not None:
-                bar.close()
+        for bar in self.bars.values():
+            bar.close()
 
 
 def _cmd_extract(args) -> int:

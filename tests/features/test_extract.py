@@ -179,11 +179,14 @@ def test_resume_after_sigkill_gives_the_same_store(media_dir, tmp_path):
     done_before = len([f for f in os.listdir(out / "shards") if f.endswith(".jsonl")])
     assert 2 <= done_before < 7, "the run must be killed midway"
     # what is committed is visible before any rerun: to FeatureStore, and in index.jsonl itself
-    committed = [json.loads(line)["video_id"] for name in sorted(os.listdir(out / "shards")) if name.endswith(".jsonl")
-                 for line in open(out / "shards" / name) if json.loads(line)["status"] == "ok"]
+    shards = [[json.loads(line)["video_id"] for line in open(out / "shards" / name) if json.loads(line)["status"] == "ok"]
+              for name in sorted(os.listdir(out / "shards")) if name.endswith(".jsonl")]
+    committed = [v for shard in shards for v in shard]
     assert len(committed) >= 4
     assert FeatureStore(str(out)).ids() == committed
-    assert [json.loads(line)["video_id"] for line in open(out / "index.jsonl")][: len(committed)] == committed
+    # index.jsonl itself (plain json readers) has every shard but, at most, the one committed as the kill came
+    indexed = [json.loads(line)["video_id"] for line in open(out / "index.jsonl")]
+    assert indexed in (committed, committed[: len(committed) - len(shards[-1])])
     rerun = subprocess.run(_cli("extract", *args, "-o", out), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "already done" in rerun.stdout

@@ -153,7 +153,6 @@ def test_a_lock_left_by_a_killed_writer_does_not_block(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     root = tmp_path / "s"
     script = ("import sys, time\n"

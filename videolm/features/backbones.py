@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
 from videolm.errors import first_line
-from videolm.video.sampling import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD
+from videolm.video.sampling import KINETICS_MEAN, KINETICS_STD
 
 with warnings.catch_warnings():
     # fvcore (imported by pytorchvideo) calls torch.jit.script at import time,

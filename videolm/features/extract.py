@@ -26,6 +26,7 @@ from videolm.features.backbones import BACKBONES, BackboneError, build_backbone
 from videolm.features.config import ExtractConfig  # noqa: F401  (re-exported: the config lives torch-free)
 from videolm.features.inputs import InputError, InputItem
 from videolm.features.store import Finished, StoreWriter
+from videolm.progress import Progress
 from videolm.video.decode import DecodeError
 from videolm.video.sampling import PRESETS, ClipSpec, open_clips
 from videolm.video.transforms import normalize_clips
@@ -161,16 +162,6 @@ class ExtractResult:
         return self.clips / self.seconds if self.seconds > 0 else 0.0
 
 
-class Progress:
-    """Hooks for a progress display; the CLI draws tqdm bars with them."""
-
-    def start(self, total_inputs: int) -> None: ...
-
-    def clips(self, n: int) -> None: ...
-
-    def finished(self, item: InputItem, status: str, message: str | None) -> None: ...
-
-
 class _Video:
     """A video whose clips are in flight."""
 
@@ -222,10 +213,12 @@ def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, dev
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
     writer.plan([it.video_id for it in todo])
-    progress.start(len(todo) + len(conflicts))
+    progress.start("inputs", len(todo) + len(conflicts))
+    progress.start("clips")
     for it, err in conflicts:
         result.failed += 1
-        progress.finished(it, "failed", err.reason)
+        progress.advance(1, "inputs")
+        progress.finished(it.path, "failed", err.reason)
     for it in todo:  # finished by an earlier, killed run
         if writer.has_partial(it.video_id):
             res = writer.results[it.video_id]
@@ -268,7 +261,7 @@ def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, dev
         feats = out.cpu().numpy()
         for (pos, idx, _), f in zip(batch, feats):
             videos[pos].features[idx] = f
-        progress.clips(len(batch))
+        progress.advance(len(batch), "clips")
         result.clips += len(batch)
         for pos in {p for p, _, _ in batch}:
             v = videos[pos]
@@ -367,10 +360,12 @@ def _count(result: ExtractResult, res: Finished, progress: Progress, item: Input
         result.failed += 1
         result.errors.append({"level": "error", "video_id": res.video_id, "path": res.path, "reason": res.error,
                               "time": res.time})
-        progress.finished(item, "failed", res.error)
+        progress.advance(1, "inputs")
+        progress.finished(item.path, "failed", res.error)
         return
     result.ok += 1
     for w in res.warnings:
         result.errors.append({"level": "warning", "video_id": res.video_id, "path": res.path, "reason": w})
-    progress.finished(item, "ok", "; ".join(res.warnings) or None)
+    progress.advance(1, "inputs")
+    progress.finished(item.path, "ok", "; ".join(res.warnings) or None)
 

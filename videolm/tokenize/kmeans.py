@@ -46,6 +46,8 @@ import faiss
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from videolm.progress import Progress  # noqa: F401  (one class for every job; vocab, gallery and the CLI import it from here)
+
 log = logging.getLogger(__name__)
 
 NO_WORD = -1  # id given to rows that have no word (NaN/Inf features)
@@ -81,16 +83,6 @@ class KMeansConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class Progress:
-    """Hooks for progress bars (the CLI draws them); the default does nothing."""
-
-    def start(self, stage: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
 
 
 @dataclass
