@@ -127,11 +127,15 @@ class ClipStream(IterableDataset):
                 yield ("error", pos, f"{type(err).__name__}: {err}".splitlines()[0])
                 return
         meta = opened.info
-        st = os.stat(item.path)  # with the path, tells a rerun whether an id still names the same file
+        try:  # with the path, tells a rerun whether an id still names the same file
+            st = os.stat(item.path)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        except OSError:  # gone since it was read: the features stand, the identity check is skipped
+            size = mtime_ns = None
         row = {"kind": "image" if meta.reader == "image" else "video", "reader": meta.reader,
                "width": meta.width, "height": meta.height, "fps": round(meta.fps, 6),
                "num_frames": meta.num_frames, "duration": round(meta.duration or 0.0, 6),
-               "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+               "size": size, "mtime_ns": mtime_ns}
         if meta.variable_rate:
             row["variable_rate"] = True
         warnings = []

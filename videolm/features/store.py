@@ -69,6 +69,29 @@ class StoreError(Exception):
 # ---------------------------------------------------------------- reading
 
 
+class MappedFiles:
+    """``.npy`` files under ``root``, memory-mapped on first use; at most
+    ``limit`` stay open (least recently used closed first: each holds a file
+    descriptor, and a common open-file limit is 1,024). Views handed out stay
+    valid after their file is closed here."""
+
+    def __init__(self, root: str, limit: int = MAX_OPEN_SHARDS):
+        self.root = root
+        self.limit = max(1, limit)
+        self._open: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __call__(self, name: str) -> np.ndarray:
+        array = self._open.get(name)
+        if array is None:
+            array = np.load(os.path.join(self.root, name), mmap_mode="r")
+            self._open[name] = array
+            if len(self._open) > self.limit:
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(name)
+        return array
+
+
 class FeatureStore:
     """Read a store: ``store.features(video_id)`` is an (n_clips, dim) view of
     a memory-mapped shard; nothing is loaded until asked for. At most
@@ -90,8 +113,7 @@ class FeatureStore:
         else:
             self.rows = read_jsonl(index_path)
         self._by_id = {row["video_id"]: row for row in self.rows}
-        self.max_open_shards = max(1, max_open_shards)
-        self._shards: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._shards = MappedFiles(root, max_open_shards)
 
     @property
     def dim(self) -> int:
@@ -121,16 +143,8 @@ class FeatureStore:
             raise KeyError(f"{self.root}: no video {video_id!r} in the store") from None
 
     def shard(self, name: str) -> np.ndarray:
-        """The memory-mapped shard ``name`` (LRU-cached; views handed out stay valid)."""
-        array = self._shards.get(name)
-        if array is None:
-            array = np.load(os.path.join(self.root, name), mmap_mode="r")
-            self._shards[name] = array
-            if len(self._shards) > self.max_open_shards:
-                self._shards.popitem(last=False)
-        else:
-            self._shards.move_to_end(name)
-        return array
+        """The memory-mapped shard ``name`` (see ``MappedFiles``)."""
+        return self._shards(name)
 
     def features(self, video_id: str) -> np.ndarray:
         """(n_clips, dim), a read-only view into the memory-mapped shard."""
@@ -303,7 +317,8 @@ class StoreWriter:
             st = os.stat(path)
         except OSError:
             return None if same_path else f"id {video_id!r} is already stored from {old}; {path} cannot be checked"
-        same_stat = None if "size" not in row else (row["size"], row.get("mtime_ns")) == (st.st_size, st.st_mtime_ns)
+        known = row.get("size") is not None and row.get("mtime_ns") is not None  # older stores: path only
+        same_stat = (row["size"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns) if known else None
         if same_stat or (same_path and same_stat is None):
             return None
         if same_path:

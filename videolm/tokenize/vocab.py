@@ -33,13 +33,12 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from videolm import __version__
-from videolm.features.store import MAX_OPEN_SHARDS, FeatureStore, StoreError
+from videolm.features.store import MAX_OPEN_SHARDS, FeatureStore, MappedFiles, StoreError
 from videolm.fileio import (atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json,
                             atomic_write_jsonl, read_jsonl)
 from videolm.tokenize.kmeans import (ENCODE_BATCH, NO_WORD, Encoding, HierarchicalKMeans, KMeansConfig, Progress,
@@ -439,25 +438,13 @@ class TokenStore:
         self.root = root
         self.rows = read_jsonl(index_path)
         self._by_id = {row["video_id"]: row for row in self.rows}
-        self.max_open_files = max(1, max_open_files)
-        self._files: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._file = MappedFiles(root, max_open_files)
 
     def ids(self) -> list[str]:
         return [row["video_id"] for row in self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def _file(self, name: str) -> np.ndarray:
-        array = self._files.get(name)
-        if array is None:
-            array = np.load(os.path.join(self.root, name), mmap_mode="r")
-            self._files[name] = array
-            if len(self._files) > self.max_open_files:
-                self._files.popitem(last=False)
-        else:
-            self._files.move_to_end(name)
-        return array
 
     def _view(self, video_id: str, suffix: str) -> np.ndarray:
         row = self._by_id.get(video_id)
