@@ -2,15 +2,17 @@
 
 Part 1, search. A gallery of 100,000 L2-normalised 512-d embeddings and 1,000
 queries drawn from the same distribution: points around 2,000 centres
-(semantic clusters) in a 32-d subspace, plus isotropic noise, as real
+(semantic clusters) in a 32-d subspace, plus isotropic noise, run twice:
+with separated clusters (spread 0.35) and with overlapping ones (spread 1.0,
+much harder for an approximate index), as real
 embeddings lie near a low-dimensional manifold (uniformly random 512-d points
 are the worst case for any approximate index and look like no real embedding). Top-10 by inner product:
 
 - reference: numpy brute force written here (one matmul, ``argpartition`` for
   the top 10, then a sort of those 10);
-- ours, exact: videolm.eval.index kind ``flat`` (an ``IndexFlatIP`` searched
-  by blocked torch matrix products): results must be identical; faiss's own
-  ``IndexFlatIP.search`` is timed too, for the record;
+- ours, exact: ``IndexFlatIP`` (videolm.eval.index, kind ``flat``): the same
+  top 10 (up to items whose exact scores differ by < 1e-5, which two matmul
+  implementations may order either way);
 - ours, approximate: HNSW (``IndexHNSWFlat``), efSearch swept upward until
   recall@10 against the exact result reaches 0.99; IVF likewise over nprobe.
   Build times are printed apart (an index is built once per gallery).
@@ -62,6 +64,19 @@ def numpy_top(q, g, k):
     return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
 
 
+def same_up_to_near_ties(q, g, ids, ref_ids, tol=1e-5):
+    """Identical top-k, except that items whose exact scores differ by < tol may
+    swap (two matmul implementations sum in different orders)."""
+    exact = q.astype(np.float64) @ g.astype(np.float64).T
+    for row, (a, b) in enumerate(zip(ids, ref_ids)):
+        if np.array_equal(a, b):
+            continue
+        sa, sb = exact[row, a], exact[row, b]
+        if not np.allclose(np.sort(sa), np.sort(sb), atol=tol):
+            return False
+    return True
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -85,25 +100,23 @@ def side_by_side(ref_fn, ours_fn, rounds):
     return statistics.median(ratios), statistics.median(ref_times), statistics.median(our_times)
 
 
-def part_search(args):
+def part_search(args, spread):
     rng = np.random.default_rng(0)
-    g, q = embeddings(rng, args.gallery), embeddings(rng, args.queries)
+    g, q = embeddings(rng, args.gallery, spread=spread), embeddings(rng, args.queries, spread=spread)
     k = 10
-    print(f"search: gallery {g.shape[0]} x {g.shape[1]}, {q.shape[0]} queries, top-{k}, {torch.get_num_threads()} "
-          "threads")
+    print(f"search: gallery {g.shape[0]} x {g.shape[1]}, {q.shape[0]} queries, top-{k}, cluster spread {spread} "
+          f"({'separated' if spread < 0.5 else 'overlapping'} clusters), {torch.get_num_threads()} threads")
     _, ref_ids = numpy_top(q, g, k)
 
     build, flat = timed(lambda: build_index(g))
     _, flat_ids = flat.search(q, k)
-    same = np.array_equal(flat_ids, ref_ids)
+    same = same_up_to_near_ties(q, g, flat_ids, ref_ids)
     ratio, t_ref, t_ours = side_by_side(lambda: numpy_top(q, g, k), lambda: flat.search(q, k), args.rounds)
-    print(f"  exact (videolm flat) vs numpy brute force: {ratio:.2f}x (median of {args.rounds} alternating rounds); "
+    print(f"  exact IndexFlatIP vs numpy brute force: {ratio:.2f}x (median of {args.rounds} alternating rounds); "
           f"identical top-{k}: {same}; build {build:.2f} s")
-    raw, _, _ = side_by_side(lambda: numpy_top(q, g, k), lambda: flat.index.search(q, k), args.rounds)
-    print(f"  faiss IndexFlatIP.search itself vs numpy brute force: {raw:.2f}x")
 
     for kind, knob, values in (("hnsw", "hnsw_ef_search", (16, 32, 64, 128, 256, 512)),
-                               ("ivf", "ivf_nprobe", (4, 8, 16, 32, 64, 128))):
+                               ("ivf", "ivf_nprobe", (4, 8, 16, 32, 64, 128, 256))):
         build, index = timed(lambda: build_index(g, IndexConfig(kind=kind)))
         chosen = None
         for v in values:
@@ -169,6 +182,8 @@ def main():
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--protocol", type=int, default=1000, help="items (and captions) of the re-ranking protocol")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--spread", type=float, nargs="+", default=[0.35, 1.0],
+                   help="within-cluster spread of the data (0.35: separated clusters, 1.0: overlapping)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-search", action="store_true")
     p.add_argument("--skip-rerank", action="store_true")
@@ -179,7 +194,8 @@ def main():
     faiss.omp_set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if not args.skip_search:
-        part_search(args)
+        for spread in args.spread:
+            part_search(args, spread)
     if not args.skip_rerank:
         part_rerank(args)
 

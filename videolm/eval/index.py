@@ -1,10 +1,6 @@
 """Inner-product search over L2-normalised embeddings with faiss.
 
-``flat`` is exact (``IndexFlatIP``). Its search runs as blocked matrix
-products in torch over the index's vectors, with the same results as
-``IndexFlatIP.search``: the OpenBLAS 0.3.15 that the faiss-cpu wheel bundles
-made ``IndexFlatIP.search`` 4-5x slower than a numpy matmul on the
-development machines (benchmarks/retrieval_speed.py). For galleries of millions, ``hnsw``
+``flat`` is exact (``IndexFlatIP``). For galleries of millions, ``hnsw``
 (``IndexHNSWFlat``, inner product) and ``ivf`` (``IndexIVFFlat`` on a
 flat inner-product quantiser, trained on the gallery) are approximate; their
 parameters are recorded with the index (``index.json``) and in reports.
@@ -42,38 +38,17 @@ class IndexConfig:
         return self
 
 
-QUERY_BLOCK = 256  # queries per matrix product in exact search
-
-
 @dataclass
 class SearchIndex:
     index: object              # a faiss index
     config: IndexConfig
     size: int
     dim: int
-    _matrix: object = None     # flat: (N, D) torch tensor of the vectors, made on first search
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (Q, k), best first; ids are gallery rows (-1 where fewer than k)."""
         k = min(k, self.size)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if not isinstance(self.index, _flat_types()):
-            return self.index.search(queries, k)
-        import torch
-
-        if self._matrix is None:
-            self._matrix = torch.from_numpy(self.index.reconstruct_n(0, self.size))
-        scores = np.empty((len(queries), k), np.float32)
-        ids = np.empty((len(queries), k), np.int64)
-        with torch.inference_mode():
-            for start in range(0, len(queries), QUERY_BLOCK):
-                s = torch.from_numpy(queries[start:start + QUERY_BLOCK]) @ self._matrix.T   # (b, N)
-                top = torch.topk(s, k, dim=1)
-                v, i = top.values.numpy(), top.indices.numpy()
-                order = np.lexsort((i, -v), axis=1)        # best first; equal scores: lower id first
-                scores[start:start + len(v)] = np.take_along_axis(v, order, 1)
-                ids[start:start + len(v)] = np.take_along_axis(i, order, 1)
-        return scores, ids
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
     def describe(self) -> dict:
         d = {"kind": self.config.kind, "size": self.size, "dim": self.dim}
@@ -94,12 +69,6 @@ class SearchIndex:
         os.replace(tmp, path)
         atomic_write_json(os.path.join(directory, f"{name}.json"), {"config": asdict(self.config), **self.describe()})
         return path
-
-
-def _flat_types():
-    import faiss
-
-    return (faiss.IndexFlatIP,)
 
 
 def build_index(gallery: np.ndarray, config: IndexConfig | None = None) -> SearchIndex:
