@@ -174,8 +174,7 @@ def zeroshot_masked(encoder: Encoder, store, template: str, truth: dict[str, lis
         v, v_att = encoder._visual_batch(chunk)
         select = torch.zeros_like(t_att)
         select[:, torch.from_numpy(mask_pos)] = True
-        joint = model.transformer(t_ids, t_att, v, v_att, text_select=select)
-        logits = model.mlm_head(joint.text_selected, model.transformer.word_embeddings.weight)  # (B * slots, V)
+        logits = model.masked_text_logits(t_ids, t_att, v, v_att, select)  # (B * slots, V), either architecture
         logits = logits.float().view(len(chunk), n_slots, -1).cpu().numpy()
         for b, media_id in enumerate(ids[start:start + len(chunk)]):
             for s in range(n_slots):

@@ -1,4 +1,4 @@
-"""The joint video-language transformer, its heads and losses (VideoBERT and CBT modes).
+"""The video-language transformer (single- or two-stream), its heads and losses (VideoBERT and CBT modes).
 
     from videolm.model.config import ModelConfig
     from videolm.model.pretraining import VideoLMForPretraining

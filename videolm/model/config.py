@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from videolm.model.errors import ModelError
 
 MODES = ("videobert", "cbt")
+ARCHS = ("single_stream", "two_stream")
+MASKED_CONTEXTS = ("cross", "own")
+ALIGN_LOSSES = ("bce", "nce")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 MIN_TEMPERATURE = 0.01  # the learned contrastive temperature never goes below this (CLIP's logit scale <= 100)
 WEIGHTS = ("mlm_weight", "visual_weight", "align_weight", "contrastive_weight")
@@ -22,6 +25,7 @@ WEIGHTS = ("mlm_weight", "visual_weight", "align_weight", "contrastive_weight")
 @dataclass
 class ModelConfig:
     mode: str = "videobert"              # videobert: visual-word ids | cbt: raw clip features
+    arch: str = "single_stream"          # single_stream: one joint stack | two_stream: text + visual stacks + cross layers
     # transformer (BERT names in brackets where they differ)
     hidden_size: int = 768
     num_layers: int = 12                 # [num_hidden_layers]
@@ -34,6 +38,12 @@ class ModelConfig:
     max_positions: int = 512             # [max_position_embeddings], counted over real tokens
     type_vocab_size: int = 2             # segments: 0 text, 1 visual
     initializer_range: float = 0.02      # std of the normal init of matrices and tables
+    # two_stream depths (num_layers is then unused): text stack, visual stack, then cross-modal layers,
+    # each a co-attention layer (ViLBERT's Co-TRM) and one own layer (TRM) per stream
+    text_layers: int = 6                 # a BERT of text_layers (+ cross_layers) layers loads into them
+    visual_layers: int = 6
+    cross_layers: int = 6
+    masked_context: str = "cross"        # two_stream: masked objectives on the cross output | "own": each stack alone (CBT)
     # text side (filled from the tokenizer by the trainer)
     text_vocab_size: int = 30522
     pad_token_id: int = 0
@@ -61,6 +71,7 @@ class ModelConfig:
     align_random_negatives: int = 1      # random other-group videos per text
     align_hard_negatives: bool = True    # + hardest other-group video per text and text per video
     align_on_masked_pass: bool = False   # score alignment on the masked joint pass (BERT NSP style), no extra pass
+    align_loss: str = "bce"              # bce: pairs with negatives | nce: two_stream, every text x video of the batch (CBT)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -86,6 +97,26 @@ class ModelConfig:
         """Raise a one-line ModelError naming the first bad key; return self."""
         if self.mode not in MODES:
             raise ModelError(f"model.mode must be videobert or cbt, not {self.mode!r}")
+        if self.arch not in ARCHS:
+            raise ModelError(f"model.arch must be single_stream or two_stream, not {self.arch!r}")
+        if self.masked_context not in MASKED_CONTEXTS:
+            raise ModelError(f"model.masked_context must be cross or own, not {self.masked_context!r}")
+        if self.align_loss not in ALIGN_LOSSES:
+            raise ModelError(f"model.align_loss must be bce or nce, not {self.align_loss!r}")
+        if self.arch == "two_stream":
+            for name, least in (("text_layers", 1), ("visual_layers", 0), ("cross_layers", 1)):
+                if getattr(self, name) < least:
+                    raise ModelError(f"model.{name} must be at least {least} with model.arch=two_stream, "
+                                     f"not {getattr(self, name)}")
+            if self.masked_context == "own" and self.align_on_masked_pass:
+                raise ModelError("model.align_on_masked_pass needs model.masked_context=cross (with own, the "
+                                 "masked pass never reaches the cross-modal layers)")
+        elif self.masked_context != "cross" or self.align_loss != "bce":
+            key = "masked_context" if self.masked_context != "cross" else "align_loss"
+            raise ModelError(f"model.{key}={getattr(self, key)} needs model.arch=two_stream")
+        if self.align_loss == "nce" and self.align_on_masked_pass:
+            raise ModelError("model.align_loss=nce scores every pair of the batch; set model.align_on_masked_pass "
+                             "to false")
         if self.hidden_act not in ACTIVATIONS:
             raise ModelError(f"model.hidden_act must be one of {', '.join(ACTIVATIONS)}, not {self.hidden_act!r}")
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",

@@ -7,7 +7,8 @@ masked clips are replaced by a learned mask embedding, so the model never
 sees the feature it has to predict.
 
 The text side needs no module of its own: it is BERT's word embedding table
-(``JointTransformer.word_embeddings``), so a BERT checkpoint loads into it.
+(``JointTransformer.word_embeddings``), so a BERT checkpoint loads into it. The
+two-stream model's visual stack (videolm.model.two_stream) uses these same modules.
 """
 
 from __future__ import annotations

@@ -119,10 +119,13 @@ def read_bert_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor], str]
     return config, normalised, directory
 
 
-def bert_to_joint(bert_config: dict, tensors: dict[str, torch.Tensor], config: ModelConfig,
-                  where: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def bert_to_joint(bert_config: dict, tensors: dict[str, torch.Tensor], config: ModelConfig, where: str,
+                  layer_prefixes: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Map BERT tensors to JointTransformer names: (mapped, unused). The
-    three attention projections are concatenated into the fused QKV."""
+    three attention projections are concatenated into the fused QKV.
+    layer_prefixes: where BERT layer i goes (default ``layers.{i}.``; the
+    two-stream model puts upper layers into its cross-modal layers)."""
+    layer_prefixes = layer_prefixes or [f"layers.{i}." for i in range(config.num_layers)]
     differ = [f"{ours}={getattr(config, ours)} (checkpoint {theirs}={bert_config[theirs]})"
               for theirs, ours in BERT_CONFIG_KEYS.items()
               if theirs in bert_config and bert_config[theirs] != getattr(config, ours)]
@@ -143,13 +146,13 @@ def bert_to_joint(bert_config: dict, tensors: dict[str, torch.Tensor], config: M
     for theirs, ours in BERT_EMBEDDINGS.items():
         mapped[ours] = take(theirs)
     mapped["position_embeddings.weight"] = mapped["position_embeddings.weight"][: config.max_positions]
-    for i in range(config.num_layers):
+    for i, target in enumerate(layer_prefixes):
         prefix = f"encoder.layer.{i}."
         for kind in ("weight", "bias"):
             q, k, v = (take(f"{prefix}attention.self.{p}.{kind}") for p in ("query", "key", "value"))
-            mapped[f"layers.{i}.attention.qkv.{kind}"] = torch.cat([q, k, v], 0)
+            mapped[f"{target}attention.qkv.{kind}"] = torch.cat([q, k, v], 0)
             for theirs, ours in BERT_LAYER.items():
-                mapped[f"layers.{i}.{ours}.{kind}"] = take(f"{prefix}{theirs}.{kind}")
+                mapped[f"{target}{ours}.{kind}"] = take(f"{prefix}{theirs}.{kind}")
     unused = {name: value for name, value in tensors.items() if name not in used}
     return mapped, unused
 

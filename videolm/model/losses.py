@@ -94,17 +94,27 @@ def alignment_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
 def contrastive_loss(text: torch.Tensor, video: torch.Tensor, scale: torch.Tensor | float,
                      group_ids: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between (B, E) text and video embeddings, row i of
-    each being a pair: ``logits = scale * text @ video.T``, cross-entropy over
-    rows (text -> video) and over columns (video -> text), averaged. Entries
-    off the diagonal whose rows share a ``group_ids`` value (two captions of
-    one video) are false negatives and are left out of both softmaxes.
+    each being a pair: ``logits = scale * text @ video.T``, then ``info_nce``."""
+    with torch.autocast(text.device.type, enabled=False):
+        scale = scale.float() if isinstance(scale, torch.Tensor) else scale
+        return info_nce(scale * text.float() @ video.float().T, group_ids, valid)
+
+
+def info_nce(logits: torch.Tensor, group_ids: torch.Tensor | None = None,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE over a (B, B) text-by-video score matrix whose
+    diagonal holds the pairs: cross-entropy over rows (text -> video) and over
+    columns (video -> text), averaged. Entries off the diagonal whose rows
+    share a ``group_ids`` value (two captions of one video) are false
+    negatives and are left out of both softmaxes. (The dual encoder's scores
+    are scaled cosines; CBT's cross-modal NCE scores each pair with the
+    cross-modal layers.)
 
     valid: (B,) bool, the rows that take part (rows without a visual side are
     False): an invalid row is no one's negative and adds nothing; the mean is
     over the valid rows (0, in the graph, when there is none)."""
-    with torch.autocast(text.device.type, enabled=False):
-        scale = scale.float() if isinstance(scale, torch.Tensor) else scale
-        logits = scale * text.float() @ video.float().T  # (B, B)
+    with torch.autocast(logits.device.type, enabled=False):
+        logits = logits.float()  # (B, B)
         B = len(logits)
         eye = torch.eye(B, dtype=torch.bool, device=logits.device)
         allowed = ~eye

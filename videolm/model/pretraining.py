@@ -39,9 +39,10 @@ from videolm.model.config import MIN_TEMPERATURE, ModelConfig
 from videolm.model.errors import ModelError
 from videolm.model.gather import RankGroup, pad_dim1
 from videolm.model.heads import AlignmentHead, FeatureHead, MaskedTokenHead, ProjectionHead
-from videolm.model.losses import alignment_loss, contrastive_loss, masked_feature_nce, masked_token_loss
+from videolm.model.losses import alignment_loss, contrastive_loss, info_nce, masked_feature_nce, masked_token_loss
 from videolm.model.negatives import alignment_pairs
 from videolm.model.transformer import JointTransformer, init_bert_weights
+from videolm.model.two_stream import TwoStreamTransformer
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class VideoLMForPretraining(nn.Module):
         """``load_init``: apply ``config.init_text_from`` (from_pretrained turns it off)."""
         super().__init__()
         self.config = config.validate()
-        self.transformer = JointTransformer(config)
+        self.transformer = (JointTransformer(config) if config.arch == "single_stream"
+                            else TwoStreamTransformer(config))
         self.mlm_head = MaskedTokenHead(config, config.text_vocab_size)
         self.visual_head = (MaskedTokenHead(config, config.visual_vocab_size) if config.mode == "videobert"
                             else FeatureHead(config))
@@ -81,12 +83,18 @@ class VideoLMForPretraining(nn.Module):
     # -- the three ways to run the transformer that evaluation also uses
 
     def encode_text(self, text_ids: torch.Tensor, text_attention: torch.Tensor) -> torch.Tensor:
-        """``[CLS] text [SEP]`` (segment 0) -> (B, embed_dim), L2-normalised."""
+        """``[CLS] text [SEP]`` (segment 0) -> (B, embed_dim), L2-normalised.
+        Two-stream: the text stack alone."""
+        if self.config.arch == "two_stream":
+            return self.text_projection(self.transformer.text(text_ids, text_attention).cls)
         return self.text_projection(self.transformer(text_ids, text_attention).cls)
 
     def encode_video(self, visual: torch.Tensor, visual_attention: torch.Tensor) -> torch.Tensor:
         """``[CLS] visual [SEP]`` (segment 1) -> (B, embed_dim), L2-normalised.
-        visual: (B, Tv) word ids (VideoBERT) or (B, Tv, D) features (CBT)."""
+        visual: (B, Tv) word ids (VideoBERT) or (B, Tv, D) features (CBT).
+        Two-stream: ``[IMG] visual`` through the visual stack alone."""
+        if self.config.arch == "two_stream":
+            return self.video_projection(self.transformer.visual(visual, visual_attention).cls)
         B = visual.shape[0]
         cls = torch.full((B, 1), self.config.cls_token_id, dtype=torch.long, device=visual.device)
         cls_attention = torch.ones((B, 1), dtype=torch.bool, device=visual.device)
@@ -95,8 +103,39 @@ class VideoLMForPretraining(nn.Module):
 
     def alignment_score(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor,
                         visual_attention: torch.Tensor) -> torch.Tensor:
-        """(B,) logits that row i's text and visual side belong together (joint pass, [CLS])."""
+        """(B,) logits that row i's text and visual side belong together (joint pass, [CLS];
+        two-stream: text [CLS] * visual [IMG] after the cross layers)."""
         return self.align_head(self.transformer(text_ids, text_attention, visual, visual_attention).cls)
+
+    def masked_text_logits(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor,
+                           visual_attention: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """(M, text vocab) masked-LM logits at the (B, Tt) ``select`` positions,
+        row-major, in the context the masked LM trains in (joint pass; two-stream
+        with ``masked_context: own``, the text stack alone)."""
+        joint = self._masked_runner()(text_ids, text_attention, visual, visual_attention, text_select=select)
+        return self.mlm_head(joint.text_selected, self.transformer.word_embeddings.weight)
+
+    def _masked_runner(self):
+        """The transformer call the masked objectives read: the joint (cross) pass, or the stacks alone."""
+        if self.config.arch == "two_stream" and self.config.masked_context == "own":
+            return self.transformer.streams
+        return self.transformer
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part: embeddings, the stacks (joint; or text, visual
+        and cross layers), heads (with the contrastive temperature). Tied
+        decoders own no tensor, so nothing counts twice."""
+        if self.config.arch == "single_stream":
+            parts = [("transformer.layers.", "joint stack")]
+        else:
+            parts = [("transformer.text.layers.", "text stack"), ("transformer.visual.layers.", "visual stack"),
+                     ("transformer.cross.", "cross layers")]
+        counts = {name: 0 for _, name in parts} | {"embeddings": 0, "heads": 0}
+        for name, p in self.named_parameters():
+            part = next((label for prefix, label in parts if name.startswith(prefix)),
+                        "embeddings" if name.startswith("transformer.") else "heads")
+            counts[part] += p.numel()
+        return counts
 
     def contrastive_scale(self) -> torch.Tensor:
         """exp(logit_scale). Not clamped here: a clamp inside forward has zero
@@ -139,9 +178,10 @@ class VideoLMForPretraining(nn.Module):
         visual_pad = cfg.visual_pad_id if videobert else 0
         mlm_on, visual_on = cfg.enabled("mlm_weight"), cfg.enabled("visual_weight")
         contrastive_on, align_on = cfg.enabled("contrastive_weight"), cfg.enabled("align_weight")
+        align_nce = align_on and cfg.align_loss == "nce"          # CBT's cross-modal NCE over every pair
         align_masked = align_on and cfg.align_on_masked_pass      # scored on the masked joint pass
-        align_separate = align_on and not cfg.align_on_masked_pass  # its own clean joint pass
-        need_embeds = contrastive_on or (align_on and cfg.align_hard_negatives)
+        align_separate = align_on and not cfg.align_on_masked_pass and not align_nce  # its own clean joint pass
+        need_embeds = contrastive_on or (align_on and cfg.align_hard_negatives and not align_nce)
         has_visual = batch.visual_attention.any(1)  # (B,) rows without a visual side: masked LM only
         out = PretrainOutput(loss=torch.zeros(()))
         losses: dict[str, torch.Tensor] = {}
@@ -190,12 +230,13 @@ class VideoLMForPretraining(nn.Module):
             text_select = None
             if mlm_on or align_masked:
                 text_select = (text_where if mlm_on else torch.zeros_like(text_where)) | cls_column
-            joint = self.transformer(batch.text_ids, batch.text_attention, m_visual, m_attention, m_masked,
-                                     text_select=text_select, visual_select=visual_where if visual_on else None)
+            joint = self._masked_runner()(batch.text_ids, batch.text_attention, m_visual, m_attention, m_masked,
+                                          text_select=text_select, visual_select=visual_where if visual_on else None)
             text_hidden = joint.text_selected  # (Mt [+ B], H), row-major
             if align_masked:
                 is_cls = cls_column[text_select]  # (Mt + B,)
-                out.align_logits = self.align_head(text_hidden[is_cls])  # (B,)
+                cls = text_hidden[is_cls] if joint.joint_cls is None else joint.joint_cls  # (B, H)
+                out.align_logits = self.align_head(cls)  # (B,)
                 out.align_labels = (~negative).float()
                 weight = has_visual.float()  # rows without a visual side have no pair to score
                 per_row = alignment_loss(out.align_logits, out.align_labels, "none")  # (B,)
@@ -237,6 +278,14 @@ class VideoLMForPretraining(nn.Module):
             out.align_labels = labels
             terms["align"] = (alignment_loss(out.align_logits, labels, "sum"), torch.tensor(len(labels)))
 
+        # 3'. CBT's cross-modal NCE (two-stream): the stacks run once per clean text and video, the
+        # cross layers score each of this rank's texts against every video of the global batch, and
+        # symmetric InfoNCE runs over the gathered (W*B, W*B) score matrix (gradient through both gathers)
+        if align_nce:
+            out.align_logits, out.align_labels, losses["align"] = self._cross_nce(
+                text_ids, batch.text_attention, clean_visual, batch.visual_attention, Tv, ranks, all_groups,
+                all_valid)
+
         # means over the global batch: one collective for every count
         if terms:
             names = list(terms)
@@ -248,6 +297,28 @@ class VideoLMForPretraining(nn.Module):
         out.losses = {name: losses[name] for name in ("mlm", "visual", "align", "contrastive") if name in losses}
         out.loss = sum(weights[name] * value for name, value in out.losses.items())
         return out
+
+    def _cross_nce(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor,
+                   visual_attention: torch.Tensor, Tv: int, ranks: RankGroup, all_groups: torch.Tensor,
+                   all_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (B * W*B,), labels, loss): row i's text scored against every
+        video of the global batch by the cross layers and the alignment head."""
+        rank = ranks.rank
+        B = len(text_ids)
+        text = self.transformer.text(text_ids, text_attention)  # text_hidden (B, Tt, H)
+        vis = self.transformer.visual(visual, visual_attention)  # hidden (B, 1 + Tv, H)
+        all_vis = ranks.gather(pad_dim1(vis.hidden, Tv + 1, 0.0), grad=True)  # (W*B, 1 + Tv, H)
+        all_vis_attention = ranks.gather(pad_dim1(vis.attention, Tv + 1, False))  # (W*B, 1 + Tv)
+        N = len(all_vis)
+        rows = []
+        for i in range(B):  # one text against the N videos: N pairs through the cross layers
+            t = text.text_hidden[i:i + 1].expand(N, -1, -1)  # (N, Tt, H)
+            t_att = text.attention[i:i + 1].expand(N, -1)
+            fused_text, fused_visual = self.transformer.fuse(t, t_att, all_vis, all_vis_attention)
+            rows.append(self.align_head(fused_text[:, 0] * fused_visual[:, 0]))  # (N,) as JointOutput.joint_cls
+        scores = ranks.gather(torch.stack(rows), grad=True)  # (W*B, W*B) text-by-video
+        labels = torch.eye(N, device=scores.device)[rank * B:(rank + 1) * B].flatten()
+        return torch.stack(rows).flatten(), labels, info_nce(scores, all_groups, all_valid)
 
     def _masked_pass_negatives(self, group_ids: torch.Tensor, has_visual: torch.Tensor,
                                generator: torch.Generator | None, ranks: RankGroup,
@@ -277,7 +348,7 @@ class VideoLMForPretraining(nn.Module):
     @torch.no_grad()
     def load_text_from_bert(self, path: str) -> None:
         """The transformer's text side from a local BERT directory (see
-        JointTransformer.load_text_from_bert), plus BERT's MLM-head transform
+        JointTransformer / TwoStreamTransformer.load_text_from_bert), plus BERT's MLM-head transform
         and bias when the checkpoint has them (BertForMaskedLM, BertForPreTraining)."""
         unused = self.transformer.load_text_from_bert(path)
         own = self.state_dict()

@@ -58,7 +58,12 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+    """Multi-head attention over one fused QKV projection. Self-attention by
+    default; with ``context``, queries come from ``x`` and keys and values from
+    ``context`` (ViLBERT's co-attention: one stream asks, the other answers),
+    through the same weights, split into their query and key/value rows."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
@@ -66,10 +71,18 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                select: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, select: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, H); context: (B, S, H) or None (= x); attn_mask: (B, 1, 1, S) bool over the keys."""
         B, L, H = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, nh, L, hd)
+        if context is None:
+            q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, L, hd)
+        else:
+            S = context.shape[1]
+            q = F.linear(x, self.qkv.weight[:H], self.qkv.bias[:H])  # (B, L, H)
+            q = q.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hd)
+            kv = F.linear(context, self.qkv.weight[H:], self.qkv.bias[H:])  # (B, S, 2H)
+            k, v = kv.view(B, S, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, nh, S, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)  # (B, nh, L, hd)
         y = y.transpose(1, 2).reshape(B, L, H)
@@ -77,11 +90,13 @@ class SelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN, as BERT: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+    """Post-LN, as BERT: x = LN(x + attn(x)); x = LN(x + ffn(x)). With
+    ``context`` the attention reads keys and values from there instead: that
+    is ViLBERT's co-attentional layer (Co-TRM), the same weights' shapes."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.attention = SelfAttention(config)
+        self.attention = Attention(config)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn_in = nn.Linear(config.hidden_size, config.intermediate_size)
         self.ffn_out = nn.Linear(config.intermediate_size, config.hidden_size)
@@ -89,11 +104,12 @@ class EncoderLayer(nn.Module):
         self.act = ACTIVATION_FNS[config.hidden_act]
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                select: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, select: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """select: (B, L) bool -- compute the outputs at these positions only
-        (keys and values still come from every token): (M, H) out."""
-        a = self.attention(x, attn_mask, select)
+        (keys and values still come from every token): (M, H) out.
+        context: (B, S, H) keys and values from another sequence; attn_mask is then over its S columns."""
+        a = self.attention(x, attn_mask, select, context)
         x = self.attention_norm((x if select is None else x[select]) + self.dropout(a))
         return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
@@ -110,24 +126,31 @@ class JointOutput:
     visual_hidden: torch.Tensor | None = None    # (B, Tv, H) the visual side's columns; None for text-only input
     text_selected: torch.Tensor | None = None    # (Mt, H) == text_hidden[text_select] of a full pass
     visual_selected: torch.Tensor | None = None  # (Mv, H) == visual_hidden[visual_select] of a full pass
+    joint_cls: torch.Tensor | None = None        # (B, H) two-stream only: text [CLS] * visual [IMG] (ViLBERT)
 
     @property
     def cls(self) -> torch.Tensor:
-        return self.hidden[:, 0]  # (B, H) the [CLS] column
+        """(B, H) what the alignment head reads: the [CLS] column (two-stream: joint_cls)."""
+        return self.joint_cls if self.joint_cls is not None else self.hidden[:, 0]
 
 
 class JointTransformer(nn.Module):
     """Embeddings (text words, visual words or features, segment, position)
     + ``num_layers`` encoder layers. Parameter names follow the modules, not
-    BERT; ``load_text_from_bert`` maps a BERT checkpoint onto them."""
+    BERT; ``load_text_from_bert`` maps a BERT checkpoint onto them.
 
-    def __init__(self, config: ModelConfig):
+    ``visual=False`` builds it without visual embeddings: text-only input,
+    exactly BERT (the two-stream model's text stack, videolm.model.two_stream)."""
+
+    def __init__(self, config: ModelConfig, visual: bool = True):
         super().__init__()
         self.config = config.validate()
         H = config.hidden_size
         self.word_embeddings = nn.Embedding(config.text_vocab_size, H)
-        self.visual_embeddings = (VisualWordEmbeddings(config) if config.mode == "videobert"
-                                  else FeatureEmbeddings(config))
+        self.visual_embeddings = None
+        if visual:
+            self.visual_embeddings = (VisualWordEmbeddings(config) if config.mode == "videobert"
+                                      else FeatureEmbeddings(config))
         self.position_embeddings = nn.Embedding(config.max_positions, H)
         self.segment_embeddings = nn.Embedding(config.type_vocab_size, H)
         self.embedding_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
@@ -164,6 +187,8 @@ class JointTransformer(nn.Module):
         attention = [text_attention.bool()]
         segments = [torch.full((B, Tt), text_segment, dtype=torch.long, device=device)]
         Tv = 0 if visual is None else visual.shape[1]
+        if Tv and self.visual_embeddings is None:
+            raise ModelError("this transformer is a text stack (no visual embeddings); pass text only")
         if Tv:
             if visual_attention is None or visual_attention.shape != visual.shape[:2] or visual.shape[0] != B:
                 raise ModelError(f"visual {tuple(visual.shape)} needs visual_attention of shape ({B}, {Tv}), "

@@ -245,9 +245,12 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
         d = dataset.describe()
         parts = ", ".join(f"{src['kind']} {src['per_epoch']} ({os.path.basename(src['manifest'])})" for src in d["sources"])
         log.info("data: %d examples per epoch: %s", len(dataset), parts)
-        log.info("model: %s mode, %.1f M parameters, %d layers x %d hidden; %d process(es) on %s",
-                 model_cfg.mode, sum(p.numel() for p in model.parameters()) / 1e6, model_cfg.num_layers,
+        depth = (f"{model_cfg.num_layers} layers" if model_cfg.arch == "single_stream" else
+                 f"{model_cfg.text_layers} text + {model_cfg.visual_layers} visual + {model_cfg.cross_layers} cross layers")
+        log.info("model: %s mode, %s, %.1f M parameters, %s x %d hidden; %d process(es) on %s",
+                 model_cfg.mode, model_cfg.arch, sum(p.numel() for p in model.parameters()) / 1e6, depth,
                  model_cfg.hidden_size, env.world_size, device)
+        log.info("parameters: %s", ", ".join(f"{part} {n / 1e6:.3f} M" for part, n in model.parameter_counts().items()))
 
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.betas, t.eps, fused=True)
     schedule_steps = schedule_length(t, ckpt, env)
