@@ -20,6 +20,13 @@ ALIGN_LOSSES = ("bce", "nce")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 MIN_TEMPERATURE = 0.01  # the learned contrastive temperature never goes below this (CLIP's logit scale <= 100)
 WEIGHTS = ("mlm_weight", "visual_weight", "align_weight", "contrastive_weight")
+# What makes two models the same network (init_from needs them to agree): the keys that
+# shape a parameter or change the forward. DATA_KEYS come from the tokenizer and the store.
+ARCHITECTURE_KEYS = ("mode", "arch", "hidden_size", "num_layers", "num_heads", "intermediate_size", "hidden_act",
+                     "layer_norm_eps", "max_positions", "type_vocab_size", "text_layers", "visual_layers",
+                     "cross_layers", "embed_dim")
+DATA_KEYS = ("text_vocab_size", "pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id",
+             "visual_vocab_size", "visual_pad_id", "visual_mask_id", "feature_dim")
 
 
 @dataclass
@@ -58,6 +65,7 @@ class ModelConfig:
     # dual encoder
     embed_dim: int = 256                 # projection of the pooled [CLS] for retrieval
     # initialisation
+    init_from: str | None = None         # a saved model directory (save_pretrained): start from all its weights
     init_text_from: str | None = None    # local HF BERT directory (pkg:NAME/dir allowed)
     init_visual_from_centroids: bool = False  # VideoBERT: word table from the vocabulary's centroids
     # objectives: a weight of 0 switches one off
@@ -85,6 +93,32 @@ class ModelConfig:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ModelError(f"{source}: unknown model config key {key!r}{hint}")
         return cls(**data)
+
+    def inherit_architecture(self, saved: "ModelConfig", where: str) -> "ModelConfig":
+        """This config with the architecture of ``saved`` (model.init_from):
+        a key left at its default takes the saved model's value; a key set to
+        another value than the saved model's is an error naming it. Objective
+        weights, dropout and the other training keys stay this config's own."""
+        default, values = ModelConfig(), {}
+        for key in ARCHITECTURE_KEYS:
+            mine, theirs = getattr(self, key), getattr(saved, key)
+            if mine != theirs and mine != getattr(default, key):
+                raise ModelError(f"model.{key}={mine} but model.init_from={where} has {key}={theirs}; "
+                                 f"remove the key or set it to {theirs}")
+            values[key] = theirs
+        return dataclasses.replace(self, **values)
+
+    def check_data_keys(self, saved: "ModelConfig", where: str) -> None:
+        """The sizes this run's tokenizer and store give must be those the saved model was built with."""
+        for key in DATA_KEYS:
+            if key == "feature_dim" and self.mode != "cbt" or key.startswith("visual_") and self.mode != "videobert":
+                continue
+            mine, theirs = getattr(self, key), getattr(saved, key)
+            if mine != theirs:
+                what = "the store's features" if key == "feature_dim" else (
+                    "the visual vocabulary" if key.startswith("visual_") else "data.tokenizer")
+                raise ModelError(f"{what} give model.{key}={mine} but model.init_from={where} was built with "
+                                 f"{theirs}; use the data it was trained on (its tokenizer, store backbone, vocab/)")
 
     @property
     def head_dim(self) -> int:
@@ -117,6 +151,9 @@ class ModelConfig:
         if self.align_loss == "nce" and self.align_on_masked_pass:
             raise ModelError("model.align_loss=nce scores every pair of the batch; set model.align_on_masked_pass "
                              "to false")
+        if self.init_from and self.init_text_from:
+            raise ModelError("model.init_from and model.init_text_from are both set; init_from loads the whole "
+                             "model, its text side included: remove model.init_text_from")
         if self.hidden_act not in ACTIVATIONS:
             raise ModelError(f"model.hidden_act must be one of {', '.join(ACTIVATIONS)}, not {self.hidden_act!r}")
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",

@@ -39,6 +39,7 @@ from videolm.fileio import atomic_write_jsonl
 from videolm.model.config import ModelConfig
 from videolm.model.errors import ModelError
 from videolm.model.gather import RankGroup
+from videolm.model import io
 from videolm.model.io import InputSettings
 from videolm.model.pretraining import VideoLMForPretraining
 from videolm.text.tokenizer import load_tokenizer
@@ -115,6 +116,48 @@ def input_settings(data_cfg, dataset) -> InputSettings:
     return InputSettings(max_text_len=data_cfg.max_text_len, max_visual_len=data_cfg.max_visual_len,
                          train_clip_sampling=data_cfg.clip_sampling, align_min_overlap=data_cfg.align_min_overlap,
                          feature_store=meta)
+
+
+def init_source(model: ModelConfig, ckpt) -> ModelConfig | None:
+    """model.init_from: the saved model's config, read from its directory; a
+    resumed run takes it from its checkpoint (``_init``) and never reads the
+    directory again (its weights are in the checkpoint)."""
+    if not model.init_from:
+        return None
+    recorded = ckpt.state.config.get("_init") if ckpt is not None else None
+    if recorded:
+        return ModelConfig.from_dict(recorded["config"], source=f"{ckpt.path}/state.json")
+    return io.read_config(model.init_from)
+
+
+def load_init_from(model: VideoLMForPretraining, directory: str, data_cfg, dataset) -> None:
+    """Every weight of a saved model (safetensors: nothing is unpickled), after
+    checking that this run's data is the data it was built for: in VideoBERT
+    mode the same visual vocabulary (fingerprint of its vocab/), and features
+    from the same backbone and weights."""
+    from videolm.tokenize.vocab import TokenizeError, Vocabulary
+
+    if model.config.mode == "videobert":
+        vocab_dir = os.path.join(directory, io.VOCAB_DIR)
+        try:
+            saved_vocab = Vocabulary.from_pretrained(vocab_dir)
+        except TokenizeError as err:
+            raise ModelError(f"model.init_from={directory}: its visual vocabulary cannot be read ({err}); a "
+                             "VideoBERT model needs the vocab/ it was trained with") from None
+        if saved_vocab.fingerprint() != dataset.vocab.fingerprint():
+            raise ModelError(f"data.vocab={data_cfg.vocab} is not the vocabulary model.init_from={directory} was "
+                             f"trained with; set data.vocab={vocab_dir} and encode the store with it "
+                             f"(videolm tokenize encode STORE --vocab {vocab_dir})")
+    saved, found = io.read_input_settings(directory)
+    theirs, mine = saved.feature_store or {}, input_settings(data_cfg, dataset).feature_store or {}
+    for key in ("backbone", "weights"):
+        a, b = theirs.get(key), mine.get(key)
+        if found and a is not None and b is not None and os.path.basename(str(a)) != os.path.basename(str(b)):
+            raise ModelError(f"the store's features come from {key} {b!r} but model.init_from={directory} was "
+                             f"trained on {a!r}; extract the features with the same backbone and weights")
+    tensors = io.load_state(directory)
+    io.check_state(model, tensors, f"{directory}/{io.WEIGHTS_FILE}")
+    model.load_state_dict(tensors)
 
 
 class StopRequest:
@@ -208,7 +251,7 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
         diff = [k for k in config_differences(ckpt.state.config, given_config)
-                if not k.startswith(("_data.", "eval."))]  # validation never changes what training computes
+                if not k.startswith(("_data.", "_init.", "eval."))]  # validation never changes what training computes
         if diff:
             shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise CheckpointError(f"{ckpt_path}: config differs from the checkpoint's in {shown}; "
@@ -221,9 +264,13 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
                          f"= {parts}")
     micro = t.batch_size // parts
 
+    # model.init_from: the saved model's architecture; objective weights and training keys stay this run's
+    saved = init_source(cfg.model, ckpt)
+    model_section = cfg.model.inherit_architecture(saved, cfg.model.init_from) if saved is not None else cfg.model
+
     seed_everything(t.seed + env.rank)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    dataset = build_pretrain_dataset(cfg.data, cfg.model.mode, tokenizer, seed=t.seed)
+    dataset = build_pretrain_dataset(cfg.data, model_section.mode, tokenizer, seed=t.seed)
     # What the data *is*, beyond its paths: a rebuilt vocabulary or store at
     # the same path must not slip into a resumed run.
     given_config["_data"] = {"feature_dim": dataset.feature_dim,
@@ -236,9 +283,16 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     if len(dataset) < t.batch_size:
         raise ModelError(f"an epoch has {len(dataset)} examples, fewer than train.batch_size={t.batch_size}; "
                          f"lower the batch size or set data.epoch_size")
-    model_cfg = complete_model_config(cfg.model, tokenizer, dataset)
+    model_cfg = complete_model_config(model_section, tokenizer, dataset)
+    if saved is not None:
+        model_cfg.check_data_keys(saved, cfg.model.init_from)
+        given_config["_init"] = {"config": saved.to_dict()}
     model = VideoLMForPretraining(model_cfg)
-    if model_cfg.mode == "videobert" and model_cfg.init_visual_from_centroids and ckpt is None:
+    if saved is not None and ckpt is None:  # a resumed run has its weights in the checkpoint
+        load_init_from(model, cfg.model.init_from, cfg.data, dataset)
+        if env.is_main:
+            log.info("model: initialised from %s (every weight)", cfg.model.init_from)
+    elif model_cfg.mode == "videobert" and model_cfg.init_visual_from_centroids and ckpt is None:
         model.transformer.init_visual_from_centroids(dataset.vocab.word_centroids())
     model.to(device)
     if env.is_main:
