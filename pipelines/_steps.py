@@ -60,11 +60,13 @@ def done(path: str) -> bool:
     return False
 
 
-def extract(args, inputs: str, store: str) -> str:
-    """Clip features of every input of an extraction manifest (1.5 s clips: the papers' preset)."""
+def extract(args, inputs: str | list[str], store: str) -> str:
+    """Clip features of every input of the extraction manifest(s) (1.5 s clips: the papers' preset;
+    a still is one clip)."""
     if done(os.path.join(store, "index.jsonl")) and not os.path.exists(os.path.join(store, ".partial")):
         return store
-    cli("extract", inputs, "-o", store, "--backbone", args.backbone, "--weights", args.weights, "--preset", "videobert",
+    cli("extract", *([inputs] if isinstance(inputs, str) else inputs), "-o", store, "--backbone", args.backbone,
+        "--weights", args.weights, "--preset", "videobert",
         "--workers", 0 if args.tiny else args.workers, "--device", args.device, "-q",
         *(TINY_EXTRACT if args.tiny else []), ok=(0, 1))  # 1: some inputs failed (errors.jsonl); the rest is stored
     return store
@@ -82,7 +84,7 @@ def init_overrides(args, init_from: str, store: str) -> dict:
     VideoBERT mode its own vocabulary, with the store encoded under it."""
     from videolm.model.io import read_config
 
-    values = {"model.init_from": init_from, "data.tokenizer": init_from}
+    values = {"model.init_from": init_from, "model.init_text_from": None, "data.tokenizer": init_from}
     if read_config(init_from).mode == "videobert":
         values["data.vocab"] = os.path.join(init_from, "vocab")
         encode(store, values["data.vocab"])
@@ -111,6 +113,12 @@ def evaluate(args, model: str, protocol: str, store: str, annotations: list[str]
             *(a for path in annotations for a in ("--annotations", path)), "--rerank-k", args.rerank_k,
             "--device", args.device, "--out", out, "-q")
     return os.path.join(out, "report.md")
+
+
+def read_results(out: str) -> dict:
+    """The figures `evaluate` wrote into OUT/metrics.json: direction -> row -> R@K, MdR, MnR."""
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)["results"]
 
 
 def write_json(path: str, obj) -> str:

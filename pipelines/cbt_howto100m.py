@@ -23,7 +23,6 @@ pipelines/coco_flickr.py (--init-from OUT/runs/cbt/model). docs/recipes.md.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -45,9 +44,7 @@ def main(argv=None) -> str:
 
     out = os.path.join(args.out, "results", "youcook2_retrieval")
     report = S.evaluate(args, model, "youcook2", data["youcook2_store"], [data["youcook2_annotations"]], out)
-    with open(os.path.join(out, "metrics.json")) as f:
-        retrieval = json.load(f)["results"]
-    S.write_json(os.path.join(args.out, "results.json"), {"model": model, "youcook2_retrieval": retrieval})
+    S.write_json(os.path.join(args.out, "results.json"), {"model": model, "youcook2_retrieval": S.read_results(out)})
     print(f"YouCook2 retrieval: {report}")
     return os.path.join(args.out, "results.json")
 

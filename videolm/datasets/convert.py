@@ -80,7 +80,7 @@ def _key(obj, key: str, path: str, where: str, kind=None):
     return obj[key]
 
 
-def _csv_ids(path: str) -> set[str]:
+def csv_ids(path: str) -> set[str]:
     """The ``video_id`` column of a CSV (MSRVTT_JSFUSION_test.csv, MSRVTT_train.9k.csv)."""
     if not os.path.isfile(path):
         raise ConvertError(f"{path}: no such file")
@@ -255,14 +255,14 @@ def msrvtt_captions(annotations: list[str], out: str, exclude: str | None = None
                 captions[vid].append(text)
     keep = set(captions)
     if ids is not None:
-        wanted = _csv_ids(ids)
+        wanted = csv_ids(ids)
         missing = sorted(wanted - keep)
         if missing:
             raise ConvertError(f"{ids}: {len(missing)} ids are in no annotation file (e.g. {missing[0]!r}); "
                                "give test_videodatainfo.json too")
         keep = wanted
     if exclude is not None:
-        keep -= _csv_ids(exclude)
+        keep -= csv_ids(exclude)
     empty = sorted(v for v in keep if not captions[v])
     if empty:
         raise ConvertError(f"{annotations[0]}: {len(empty)} videos have no sentence (e.g. {empty[0]!r})")
