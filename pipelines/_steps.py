@@ -40,7 +40,15 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a pre-training config override (repeat)")
     p.add_argument("--tiny", action="store_true", help="tiny model, few steps, small clips: for tests")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write the manifests (OUT/data) and stop: to extract or train at scale by hand "
+                        "(docs/recipes.md), then rerun without it")
     return p
+
+
+def log_to_stderr() -> None:
+    """`python pipelines/X.py`: the library's INFO lines on stderr (videolm's CLI sets its own up too)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
 
 def cli(*argv, ok=(0,)) -> None:
@@ -100,8 +108,10 @@ def pretrain(args, config: str, run: str, values: dict, finetune: bool = False) 
                 **({} if finetune else {"model.init_text_from": None, "data.tokenizer": TINY_TOKENIZER})}
         bert = {} if finetune or not args.bert else {"model.init_text_from": args.bert, "data.tokenizer": args.bert}
         values = {**(tiny if args.tiny else {}), **bert, **values, "train.out": run}
-        cli("pretrain", config, *(f"{k}={json.dumps(v) if isinstance(v, list) else ('null' if v is None else v)}"
-                                  for k, v in values.items()), *args.set, "-q")
+        overrides = [f"{k}={json.dumps(v) if isinstance(v, list) else ('null' if v is None else v)}"
+                     for k, v in values.items()] + args.set
+        log.info("videolm pretrain %s %s", config, " ".join(f"'{o}'" for o in overrides))  # to rerun it under torchrun
+        cli("pretrain", config, *overrides, "-q")
     best = os.path.join(run, "best")
     return best if os.path.exists(os.path.join(best, "model.safetensors")) else model
 
@@ -157,6 +167,8 @@ def cooking_data(args) -> dict[str, str]:
         lists = [open(os.path.join(CONFIGS, "data", f"youcook2_{w}.txt")).read().split() for w in ("verbs", "nouns")]
         convert.youcook2_zeroshot_truth(annotations, *lists, p["youcook2_zeroshot"])
     p["youcook2_annotations"] = annotations
+    if args.prepare_only:
+        return p
     p["howto100m_store"] = extract(args, p["howto100m_inputs"], os.path.join(args.out, "feats", "howto100m"))
     p["youcook2_store"] = extract(args, p["youcook2_val_inputs"], os.path.join(args.out, "feats", "youcook2"))
     return p

@@ -37,6 +37,8 @@ def main(argv=None) -> str:
     if args.tiny:
         args.rerank_k = 2
     data = S.cooking_data(args)
+    if args.prepare_only:
+        return None
 
     model = S.pretrain(args, args.config, os.path.join(args.out, "runs", "cbt"), {
         "model.mode": "cbt", "data.store": data["howto100m_store"],
@@ -50,4 +52,5 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
+    S.log_to_stderr()
     main()

@@ -40,6 +40,8 @@ def run(args, name: str, root: str) -> dict:
         images = os.path.join(root, "images")
         convert.karpathy_images(karpathy, train, splits, images, train_inputs)
         convert.karpathy_images(karpathy, held, ("val", "test"), images, held_inputs)
+    if args.prepare_only:
+        return {}
     store = S.extract(args, [train_inputs, held_inputs], os.path.join(args.out, "feats", name))
 
     start = S.init_overrides(args, args.init_from, store) if args.init_from else {"model.mode": args.mode}
@@ -69,8 +71,9 @@ def main(argv=None) -> str:
         p.error("--mode videobert needs a visual vocabulary: start from a VideoBERT model with --init-from")
     results = {name: run(args, name, root) for name, root in (("coco", args.coco), ("flickr30k", args.flickr30k))
                if root}
-    return S.write_json(os.path.join(args.out, "results.json"), results)
+    return None if args.prepare_only else S.write_json(os.path.join(args.out, "results.json"), results)
 
 
 if __name__ == "__main__":
+    S.log_to_stderr()
     main()

@@ -51,6 +51,8 @@ def main(argv=None) -> str:
     if not S.done(inputs):
         wanted = {r["video_id"] for path in (train, val) for r in read_jsonl(path)} | convert.csv_ids(test_csv)
         convert.media_inputs(os.path.join(root, "videos"), inputs, wanted)
+    if args.prepare_only:
+        return None
     store = S.extract(args, inputs, os.path.join(args.out, "feats", "msrvtt"))
 
     model = S.pretrain(args, args.config, os.path.join(args.out, "runs", "msrvtt"), {
@@ -66,4 +68,5 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
+    S.log_to_stderr()
     main()

@@ -60,6 +60,8 @@ def main(argv=None) -> str:
     if args.tiny:
         args.k, args.depth, args.rerank_k = 2, 2, 2
     data = S.cooking_data(args)
+    if args.prepare_only:
+        return None
 
     vocab = os.path.join(args.out, "vocab")
     if not S.done(os.path.join(vocab, "meta.json")):
@@ -85,4 +87,5 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
+    S.log_to_stderr()
     main()

@@ -193,6 +193,8 @@ def test_msrvtt_finetune_from_the_cbt_model(cbt_run, msrvtt, mobilenet_weights, 
     out = tmp_path / "out"
     argv = ["--msrvtt", msrvtt, "--init-from", cbt_run["model"], "--out", str(out), "--backbone", "mobilenet_v2",
             "--weights", mobilenet_weights, "--tiny"]
+    assert recipe("msrvtt_finetune").main(argv + ["--prepare-only"]) is None  # manifests only
+    assert os.path.exists(out / "data" / "msrvtt_9k_inputs.jsonl") and not os.path.exists(out / "feats")
     results = json.load(open(recipe("msrvtt_finetune").main(argv)))
     # the 9k split: every video less the 1k-A test ones (video5, video6); 2 of them held out for validation
     train = {r["video_id"]: r["captions"] for r in read_jsonl(out / "data" / "msrvtt_9k_train.jsonl")}
