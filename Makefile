@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m videolm.demo
+	$(BIN)/python pipelines/quickstart.py
+	$(BIN)/python -m videolm.demo demo_out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -27,4 +28,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tokenize_speed.py
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out results/quickstart

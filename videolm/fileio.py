@@ -106,6 +106,14 @@ def atomic_directory(directory: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def atomic_savefig(fig, path: str, dpi: int = 100) -> str:
+    """A matplotlib figure as PNG, written to a temporary name and renamed."""
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=dpi)
+    _replace(tmp, path)
+    return path
+
+
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

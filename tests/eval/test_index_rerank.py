@@ -69,6 +69,9 @@ def test_rerank_reorders_the_top_k_only():
     order = np.argsort(-out, axis=1, kind="stable")
     assert order[0].tolist() == [1, 2, 0, 3, 4]     # by alignment, then the rest in dual order
     assert order[1].tolist() == [3, 2, 4, 1, 0]
-    summed = rerank(dual, 3, score, "align+dual")
+    summed = rerank(dual, 3, score, "align+cosine")
     assert summed[0, 1] == pytest.approx(2.0 + 0.8) and summed[1, 4] == pytest.approx(0.0 + 0.5)
     assert np.argsort(-summed, axis=1, kind="stable")[0].tolist() == [1, 2, 0, 3, 4]
+    scaled = rerank(dual, 3, score, "align+dual", dual_scale=10.0)        # the dual logit cos / tau
+    assert scaled[0, 0] == pytest.approx(-1.0 + 9.0) and scaled[0, 1] == pytest.approx(2.0 + 8.0)
+    assert np.argsort(-scaled, axis=1, kind="stable")[0].tolist() == [1, 0, 2, 3, 4]

@@ -56,8 +56,9 @@ def add_parser(subparsers) -> None:
                    help="item->text with several captions: best own caption among all (LAVIS) or caption "
                         "sets scored by their best caption (CLIP4Clip)")
     p.add_argument("--rerank-k", type=int, default=0, help="re-rank each query's top k with the alignment head")
-    p.add_argument("--rerank-score", default="align", choices=["align", "align+dual"],
-                   help="re-ranked score: the alignment logit, or logit + dual cosine (LAVIS/BLIP)")
+    p.add_argument("--rerank-score", default="align", choices=["align", "align+dual", "align+cosine"],
+                   help="re-ranked score: the alignment logit; + the dual encoder's logit (cosine / tau); "
+                        "or + the raw cosine (LAVIS/BLIP)")
     p.add_argument("--dsl", action="store_true", help="also report dual softmax (uses the test query set)")
     p.add_argument("--untrained", action="store_true", help="also report the same architecture untrained")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained model")
@@ -78,7 +79,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--kind", default="all", choices=["all", "video", "image"], help="which items to search")
     s.add_argument("--rerank", type=int, nargs="?", const=16, default=0, metavar="K",
                    help="re-rank the top K (default 16) with the alignment head (text queries)")
-    s.add_argument("--rerank-score", default="align", choices=["align", "align+dual"], help="re-ranked score")
+    s.add_argument("--rerank-score", default="align", choices=["align", "align+dual", "align+cosine"],
+                   help="re-ranked score (see evaluate --help)")
     s.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"],
                    help="faiss index: exact, or approximate for very large galleries")
     s.add_argument("--cache", default=None,

@@ -135,6 +135,11 @@ class Encoder:
     def config(self):
         return self.model.config
 
+    def dual_scale(self) -> float:
+        """The learned contrastive scale 1/τ (what turns a cosine into the InfoNCE logit)."""
+        with torch.no_grad():
+            return float(self.model.contrastive_scale())
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -212,8 +217,11 @@ class Encoder:
                 attention[i, :len(r)] = True
         return visual.to(self.device), attention.to(self.device)
 
-    def _batched(self, rows: list[np.ndarray], run, progress: Progress | None, batch_size: int | None = None):
-        order = np.argsort([len(r) for r in rows], kind="stable")
+    def _batched(self, rows: list, run, progress: Progress | None, batch_size: int | None = None,
+                 lengths: list[int] | None = None) -> np.ndarray:
+        """``run`` over batches of rows sorted by length (the model is padding-invariant,
+        so the order only saves padding); results back in the rows' order."""
+        order = np.argsort([len(r) for r in rows] if lengths is None else lengths, kind="stable")
         out = [None] * len(rows)
         size = batch_size or self.batch_size
         was_training = self.model.training
@@ -250,31 +258,9 @@ class Encoder:
             v, v_att = self._visual_batch([r[1] for r in batch])
             return self.model.alignment_score(t_ids, t_att, v, v_att)
 
-        order_key = [len(t) + len(v) for t, v in rows]
-        order = np.argsort(order_key, kind="stable")
-        sorted_rows = [rows[i] for i in order]
-        out = np.empty(len(rows), dtype=np.float32)
         if not rows:
-            return out
-        scores = self._batched_pairs(sorted_rows, run, progress, batch_size)
-        out[order] = scores
-        return out
-
-    def _batched_pairs(self, rows, run, progress, batch_size):
-        size = batch_size or self.batch_size
-        out = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(rows), size):
-                    batch = rows[start:start + size]
-                    out.append(run(batch).float().cpu().numpy())
-                    if progress is not None:
-                        progress(len(batch))
-        finally:
-            self.model.train(was_training)
-        return np.concatenate(out)
+            return np.zeros(0, np.float32)
+        return self._batched(rows, run, progress, batch_size, [len(t) + len(v) for t, v in rows])
 
 
 # ------------------------------------------------------------------ the cache

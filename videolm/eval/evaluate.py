@@ -47,7 +47,7 @@ class EvalConfig:
     ties: str = "pessimistic"
     v2t_rule: str = "best-caption"
     rerank_k: int = 0                 # 0: dual encoder only
-    rerank_score: str = "align"       # align | align+dual
+    rerank_score: str = "align"       # align | align+dual (logit + cos/τ) | align+cosine (BLIP)
     rerank_batch: int = 64            # pairs per joint pass
     dsl: bool = False
     dsl_temperature: float = 100.0
@@ -73,6 +73,7 @@ class EvalConfig:
     def conventions(self) -> dict:
         return {"ties": self.ties, "v2t_rule": self.v2t_rule, "ks": list(self.ks),
                 "rerank": {"k": self.rerank_k, "score": self.rerank_score} if self.rerank_k else None,
+                # (align+dual adds the dual cosine times the model's contrastive scale 1/tau; see rerank.py)
                 "dsl": {"temperature": self.dsl_temperature} if self.dsl else None,
                 "similarity": "cosine of L2-normalised dual-encoder embeddings",
                 "clip_selection": "all clips of an item (a timed span: the clips it overlaps), thinned to "
@@ -140,8 +141,9 @@ def _directions_of(kind: str, items, embedded: Embedded, encoder: Encoder, cfg: 
             bar = progress(f"re-rank {v_name}", len(pairs)) if progress else None
             return encoder.alignment_scores(texts, visuals, pairs[:, ::-1].copy(), bar, cfg.rerank_batch)
 
-        t_scores[f"{prefix}reranked"] = rerank(sim, cfg.rerank_k, score_t2v, cfg.rerank_score)
-        v_scores[f"{prefix}reranked"] = v2t_view(rerank(sim.T, cfg.rerank_k, score_v2t, cfg.rerank_score))
+        scale = encoder.dual_scale()
+        t_scores[f"{prefix}reranked"] = rerank(sim, cfg.rerank_k, score_t2v, cfg.rerank_score, scale)
+        v_scores[f"{prefix}reranked"] = v2t_view(rerank(sim.T, cfg.rerank_k, score_v2t, cfg.rerank_score, scale))
 
     def figures(scores, gt, n):
         out = {} if prefix else {"chance": chance_metrics(gt, n, cfg.ks)}

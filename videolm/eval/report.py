@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from videolm.eval.metrics import rank_stats, recall_at
-from videolm.fileio import atomic_save_npz, atomic_write_bytes, atomic_write_json
+from videolm.fileio import atomic_save_npz, atomic_savefig, atomic_write_bytes, atomic_write_json
 
 ROW_LABELS = {"chance": "chance", "dual": "dual encoder", "dual+dsl": "dual encoder + DSL (uses the test queries)",
               "reranked": "re-ranked", "untrained_dual": "untrained, dual encoder",
@@ -84,10 +84,8 @@ def plot_recall(result, path: str, max_k: int = 50) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_savefig(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

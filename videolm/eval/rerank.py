@@ -2,8 +2,12 @@
 re-scored by the model's alignment head in batched joint passes.
 
 The new score of a candidate is the alignment logit alone (``align``, as
-ALBEF) or the logit plus the dual-encoder cosine (``align+dual``, as BLIP in
-LAVIS, which sums ITM and ITC). Items outside the top k keep their
+ALBEF), the logit plus the dual encoder's logit, its cosine times the learned
+contrastive scale 1/τ (``align+dual``: both terms are the log-odds-like
+quantities their losses trained, so neither drowns the other), or the logit
+plus the raw cosine (``align+cosine``, BLIP in LAVIS, which sums the ITM
+logit and the ITC cosine; with a cosine in [-1, 1] the alignment logit
+decides nearly alone). Items outside the top k keep their
 dual-encoder order below every re-scored candidate, so R@K for K > k is the
 dual encoder's. A query's candidates are its k best by dual score (ties: the
 lower gallery index first, as ``argsort`` with a stable sort gives).
@@ -15,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-SCORES = ("align", "align+dual")
+SCORES = ("align", "align+dual", "align+cosine")
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -25,8 +29,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def rerank(dual: np.ndarray, k: int, score_pairs: Callable[[np.ndarray], np.ndarray],
-           how: str = "align") -> np.ndarray:
-    """(Q, N) re-ranked scores. ``score_pairs((P, 2) [query, item]) -> (P,)`` alignment logits."""
+           how: str = "align", dual_scale: float = 1.0) -> np.ndarray:
+    """(Q, N) re-ranked scores. ``score_pairs((P, 2) [query, item]) -> (P,)`` alignment logits;
+    ``dual_scale``: the model's contrastive scale 1/τ (for ``align+dual``)."""
     if how not in SCORES:
         raise ValueError(f"re-rank score must be one of {', '.join(SCORES)}, not {how!r}")
     dual = np.asarray(dual, dtype=np.float32)
@@ -34,8 +39,8 @@ def rerank(dual: np.ndarray, k: int, score_pairs: Callable[[np.ndarray], np.ndar
     cand = top_k(dual, k)                                            # (Q, k)
     pairs = np.stack([np.repeat(np.arange(Q), cand.shape[1]), cand.ravel()], 1)
     new = np.asarray(score_pairs(pairs), dtype=np.float64).reshape(Q, -1)   # (Q, k)
-    if how == "align+dual":
-        new = new + dual[np.arange(Q)[:, None], cand]
+    if how != "align":
+        new = new + (dual_scale if how == "align+dual" else 1.0) * dual[np.arange(Q)[:, None], cand]
     # everything else below every re-scored candidate, in dual order
     out = dual.astype(np.float64)
     shift = out.max(1, keepdims=True) - new.min(1, keepdims=True) + 1.0   # (Q, 1)

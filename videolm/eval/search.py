@@ -114,7 +114,8 @@ def search_text(encoder: Encoder, gallery: Gallery, store, query: str, k: int = 
     cand = ids[:rerank_k][ids[:rerank_k] >= 0]
     pairs = np.stack([np.zeros(len(cand), np.int64), cand], 1)
     align = encoder.alignment_scores(text, gallery.visual_inputs, pairs)
-    new = align + (scores[:len(cand)] if rerank_score == "align+dual" else 0.0)
+    weight = {"align": 0.0, "align+dual": encoder.dual_scale(), "align+cosine": 1.0}[rerank_score]
+    new = align + weight * scores[:len(cand)]
     order = np.argsort(-new, kind="stable")
     re_ids = np.concatenate([cand[order], ids[len(cand):]])[:k]
     re_scores = np.concatenate([scores[:len(cand)][order], scores[len(cand):]])[:k]

@@ -148,17 +148,26 @@ def _single_token_ids(encoder: Encoder, words: list[str], where: str) -> list[in
 
 
 @torch.inference_mode()
-def zeroshot_masked(encoder: Encoder, store, template: str, truth: dict[str, list[str]],
+def zeroshot_masked(encoder: Encoder, store, template: str | dict[str, str], truth: dict[str, list[str]],
                     candidates: list[list[str]] | None = None,
                     spans: dict[str, tuple[str, float, float]] | None = None) -> MaskedResult:
     """``truth``: media id -> the true word of each slot; ``candidates``: per slot,
     the words predictions are restricted to (None: the whole vocabulary);
     ``spans``: truth id -> (media id, start, end) when the ids are timed
-    segments (YouCook2), whose clips are the ones the span overlaps."""
+    segments (YouCook2), whose clips are the ones the span overlaps.
+    ``template`` is one sentence for all, or one per truth id (e.g. the item's
+    own caption with one attribute word masked)."""
     mask = encoder.tokenizer.mask_token
-    n_slots = template.count(mask)
-    if n_slots == 0:
-        raise EvalError(f"the template {template!r} has no {mask} slot")
+    templates = template if isinstance(template, dict) else {i: template for i in truth}
+    missing = [i for i in truth if i not in templates]
+    if missing:
+        raise EvalError(f"no template for {missing[0]!r}")
+    counts = {templates[i].count(mask) for i in truth}
+    n_slots = min(counts) if counts else 0
+    if n_slots == 0 or len(counts) > 1:
+        shown = next(iter(templates.values()), "")
+        raise EvalError(f"the template {shown!r} has no {mask} slot" if n_slots == 0 else
+                        f"the templates have different numbers of {mask} slots ({sorted(counts)})")
     bad = [i for i, words in truth.items() if len(words) != n_slots]
     if bad:
         raise EvalError(f"{bad[0]!r} has {len(truth[bad[0]])} true words; the template has {n_slots} slots")
@@ -167,20 +176,20 @@ def zeroshot_masked(encoder: Encoder, store, template: str, truth: dict[str, lis
     cand_ids = ([_single_token_ids(encoder, c, f"slot {s + 1} candidates") for s, c in enumerate(candidates)]
                 if candidates else None)
     ids = list(truth)
-    text = encoder.text_inputs([template])[0]
-    mask_pos = np.flatnonzero(text == encoder.tokenizer.mask_token_id)
-    if len(mask_pos) != n_slots:
-        raise EvalError(f"the template lost a {mask} slot to max_text_len={encoder.settings.max_text_len}")
+    texts = dict(zip(ids, encoder.text_inputs([templates[i] for i in ids])))
+    for i, text in texts.items():
+        if int((text == encoder.tokenizer.mask_token_id).sum()) != n_slots:
+            raise EvalError(f"the template of {i!r} lost a {mask} slot to max_text_len="
+                            f"{encoder.settings.max_text_len}")
     visuals = encoder.visual_inputs(store, _items(store, ids, spans))
     model = encoder.model
     model.eval()
     hits = np.zeros((n_slots, 2))
     for start in range(0, len(ids), encoder.batch_size):
         chunk = visuals[start:start + encoder.batch_size]
-        t_ids, t_att = encoder._text_batch([text] * len(chunk))
+        t_ids, t_att = encoder._text_batch([texts[i] for i in ids[start:start + len(chunk)]])
         v, v_att = encoder._visual_batch(chunk)
-        select = torch.zeros_like(t_att)
-        select[:, torch.from_numpy(mask_pos)] = True
+        select = t_ids == encoder.tokenizer.mask_token_id  # (B, T): the slots, n_slots per row
         logits = model.masked_text_logits(t_ids, t_att, v, v_att, select)  # (B * slots, V), either architecture
         logits = logits.float().view(len(chunk), n_slots, -1).cpu().numpy()
         for b, media_id in enumerate(ids[start:start + len(chunk)]):

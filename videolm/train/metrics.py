@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from videolm.fileio import atomic_write_jsonl, read_jsonl
+from videolm.fileio import atomic_savefig, atomic_write_jsonl, read_jsonl
 
 LOSS_KEYS = ("loss", "mlm", "visual", "align", "contrastive")
 
@@ -76,8 +76,6 @@ def plot_losses(metrics_path: str, png_path: str, title: str | None = None) -> s
     (axes[-1]).set_xlabel("step")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f"{png_path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_savefig(fig, png_path)
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path

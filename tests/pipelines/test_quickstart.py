@@ -1,0 +1,82 @@
+"""The quickstart on its tiny setting: every stage, the report's files, a
+rerun that skips every stage, and the directories it refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from videolm.cli import main as cli
+
+KEYS = {"model", "rerank", "direction", "R1", "R5", "R10", "MdR", "MnR", "n_queries", "n_gallery"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mobilenet_weights):
+    root = tmp_path_factory.mktemp("quickstart")
+    out, results = root / "work", root / "results"
+    assert cli(["demo", "--tiny", "--out", str(out), "--results", str(results)]) == 0
+    return out, results
+
+
+def test_report_files_and_rows(tiny_run):
+    out, results = tiny_run
+    summary = json.loads((results / "results.json").read_text())
+    for name in ("report.md", "words.png", "loss_cbt.png", "loss_videobert.png", "recall_cbt.png",
+                 "retrieval_videobert.png"):
+        assert (results / name).stat().st_size > 500, name
+    rows = summary["rows"]
+    assert all(KEYS <= set(r) for r in rows)
+    models = {r["model"] for r in rows}
+    assert {"chance", "videobert", "cbt", "untrained (videobert)", "untrained (cbt)"} <= models
+    assert {r["direction"] for r in rows} == {"t2v", "v2t", "t2i", "i2t"}
+    # chance R@1 of text->item: one correct item among the gallery (by hand from the counts)
+    t2v = next(r for r in rows if r["model"] == "chance" and r["direction"] == "t2v")
+    assert t2v["R1"] == pytest.approx(100 / t2v["n_gallery"], abs=1e-3)
+    assert summary["chance_R1"]["t2v"] == t2v["R1"]
+    # the table is the evaluation's own figures
+    ev = json.loads((out / "eval" / "cbt" / "metrics.json").read_text())
+    cbt = next(r for r in rows if r["model"] == "cbt" and r["direction"] == "i2t" and r["rerank"])
+    assert cbt["R1"] == ev["results"]["i2t"]["reranked"]["R@1"]
+    assert set(summary["seconds"]) >= {"data", "features", "words", "pretrain_cbt", "evaluate_videobert", "zeroshot_cbt"}
+    assert len(summary["goals"]) == 6 and all("met" in g for g in summary["goals"])
+    zs = summary["zeroshot"]["cbt"]
+    assert {"video/colour", "video/shape", "video/direction", "image/size"} <= set(zs)
+    assert zs["video/colour"]["chance"] == pytest.approx(100 / 8, abs=1e-3)
+    # the runs validated on the val split during training
+    metrics = [json.loads(line) for line in open(out / "runs" / "cbt" / "metrics.jsonl")]
+    assert any("val/t2v/R@1" in r for r in metrics)
+
+
+def test_rerun_skips_every_stage(tiny_run, capsys):
+    out, results = tiny_run
+    assert cli(["demo", "--tiny", "--out", str(out), "--results", str(results)]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("data", "features", "words", "pretrain_videobert", "pretrain_cbt", "evaluate_cbt", "zeroshot_cbt"):
+        assert f"== {stage}: done earlier" in printed
+
+
+def test_refuses_a_foreign_directory_and_a_broken_stage(tiny_run, tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my files")
+    assert cli(["demo", "--tiny", "--out", str(foreign), "--results", str(tmp_path / "r")]) == 2
+    assert "not empty and not a quickstart's directory" in capsys.readouterr().err
+    # a store that fails to open names its path and how to redo the stage
+    out, results = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    stages = json.loads((copy / "stages.json").read_text())
+    store = stages["features"]["output"]
+    new_store = str(copy / os.path.relpath(store, out))
+    for stage in stages.values():   # point the copy's stages at the copy
+        stage["output"] = json.loads(json.dumps(stage["output"]).replace(str(out), str(copy)))
+    del stages["words"]
+    (copy / "stages.json").write_text(json.dumps(stages))
+    os.remove(os.path.join(new_store, "meta.json"))
+    assert cli(["demo", "--tiny", "--out", str(copy), "--results", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert new_store in err

