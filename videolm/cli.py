@@ -87,7 +87,7 @@ def _add_extract(sub) -> None:
 
 def _add_store(sub) -> None:
     p = sub.add_parser("store", formatter_class=_Formatter, help="inspect or merge feature stores")
-    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge}")
+    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge,join}")
     ssub.required = True
     info = ssub.add_parser("info", formatter_class=_Formatter, help="summary of a store")
     info.add_argument("dir", help="store directory")
@@ -96,6 +96,10 @@ def _add_store(sub) -> None:
     merge.add_argument("out", help="new store directory")
     merge.add_argument("parts", nargs="+", help="part stores, in order")
     merge.add_argument("--copy", action="store_true", help="copy shards instead of hard-linking them")
+    join = ssub.add_parser("join", formatter_class=_Formatter,
+                           help="put the features of stores over the same clips side by side (appearance + motion)")
+    join.add_argument("out", help="new store directory")
+    join.add_argument("parts", nargs="+", help="stores extracted over the same clips (same --window/--stride)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +244,7 @@ def _cmd_extract(args) -> int:
 
 
 def _cmd_store(args) -> int:
-    from videolm.features.store import FeatureStore, StoreError, merge_stores
+    from videolm.features.store import FeatureStore, StoreError, join_stores, merge_stores
 
     try:
         if args.store_cmd == "info":
@@ -254,6 +258,11 @@ def _cmd_store(args) -> int:
             print(f"inputs     {s['videos']} videos, {s['images']} images in {s['shards']} shard(s)")
             print(f"clips      {s['clips']} x {s['dim']} ({s['dtype']})")
             print(f"failures   {s['failed']} (warnings: {s['warnings']}; see errors.jsonl)")
+            return EXIT_OK
+        if args.store_cmd == "join":
+            store = join_stores(args.out, args.parts)
+            print(f"joined {len(args.parts)} stores into {args.out}: {len(store)} inputs, {store.num_clips} clips x "
+                  f"{store.dim} ({store.meta['backbone']})")
             return EXIT_OK
         store = merge_stores(args.out, args.parts, link=not args.copy)
         s = store.summary()

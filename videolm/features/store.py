@@ -538,3 +538,50 @@ def merge_stores(out: str, parts: list[str], link: bool = True) -> FeatureStore:
             number += 1
     write_index(out, input_errors)
     return FeatureStore(out)
+
+
+JOIN_COPIED_KEYS = ("kind", "fps", "num_frames", "duration", "width", "height", "clip_start", "clip_end", "reader",
+                    "variable_rate", "size", "mtime_ns")
+
+
+def join_stores(out: str, parts: list[str], videos_per_shard: int = 512, atol: float = 1e-3) -> FeatureStore:
+    """One store whose clip features are the parts' side by side (e.g. 2-D
+    appearance and 3-D motion extracted over the same clips), each part
+    L2-normalised per clip first so that neither dominates by scale. Only ids
+    in every part are kept, and their clip times must agree (within ``atol``
+    seconds). Written with StoreWriter (locked, shard by shard, resumable)."""
+    if len(parts) < 2:
+        raise StoreError("join: give at least two stores")
+    stores = [FeatureStore(p) for p in parts]
+    first = stores[0]
+    ids = [v for v in first.ids() if all(v in s for s in stores[1:])]
+    if not ids:
+        raise StoreError(f"join: no id is in all of {', '.join(parts)}")
+    for store in stores[1:]:
+        for v in ids:
+            a, b = first.clip_times(v), store.clip_times(v)
+            if a.shape != b.shape or not np.allclose(a, b, atol=atol):
+                raise StoreError(f"join: {v!r} has {len(a)} clips in {first.root} and {len(b)} with other times "
+                                 f"in {store.root}; extract both with the same --window/--stride")
+    meta = {"backbone": "+".join(str(s.meta.get("backbone")) for s in stores),
+            "weights": "+".join(str(s.meta.get("weights")) for s in stores),
+            "clip_spec": first.meta.get("clip_spec"), "dim": sum(s.dim for s in stores), "dtype": "float32",
+            "joined": [{"root": s.root, "backbone": s.meta.get("backbone"), "weights": s.meta.get("weights"),
+                        "dim": s.dim, "clip_spec": s.meta.get("clip_spec")} for s in stores],
+            "join_normalised": "l2 per part and clip"}
+    writer = StoreWriter(out, meta, videos_per_shard)
+    try:
+        todo = [v for v in ids if not writer.is_done(v)]
+        writer.plan(todo)
+        for v in todo:
+            pieces = []
+            for store in stores:
+                f = np.asarray(store.features(v), dtype=np.float32)
+                pieces.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
+            entry = first.entry(v)
+            row = {k: entry[k] for k in JOIN_COPIED_KEYS if k in entry}
+            writer.add(Finished(v, entry.get("path", ""), np.concatenate(pieces, axis=1), row))
+        writer.finalize()
+    finally:
+        writer.close()
+    return FeatureStore(out)
