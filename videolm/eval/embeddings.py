@@ -65,19 +65,6 @@ def file_digest(path: str, h=None) -> "hashlib._Hash":
     return h
 
 
-def _quiet_tokenizer(load, directory: str):
-    """Load the tokenizer saved beside our config.json: transformers reads that
-    config (model_type "videolm") and warns that it does not know the type."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return load(directory)
-    finally:
-        hf_logging.set_verbosity(level)
-
-
 @dataclass
 class Encoder:
     """A model with what it needs to build its own inputs."""
@@ -112,7 +99,7 @@ class Encoder:
             log.warning("%s: no %s (saved by an older videolm); using max_text_len=%d, max_visual_len=%d",
                         directory, io.PREPROCESSOR_FILE, settings.max_text_len, settings.max_visual_len)
         try:
-            tokenizer = _quiet_tokenizer(load_tokenizer, directory)
+            tokenizer = load_tokenizer(directory)
         except TextError:
             raise EvalError(f"{directory}: no tokenizer files; save the model with its tokenizer "
                             "(videolm pretrain does)") from None

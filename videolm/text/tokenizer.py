@@ -54,9 +54,16 @@ def load_tokenizer(path: str):
     if not any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES):
         raise TextError(f"{directory}: not a tokenizer directory (none of {', '.join(TOKENIZER_FILES[:3])}, ...)")
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # A videolm model directory holds our config.json (model_type "videolm") beside
+    # the tokenizer files; transformers reads it and warns that it does not know the type.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise TextError(f"{directory}: not a tokenizer directory ({first_line(err)})") from None
+    finally:
+        hf_logging.set_verbosity(level)
     return tokenizer
