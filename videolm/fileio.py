@@ -114,6 +114,34 @@ def atomic_savefig(fig, path: str, dpi: int = 100) -> str:
     return path
 
 
+def read_json_file(path: str, error: type[Exception] = ValueError, what: str = "file"):
+    """A JSON file's content; ``error`` with one line naming the file (and line) otherwise."""
+    if not os.path.isfile(path):
+        raise error(f"{path}: no such {what}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a UTF-8 text file") from None
+
+
+def iter_jsonl(path: str, error: type[Exception] = ValueError, what: str = "file"):
+    """(line number, value) of each non-blank line of a JSON-lines file; a line that
+    does not parse is ``error`` naming ``path:line``."""
+    if not os.path.isfile(path):
+        raise error(f"{path}: no such {what}")
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+
+
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

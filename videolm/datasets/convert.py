@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import random
@@ -45,7 +44,7 @@ import sys
 from dataclasses import dataclass
 
 from videolm.features.inputs import MEDIA_EXTENSIONS
-from videolm.fileio import atomic_write_jsonl
+from videolm.fileio import atomic_write_jsonl, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +62,7 @@ class Converted:
 
 
 def _read_json(path: str):
-    if not os.path.isfile(path):
-        raise ConvertError(f"{path}: no such annotation file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ConvertError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    return read_json_file(path, ConvertError, "annotation file")
 
 
 def _key(obj, key: str, path: str, where: str, kind=None):

@@ -28,9 +28,10 @@ for files named that way.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass, field
+
+from videolm.fileio import iter_jsonl, read_json_file
 
 PROTOCOLS = ("msrvtt-1ka", "msrvtt-full", "youcook2", "coco-5k", "flickr30k-1k", "captions")
 SPLITS = ("val", "test")
@@ -67,15 +68,7 @@ class Protocol:
 
 
 def _read_json(path: str):
-    if not os.path.isfile(path):
-        raise ProtocolError(f"{path}: no such annotation file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ProtocolError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-    except UnicodeDecodeError:
-        raise ProtocolError(f"{path}: not a UTF-8 text file") from None
+    return read_json_file(path, ProtocolError, "annotation file")
 
 
 def _get(obj, key: str, path: str, where: str, kind=None):
@@ -212,24 +205,16 @@ def load_captions(annotations: list[str], split: str) -> Protocol:
         raise ProtocolError("protocol captions needs --annotations MANIFEST.jsonl (one or more)")
     items: dict[str, Item] = {}
     for path in annotations:
-        if not os.path.isfile(path):
-            raise ProtocolError(f"{path}: no such annotation file")
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    kind = "image" if isinstance(row, dict) and "image_id" in row else "video"
-                    media_id, captions = parse_row(row, "image" if kind == "image" else "caption")
-                except json.JSONDecodeError as err:
-                    raise ProtocolError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-                except BadRow as err:
-                    raise ProtocolError(f"{path}:{line_no}: {err}") from None
-                for text, start, end in captions:
-                    span = None if start is None else (start, end)
-                    key = media_id if span is None else f"{media_id}@{start:g}-{end:g}"
-                    items.setdefault(key, Item(key, media_id, kind, [], span)).captions.append(text.strip())
+        for line_no, row in iter_jsonl(path, ProtocolError, "annotation file"):
+            kind = "image" if isinstance(row, dict) and "image_id" in row else "video"
+            try:
+                media_id, captions = parse_row(row, "image" if kind == "image" else "caption")
+            except BadRow as err:
+                raise ProtocolError(f"{path}:{line_no}: {err}") from None
+            for text, start, end in captions:
+                span = None if start is None else (start, end)
+                key = media_id if span is None else f"{media_id}@{start:g}-{end:g}"
+                items.setdefault(key, Item(key, media_id, kind, [], span)).captions.append(text.strip())
     if not items:
         raise ProtocolError(f"{annotations[0]}: no rows")
     return Protocol("captions", split, list(annotations), list(items.values()),

@@ -18,7 +18,6 @@ slots); a word that is not is an error naming it.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ import torch
 from videolm.eval.embeddings import Encoder, EvalError
 from videolm.eval.metrics import GroundTruth, rank_stats, ranks
 from videolm.eval.protocols import Item
+from videolm.fileio import iter_jsonl
 
 DEFAULT_TEMPLATES = ("a video of {}.", "a video of a person {}.", "{}")
 
@@ -65,18 +65,11 @@ def read_labels(path: str, key: str) -> dict[str, object]:
                 value = row[key].strip()
                 out[row[id_col].strip()] = value.split() if key == "words" else value
         return out
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            media_id = row.get("video_id", row.get("image_id")) if isinstance(row, dict) else None
-            if media_id is None or key not in row:
-                raise EvalError(f"{path}:{line_no}: needs 'video_id' (or 'image_id') and {key!r}")
-            out[str(media_id)] = row[key]
+    for line_no, row in iter_jsonl(path, EvalError, "labels file"):
+        media_id = row.get("video_id", row.get("image_id")) if isinstance(row, dict) else None
+        if media_id is None or key not in row:
+            raise EvalError(f"{path}:{line_no}: needs 'video_id' (or 'image_id') and {key!r}")
+        out[str(media_id)] = row[key]
     if not out:
         raise EvalError(f"{path}: no rows")
     return out
