@@ -132,14 +132,22 @@ def _directions_of(kind: str, items, embedded: Embedded, encoder: Encoder, cfg: 
         v_scores["dual+dsl"] = v2t_view(dual_softmax(sim.T, cfg.dsl_temperature))
     if cfg.rerank_k:
         texts, visuals = embedded.text_inputs, embedded.visual_inputs
+        scored: dict[int, float] = {}  # caption * n_items + item -> logit: both directions share their pairs
+
+        def score(pairs: np.ndarray, what: str) -> np.ndarray:   # pairs: [caption, item]
+            keys = pairs[:, 0] * n_items + pairs[:, 1]
+            todo = np.unique(keys[[k not in scored for k in keys.tolist()]]) if len(keys) else keys
+            bar = progress(f"re-rank {what}", len(todo)) if progress else None
+            new = encoder.alignment_scores(texts, visuals, np.stack([todo // n_items, todo % n_items], 1), bar,
+                                           cfg.rerank_batch)
+            scored.update(zip(todo.tolist(), new.tolist()))
+            return np.array([scored[k] for k in keys.tolist()], dtype=np.float32)
 
         def score_t2v(pairs):   # [caption, item]
-            bar = progress(f"re-rank {t_name}", len(pairs)) if progress else None
-            return encoder.alignment_scores(texts, visuals, pairs, bar, cfg.rerank_batch)
+            return score(pairs, t_name)
 
         def score_v2t(pairs):   # [item, caption]
-            bar = progress(f"re-rank {v_name}", len(pairs)) if progress else None
-            return encoder.alignment_scores(texts, visuals, pairs[:, ::-1].copy(), bar, cfg.rerank_batch)
+            return score(pairs[:, ::-1], v_name)
 
         scale = encoder.dual_scale()
         t_scores[f"{prefix}reranked"] = rerank(sim, cfg.rerank_k, score_t2v, cfg.rerank_score, scale)
