@@ -6,6 +6,12 @@ backbone, and hands each finished input to the store writer. Batches always
 have ``batch_size`` clips (the last one is zero-padded), so a clip's features
 do not depend on which other clips shared its batch: a resumed run writes the
 same bytes as an uninterrupted one.
+
+The pieces both engines share live here: ``decode_input`` (open, decode and
+cut one input into messages), ``embed_clips`` (one fixed-shape backbone
+batch), ``begin_run`` / ``record`` (what is left to do, and each finished
+input into the writer and the counts). ``videolm.features.ray_engine`` runs
+the same pieces as Ray Data tasks and actors.
 """
 
 from __future__ import annotations
@@ -79,11 +85,66 @@ def _lower_priority(nice: int, _worker_id: int) -> None:
     os.nice(nice)
 
 
-class ClipStream(IterableDataset):
-    """Decodes inputs; worker ``w`` of ``W`` takes inputs ``w, w+W, ...``.
-    Yields ("clips", pos, first_clip, uint8 (n, T, H, W, 3), [(start, end)]),
-    then ("done", pos, row, n_clips, warnings) or ("error", pos, reason);
+def decode_input(pos: int, item: InputItem, spec: ClipSpec, reader: str, threads: int):
+    """Open, decode and cut one input. Yields ("clips", pos, first_clip,
+    uint8 (n, T, H, W, 3), [(start, end)]) with at most CHUNK clips each, then
+    ("done", pos, row, n_clips, warnings) or ("error", pos, reason);
     ("restart", pos) means: forget that input's clips, they all come again."""
+    while True:
+        sent, buf, opened = 0, [], None
+        try:
+            opened = open_clips(item.path, spec, reader, threads)
+            for window, clip in opened.clips:
+                buf.append((window, clip))
+                if len(buf) == CHUNK:
+                    yield _message(pos, sent, buf)
+                    sent, buf = sent + len(buf), []
+            if buf:
+                yield _message(pos, sent, buf)
+                sent += len(buf)
+            break
+        except DecodeError as err:
+            if reader == "auto" and opened is not None and opened.info.reader == "decord":
+                # decord failed midway (a failure before the first clip already fell back):
+                # read the whole video again with PyAV; the consumer drops what it had
+                log.info("%s: %s after %d clips; reading it again with PyAV", item.path, err, sent + len(buf))
+                yield ("restart", pos)
+                reader = "pyav"
+                continue
+            yield ("error", pos, str(err))
+            return
+        except Exception as err:  # an unexpected decoder failure must not stop the run; keep the trace in the log
+            log.debug("%s: %s", item.path, traceback.format_exc())
+            yield ("error", pos, f"{type(err).__name__}: {err}".splitlines()[0])
+            return
+    meta = opened.info
+    try:  # with the path, tells a rerun whether an id still names the same file
+        st = os.stat(item.path)
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+    except OSError:  # gone since it was read: the features stand, the identity check is skipped
+        size = mtime_ns = None
+    row = {"kind": "image" if meta.reader == "image" else "video", "reader": meta.reader,
+           "width": meta.width, "height": meta.height, "fps": round(meta.fps, 6),
+           "num_frames": meta.num_frames, "duration": round(meta.duration or 0.0, 6),
+           "size": size, "mtime_ns": mtime_ns}
+    if meta.variable_rate:
+        row["variable_rate"] = True
+    warnings = []
+    if row["kind"] == "video" and row["duration"] < spec.window_s - 1e-9:
+        what = "dropped (--drop-short)" if spec.drop_short else "stored as one padded clip"
+        warnings.append(f"shorter than one clip ({row['duration']:.2f} s < {spec.window_s:.2f} s); {what}")
+    yield ("done", pos, row, sent, warnings)
+
+
+def _message(pos, first, buf):
+    clips = torch.from_numpy(np.stack([c for _, c in buf]))  # (n, T, H, W, 3) uint8
+    times = [(w.start_s, w.end_s) for w, _ in buf]
+    return ("clips", pos, first, clips, times)
+
+
+class ClipStream(IterableDataset):
+    """Decodes inputs; worker ``w`` of ``W`` takes inputs ``w, w+W, ...`` and
+    yields their ``decode_input`` messages."""
 
     def __init__(self, items: list[InputItem], spec: ClipSpec, reader: str, threads: int):
         self.items, self.spec, self.reader, self.threads = items, spec, reader, threads
@@ -94,61 +155,7 @@ class ClipStream(IterableDataset):
         if info is not None:
             torch.set_num_threads(1)
         for pos in range(wid, len(self.items), nw):
-            yield from self._one(pos)
-
-    def _one(self, pos: int):
-        item = self.items[pos]
-        reader = self.reader
-        while True:
-            sent, buf, opened = 0, [], None
-            try:
-                opened = open_clips(item.path, self.spec, reader, self.threads)
-                for window, clip in opened.clips:
-                    buf.append((window, clip))
-                    if len(buf) == CHUNK:
-                        yield self._message(pos, sent, buf)
-                        sent, buf = sent + len(buf), []
-                if buf:
-                    yield self._message(pos, sent, buf)
-                    sent += len(buf)
-                break
-            except DecodeError as err:
-                if reader == "auto" and opened is not None and opened.info.reader == "decord":
-                    # decord failed midway (a failure before the first clip already fell back):
-                    # read the whole video again with PyAV; the main process drops what it had
-                    log.info("%s: %s after %d clips; reading it again with PyAV", item.path, err, sent + len(buf))
-                    yield ("restart", pos)
-                    reader = "pyav"
-                    continue
-                yield ("error", pos, str(err))
-                return
-            except Exception as err:  # an unexpected decoder failure must not stop the run; keep the trace in the log
-                log.debug("%s: %s", item.path, traceback.format_exc())
-                yield ("error", pos, f"{type(err).__name__}: {err}".splitlines()[0])
-                return
-        meta = opened.info
-        try:  # with the path, tells a rerun whether an id still names the same file
-            st = os.stat(item.path)
-            size, mtime_ns = st.st_size, st.st_mtime_ns
-        except OSError:  # gone since it was read: the features stand, the identity check is skipped
-            size = mtime_ns = None
-        row = {"kind": "image" if meta.reader == "image" else "video", "reader": meta.reader,
-               "width": meta.width, "height": meta.height, "fps": round(meta.fps, 6),
-               "num_frames": meta.num_frames, "duration": round(meta.duration or 0.0, 6),
-               "size": size, "mtime_ns": mtime_ns}
-        if meta.variable_rate:
-            row["variable_rate"] = True
-        warnings = []
-        if row["kind"] == "video" and row["duration"] < self.spec.window_s - 1e-9:
-            what = "dropped (--drop-short)" if self.spec.drop_short else "stored as one padded clip"
-            warnings.append(f"shorter than one clip ({row['duration']:.2f} s < {self.spec.window_s:.2f} s); {what}")
-        yield ("done", pos, row, sent, warnings)
-
-    @staticmethod
-    def _message(pos, first, buf):
-        clips = torch.from_numpy(np.stack([c for _, c in buf]))  # (n, T, H, W, 3) uint8
-        times = [(w.start_s, w.end_s) for w, _ in buf]
-        return ("clips", pos, first, clips, times)
+            yield from decode_input(pos, self.items[pos], self.spec, self.reader, self.threads)
 
 
 @dataclass
@@ -167,7 +174,7 @@ class ExtractResult:
 
 
 class _Video:
-    """A video whose clips are in flight."""
+    """An input whose clips are in flight."""
 
     def __init__(self):
         self.features: dict[int, np.ndarray] = {}
@@ -175,6 +182,24 @@ class _Video:
         self.expected: int | None = None
         self.row: dict = {}
         self.warnings: list[str] = []
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is not None and len(self.features) == self.expected
+
+    def finished(self, item: InputItem, dim: int) -> Finished:
+        """Its result for the writer, once ``complete``."""
+        n = self.expected
+        feats = np.stack([self.features[i] for i in range(n)]) if n else np.zeros((0, dim), np.float32)  # (n, D)
+        row = dict(self.row, clip_start=[self.times[i][0] for i in range(n)],
+                   clip_end=[self.times[i][1] for i in range(n)])
+        return Finished(item.video_id, item.path, feats, row, None, self.warnings)
+
+
+def warn_random_weights(cfg: ExtractConfig) -> None:
+    if cfg.weights == "none":
+        log.warning("%s: --weights none: random weights (seed %d); the features carry no meaning beyond "
+                    "testing the pipeline (see docs/backbones.md for real weights)", cfg.backbone, cfg.seed)
 
 
 def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: list[InputError] = (),
@@ -186,20 +211,50 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     t0 = time.perf_counter()
     spec = clip_spec_for(cfg)
     device = torch.device(cfg.device)
-    if cfg.weights == "none":
-        log.warning("%s: --weights none: random weights (seed %d); the features carry no meaning beyond "
-                    "testing the pipeline (see docs/backbones.md for real weights)", cfg.backbone, cfg.seed)
+    warn_random_weights(cfg)
     if backbone is None:
         backbone = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed)
     backbone = backbone.to(device).eval()
-    _check_input_size(backbone, spec)
+    check_input_size(backbone, spec)
     dim = BACKBONES[cfg.backbone].dim
     with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
         return _extract(items, writer, cfg, spec, device, backbone, dim, list(input_errors), progress, t0)
 
 
-def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, device, backbone, dim: int,
-             input_errors: list[InputError], progress: Progress, t0: float) -> ExtractResult:
+@dataclass
+class Run:
+    """One run over a store, as ``begin_run`` set it up: ``decode`` are the
+    inputs to decode and embed now, in input order (an engine's ``pos`` is an
+    index into it); ``input_rows`` go to ``writer.finalize``."""
+
+    writer: StoreWriter
+    result: ExtractResult
+    progress: Progress
+    decode: list[InputItem]
+    input_rows: list[dict]
+    dim: int
+
+    def record(self, pos: int, res: Finished) -> None:
+        """One finished input (ok or failed) into the store and the counts."""
+        self.writer.add(res)
+        _count(self.result, res, self.progress, self.decode[pos])
+
+    def failed(self, pos: int, reason: str) -> None:
+        item = self.decode[pos]
+        self.record(pos, Finished(item.video_id, item.path, None, {}, reason))
+
+    def end(self, t0: float) -> ExtractResult:
+        self.writer.finalize(self.input_rows)
+        self.result.seconds = time.perf_counter() - t0
+        return self.result
+
+
+def begin_run(items: list[InputItem], writer: StoreWriter, cfg: ExtractConfig, input_errors: list[InputError],
+              progress: Progress, dim: int) -> Run:
+    """What is left to do: this shard of the inputs, less ids stored from
+    another file (their errors), finished inputs (skipped) and inputs a killed
+    run finished (taken from its partials); plans the shards and starts the
+    progress stages. Both engines call it, so they write the same store."""
     result = ExtractResult(writer.root)
     if cfg.shard is not None:
         items = items[cfg.shard[0] :: cfg.shard[1]]
@@ -229,7 +284,31 @@ def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, dev
             _count(result, res, progress, it)
     writer.commit_ready()
     decode = [it for it in todo if not writer.has_partial(it.video_id)]
+    return Run(writer, result, progress, decode, input_rows, dim)
 
+
+def embed_clips(backbone: torch.nn.Module, clips: torch.Tensor, spec: ClipSpec, cfg: ExtractConfig, device,
+                check: "OutputCheck | None" = None) -> np.ndarray:
+    """(n, T, H, W, 3) uint8 clips, n <= cfg.batch_size -> (n, D) float32
+    features. The batch is zero-padded to ``cfg.batch_size`` clips: a fixed
+    shape, so a clip's features do not depend on its neighbours in the batch
+    (which is what lets a resumed run, or another engine, write the same bytes)."""
+    n = clips.shape[0]
+    if n < cfg.batch_size:
+        pad = clips.new_zeros((cfg.batch_size - n,) + tuple(clips.shape[1:]))
+        clips = torch.cat([clips, pad])
+    x = normalize_clips(clips.to(device, non_blocking=True), spec.mean, spec.std)  # (B, 3, T, H, W)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp and device.type == "cuda"):
+        out = backbone(x).float()  # (B, D)
+    if check is not None and not check.done:
+        check(x[:n], out[:n])
+    return out[:n].cpu().numpy()
+
+
+def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, device, backbone, dim: int,
+             input_errors: list[InputError], progress: Progress, t0: float) -> ExtractResult:
+    run = begin_run(items, writer, cfg, input_errors, progress, dim)
+    decode, result = run.decode, run.result
     stream = ClipStream(decode, spec, cfg.reader, cfg.decode_threads)
     workers = min(cfg.workers, len(decode))
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
@@ -239,38 +318,15 @@ def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, dev
     queue: list[tuple[int, int, torch.Tensor]] = []  # (pos, clip index, (T, H, W, 3))
     check = OutputCheck(f"{cfg.backbone} (weights {cfg.weights})") if cfg.check_output else None
 
-    def finish(pos: int, error: str | None = None):
-        item, video = decode[pos], videos.pop(pos)
-        if error is None:
-            feats = np.stack([video.features[i] for i in range(video.expected)]) if video.expected else \
-                np.zeros((0, dim), np.float32)
-            row = dict(video.row, clip_start=[video.times[i][0] for i in range(video.expected)],
-                       clip_end=[video.times[i][1] for i in range(video.expected)])
-            res = Finished(item.video_id, item.path, feats, row, None, video.warnings)
-        else:
-            res = Finished(item.video_id, item.path, None, {}, error)
-        writer.add(res)
-        _count(result, res, progress, item)
-
     def run_batch(batch):
-        clips = torch.stack([c for _, _, c in batch])  # (b, T, H, W, 3) uint8
-        if len(batch) < cfg.batch_size:  # fixed batch shape: features independent of neighbours
-            pad = clips.new_zeros((cfg.batch_size - len(batch),) + tuple(clips.shape[1:]))
-            clips = torch.cat([clips, pad])
-        x = normalize_clips(clips.to(device, non_blocking=True), spec.mean, spec.std)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp and device.type == "cuda"):
-            out = backbone(x).float()  # (B, D)
-        if check is not None and not check.done:
-            check(x[: len(batch)], out[: len(batch)])
-        feats = out.cpu().numpy()
+        feats = embed_clips(backbone, torch.stack([c for _, _, c in batch]), spec, cfg, device, check)  # (b, D)
         for (pos, idx, _), f in zip(batch, feats):
             videos[pos].features[idx] = f
         progress.advance(len(batch), "clips")
         result.clips += len(batch)
         for pos in {p for p, _, _ in batch}:
-            v = videos[pos]
-            if v.expected is not None and len(v.features) == v.expected:
-                finish(pos)
+            if videos[pos].complete:
+                run.record(pos, videos.pop(pos).finished(decode[pos], dim))
 
     for message in loader:
         kind, pos = message[0], message[1]
@@ -285,19 +341,18 @@ def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, dev
             videos[pos] = _Video()
         elif kind == "done":
             _, _, video.row, video.expected, video.warnings = message
-            if len(video.features) == video.expected:
-                finish(pos)
+            if video.complete:
+                run.record(pos, videos.pop(pos).finished(decode[pos], dim))
         else:  # error: drop whatever of it is queued
             queue = [q for q in queue if q[0] != pos]
-            finish(pos, message[2])
+            del videos[pos]
+            run.failed(pos, message[2])
         while len(queue) >= cfg.batch_size:
             batch, queue = queue[: cfg.batch_size], queue[cfg.batch_size :]
             run_batch(batch)
     if queue:
         run_batch(queue)
-    writer.finalize(input_rows)
-    result.seconds = time.perf_counter() - t0
-    return result
+    return run.end(t0)
 
 
 class DegenerateOutput(BackboneError):
@@ -347,7 +402,7 @@ def _cosine(v: torch.Tensor) -> torch.Tensor:
     return v @ v.T
 
 
-def _check_input_size(backbone, spec: ClipSpec) -> None:
+def check_input_size(backbone, spec: ClipSpec) -> None:
     """Fail before decoding anything if the network cannot take these clips
     (fixed pooling windows and positional embeddings set a minimum size)."""
     x = torch.zeros(1, 3, spec.frames, spec.crop, spec.crop, device=next(backbone.parameters()).device)
