@@ -33,7 +33,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _add_extract(sub) -> None:
     # torch-free imports only: building the parser must not load torch (--version, --help)
-    from videolm.features.config import BACKBONE_NAMES, ExtractConfig
+    from videolm.features.config import BACKBONE_NAMES, TEMPORAL_MODES, ExtractConfig
     from videolm.video.sampling import PRESETS
 
     d = ExtractConfig()
@@ -82,6 +82,9 @@ def _add_extract(sub) -> None:
                    help="store the features even if the first batch shows the network's output is degenerate "
                         "(all zero, or the same vector for different clips); by default such a run stops")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for random-init weights")
+    p.add_argument("--temporal", default=d.temporal, choices=list(TEMPORAL_MODES),
+                   help="2-D backbones: 'mean' of the frames' vectors, or 'mean+diff': that mean beside the "
+                        "vector of the clip's last-minus-first frame difference (TSN's RGB difference; motion)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -215,7 +218,7 @@ def _cmd_extract(args) -> int:
         cfg = ExtractConfig(**{k: getattr(args, k) for k in (
             "backbone", "weights", "preset", "window_s", "stride_s", "frames", "short_side", "crop", "drop_short",
             "batch_size", "workers", "decode_threads", "worker_nice", "amp", "dtype", "reader", "limit",
-            "videos_per_shard", "retry_failed", "check_output", "seed")}, shard=shard, device=device)
+            "videos_per_shard", "retry_failed", "check_output", "seed", "temporal")}, shard=shard, device=device)
         clip_spec_for(cfg)  # sizes that cannot work are a usage error before anything runs
         items, input_errors = collect_inputs(args.inputs)
     except (ValueError, UsageError) as err:

@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
 from videolm.errors import first_line
+from videolm.features.config import TEMPORAL_MODES
 from videolm.video.sampling import KINETICS_MEAN, KINETICS_STD
 
 with warnings.catch_warnings():
@@ -218,12 +219,19 @@ class Backbone(nn.Module):
     """A full network with its classifier replaced by identity: clips in,
     one vector per clip out. `weights` records what was loaded."""
 
-    def __init__(self, name: str, spec: BackboneSpec, net: nn.Module, weights: str = "none"):
+    def __init__(self, name: str, spec: BackboneSpec, net: nn.Module, weights: str = "none",
+                 temporal: str = "mean"):
         super().__init__()
         self.name = name
         self.spec = spec
         self.weights = weights
         self.net = net
+        self.temporal = temporal
+
+    @property
+    def dim(self) -> int:
+        """Length of one clip's vector: the network's pooled vector, twice for ``mean+diff``."""
+        return self.spec.dim * (2 if self.temporal == "mean+diff" else 1)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """clips: (B, C=3, T, H, W) float, already normalised with spec.mean/std -> (B, dim) float."""
@@ -239,7 +247,16 @@ class Backbone(nn.Module):
             frames = clips.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
             # Frames go through in fixed-size chunks: a batch of 8 clips x 30
             # frames at once would allocate gigabytes of activations.
-            feats = torch.cat([self.net(frames[i : i + FRAME_CHUNK]) for i in range(0, b * t, FRAME_CHUNK)])
+            if self.temporal == "mean+diff":
+                # TSN's RGB difference: the (normalised) last frame minus the first, one more
+                # image per clip; zero for a still, whose vector is the network's answer to "no change"
+                diff = (clips[:, :, -1] - clips[:, :, 0]).unsqueeze(1)  # (B, 1, C, H, W)
+                frames = torch.cat([frames.view(b, t, c, h, w), diff], 1).reshape(b * (t + 1), c, h, w)
+            n = frames.shape[0]
+            feats = torch.cat([self.net(frames[i : i + FRAME_CHUNK]) for i in range(0, n, FRAME_CHUNK)])
+            if self.temporal == "mean+diff":
+                feats = feats.view(b, t + 1, -1)
+                return torch.cat([feats[:, :t].mean(dim=1), feats[:, t]], 1)  # (B, 2 * dim)
             return feats.view(b, t, -1).mean(dim=1)  # (B, dim)
         if spec.alpha is not None:
             return self.net(slowfast_pathways(clips, spec.alpha))  # (B, dim)
@@ -262,18 +279,24 @@ def _strip_classifier(net: nn.Module, paths: tuple[str, ...]) -> None:
         setattr(net.get_submodule(parent) if parent else net, attr, nn.Identity())
 
 
-def build_backbone(name: str, weights: str = "none", seed: int = 0) -> Backbone:
+def build_backbone(name: str, weights: str = "none", seed: int = 0, temporal: str = "mean") -> Backbone:
     """The headless backbone `name` in eval mode. `weights` is "none" (random
-    init, deterministic given `seed`), an official weight name, or a file."""
+    init, deterministic given `seed`), an official weight name, or a file;
+    `temporal` (2-D backbones) one of ``TEMPORAL_MODES``."""
     if name not in BACKBONES:
         raise BackboneError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
+    if temporal not in TEMPORAL_MODES:
+        raise BackboneError(f"unknown temporal mode {temporal!r}; valid: {', '.join(TEMPORAL_MODES)}")
+    if temporal != "mean" and spec.kind != "2d":
+        raise BackboneError(f"--temporal {temporal}: {name} is a 3-D network, which models time itself; "
+                            "the option is for 2-D backbones")
     # Seed a forked RNG so building a model leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = spec.builder()
     _strip_classifier(net, spec.classifier)
-    backbone = Backbone(name, spec, net)
+    backbone = Backbone(name, spec, net, temporal=temporal)
     if weights != "none":
         load_weights(backbone, weights)
     return backbone.eval()

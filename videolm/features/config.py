@@ -10,6 +10,11 @@ from videolm.video.sampling import PRESETS
 
 BACKBONE_NAMES = ("s3d", "r2plus1d_18", "mvit_v2_s", "x3d_xs", "x3d_s", "x3d_m", "slow_r50", "slowfast_r50",
                   "i3d_r50", "r2plus1d_r50", "mobilenet_v2", "resnet50")
+# How a 2-D backbone turns a clip's frames into one vector: "mean" of the
+# frames' vectors, or "mean+diff": that mean beside the vector of the clip's
+# last-minus-first frame difference (TSN's RGB-difference modality), so the
+# vector carries motion (direction, speed) as well as appearance.
+TEMPORAL_MODES = ("mean", "mean+diff")
 
 
 @dataclass
@@ -37,6 +42,7 @@ class ExtractConfig:
     retry_failed: bool = False
     check_output: bool = True  # stop at the first batch if the backbone's output is degenerate (zero / constant)
     seed: int = 0
+    temporal: str = "mean"  # 2-D backbones: see TEMPORAL_MODES
 
     def __post_init__(self):
         """Each message names the setting as the command line spells it."""
@@ -44,6 +50,8 @@ class ExtractConfig:
             raise ValueError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONE_NAMES)}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"--dtype must be float16 or float32, got {self.dtype!r}")
+        if self.temporal not in TEMPORAL_MODES:
+            raise ValueError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}, got {self.temporal!r}")
         if self.reader not in ("auto", "decord", "pyav"):
             raise ValueError(f"--reader must be auto, decord or pyav, got {self.reader!r}")
         if self.preset is not None and self.preset not in PRESETS:

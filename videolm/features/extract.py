@@ -75,8 +75,11 @@ def _version() -> str:
 
 
 def store_meta(cfg: ExtractConfig, spec: ClipSpec, dim: int) -> dict:
-    return {"backbone": cfg.backbone, "weights": cfg.weights, "clip_spec": spec.to_dict(), "dim": dim,
+    meta = {"backbone": cfg.backbone, "weights": cfg.weights, "clip_spec": spec.to_dict(), "dim": dim,
             "dtype": cfg.dtype, "videolm_version": _version()}
+    if cfg.temporal != "mean":  # stores of the default keep the meta they always had
+        meta["temporal"] = cfg.temporal
+    return meta
 
 
 def _lower_priority(nice: int, _worker_id: int) -> None:
@@ -213,10 +216,10 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     device = torch.device(cfg.device)
     warn_random_weights(cfg)
     if backbone is None:
-        backbone = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed)
+        backbone = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed, temporal=cfg.temporal)
     backbone = backbone.to(device).eval()
     check_input_size(backbone, spec)
-    dim = BACKBONES[cfg.backbone].dim
+    dim = backbone.dim
     with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
         return _extract(items, writer, cfg, spec, device, backbone, dim, list(input_errors), progress, t0)
 
