@@ -83,14 +83,15 @@ def _add_extract(sub) -> None:
                         "(all zero, or the same vector for different clips); by default such a run stops")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for random-init weights")
     p.add_argument("--temporal", default=d.temporal, choices=list(TEMPORAL_MODES),
-                   help="2-D backbones: 'mean' of the frames' vectors, or 'mean+diff': that mean beside the "
-                        "vector of the clip's last-minus-first frame difference (TSN's RGB difference; motion)")
+                   help="2-D backbones: 'mean' of the frames' vectors; 'mean+diff' / 'mean+flow': that mean "
+                        "beside the vector of a motion image from the clip's first and last frames (their "
+                        "difference, as TSN; or their normal flow, which carries direction) (docs/backbones.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _add_store(sub) -> None:
-    p = sub.add_parser("store", formatter_class=_Formatter, help="inspect or merge feature stores")
-    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge,join}")
+    p = sub.add_parser("store", formatter_class=_Formatter, help="inspect, merge or upgrade feature stores")
+    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge,join,upgrade}")
     ssub.required = True
     info = ssub.add_parser("info", formatter_class=_Formatter, help="summary of a store")
     info.add_argument("dir", help="store directory")
@@ -103,6 +104,11 @@ def _add_store(sub) -> None:
                            help="put the features of stores over the same clips side by side (appearance + motion)")
     join.add_argument("out", help="new store directory")
     join.add_argument("parts", nargs="+", help="stores extracted over the same clips (same --window/--stride)")
+    upgrade = ssub.add_parser("upgrade", formatter_class=_Formatter,
+                              help="convert a format 1 store (index.jsonl) to format 2 (index/ arrays) in place",
+                              description="Convert a store written by videolm before format 2 in place: the new "
+                                          "store is built beside it (shards hard-linked) and swapped in by renames.")
+    upgrade.add_argument("dir", help="store directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,9 +253,20 @@ def _cmd_extract(args) -> int:
 
 
 def _cmd_store(args) -> int:
-    from videolm.features.store import FeatureStore, StoreError, join_stores, merge_stores
+    import time
+
+    from videolm.features.store import FeatureStore, StoreError, join_stores, merge_stores, upgrade_store
 
     try:
+        if args.store_cmd == "upgrade":
+            t0 = time.perf_counter()
+            if not upgrade_store(args.dir):
+                print(f"{args.dir}: already format 2; nothing to do")
+                return EXIT_OK
+            s = FeatureStore(args.dir).summary()
+            print(f"upgraded {args.dir} to format 2: {s['videos'] + s['images']} inputs, {s['clips']} clips in "
+                  f"{s['shards']} shard(s) ({time.perf_counter() - t0:.1f} s)")
+            return EXIT_OK
         if args.store_cmd == "info":
             store = FeatureStore(args.dir)
             s = store.summary()
@@ -261,15 +278,19 @@ def _cmd_store(args) -> int:
             print(f"inputs     {s['videos']} videos, {s['images']} images in {s['shards']} shard(s)")
             print(f"clips      {s['clips']} x {s['dim']} ({s['dtype']})")
             print(f"failures   {s['failed']} (warnings: {s['warnings']}; see errors.jsonl)")
+            if s["format_version"] < 2:
+                print(f"format     1 (index.jsonl, parsed at every open): `videolm store upgrade {args.dir}`")
             return EXIT_OK
         if args.store_cmd == "join":
             store = join_stores(args.out, args.parts)
             print(f"joined {len(args.parts)} stores into {args.out}: {len(store)} inputs, {store.num_clips} clips x "
                   f"{store.dim} ({store.meta['backbone']})")
             return EXIT_OK
+        t0 = time.perf_counter()
         store = merge_stores(args.out, args.parts, link=not args.copy)
         s = store.summary()
-        print(f"merged {len(args.parts)} stores into {args.out}: {s['videos'] + s['images']} inputs, {s['clips']} clips")
+        print(f"merged {len(args.parts)} stores into {args.out}: {s['videos'] + s['images']} inputs, {s['clips']} clips "
+              f"in {s['shards']} shard(s) ({time.perf_counter() - t0:.1f} s)")
         return EXIT_OK
     except StoreError as err:
         raise CliError(str(err)) from None

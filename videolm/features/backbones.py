@@ -230,8 +230,8 @@ class Backbone(nn.Module):
 
     @property
     def dim(self) -> int:
-        """Length of one clip's vector: the network's pooled vector, twice for ``mean+diff``."""
-        return self.spec.dim * (2 if self.temporal == "mean+diff" else 1)
+        """Length of one clip's vector: the network's pooled vector, twice with a motion half."""
+        return self.spec.dim * (1 if self.temporal == "mean" else 2)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """clips: (B, C=3, T, H, W) float, already normalised with spec.mean/std -> (B, dim) float."""
@@ -247,20 +247,46 @@ class Backbone(nn.Module):
             frames = clips.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
             # Frames go through in fixed-size chunks: a batch of 8 clips x 30
             # frames at once would allocate gigabytes of activations.
-            if self.temporal == "mean+diff":
-                # TSN's RGB difference: the (normalised) last frame minus the first, one more
-                # image per clip; zero for a still, whose vector is the network's answer to "no change"
-                diff = (clips[:, :, -1] - clips[:, :, 0]).unsqueeze(1)  # (B, 1, C, H, W)
-                frames = torch.cat([frames.view(b, t, c, h, w), diff], 1).reshape(b * (t + 1), c, h, w)
+            if self.temporal != "mean":
+                # one more image per clip, from its first and last frames; all zero for a still,
+                # whose vector is then the network's answer to "no change"
+                motion = motion_image(clips[:, :, 0], clips[:, :, -1], self.temporal).unsqueeze(1)
+                frames = torch.cat([frames.view(b, t, c, h, w), motion], 1).reshape(b * (t + 1), c, h, w)
             n = frames.shape[0]
             feats = torch.cat([self.net(frames[i : i + FRAME_CHUNK]) for i in range(0, n, FRAME_CHUNK)])
-            if self.temporal == "mean+diff":
+            if self.temporal != "mean":
                 feats = feats.view(b, t + 1, -1)
                 return torch.cat([feats[:, :t].mean(dim=1), feats[:, t]], 1)  # (B, 2 * dim)
             return feats.view(b, t, -1).mean(dim=1)  # (B, dim)
         if spec.alpha is not None:
             return self.net(slowfast_pathways(clips, spec.alpha))  # (B, dim)
         return self.net(clips)  # (B, dim)
+
+
+def motion_image(first: torch.Tensor, last: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, 3, H, W) motion image of two normalised frames (B, 3, H, W).
+
+    ``mean+diff``: ``last - first`` (TSN's RGB difference). ``mean+flow``: the
+    normal flow of brightness constancy, channels ``-I_t * I_x``, ``-I_t * I_y``
+    (summed over colour) and ``|I_t|``, with ``I_t = last - first`` and the
+    spatial gradients (central differences, 0 at the border) of their mean.
+    Its sign follows the motion whichever way the object's contrast with the
+    background goes, which the difference's does not. Each channel is scaled
+    to a peak of 2 (the normalised frames' range), so the image does not
+    depend on contrast either; a zero channel stays zero."""
+    diff = last - first
+    if how == "mean+diff":
+        return diff
+    if how != "mean+flow":
+        raise BackboneError(f"unknown temporal mode {how!r}; valid: {', '.join(TEMPORAL_MODES)}")
+    mid = (first + last) / 2
+    dx = torch.zeros_like(mid)
+    dy = torch.zeros_like(mid)
+    dx[..., 1:-1] = (mid[..., 2:] - mid[..., :-2]) / 2
+    dy[..., 1:-1, :] = (mid[..., 2:, :] - mid[..., :-2, :]) / 2
+    flow = torch.stack([-(diff * dx).sum(1), -(diff * dy).sum(1), diff.abs().sum(1)], 1)  # (B, 3, H, W)
+    peak = flow.flatten(2).abs().amax(2).clamp(min=1e-6)[..., None, None]  # (B, 3, 1, 1)
+    return flow / peak * 2
 
 
 def slowfast_pathways(clips: torch.Tensor, alpha: int) -> list[torch.Tensor]:

@@ -11,10 +11,14 @@ from videolm.video.sampling import PRESETS
 BACKBONE_NAMES = ("s3d", "r2plus1d_18", "mvit_v2_s", "x3d_xs", "x3d_s", "x3d_m", "slow_r50", "slowfast_r50",
                   "i3d_r50", "r2plus1d_r50", "mobilenet_v2", "resnet50")
 # How a 2-D backbone turns a clip's frames into one vector: "mean" of the
-# frames' vectors, or "mean+diff": that mean beside the vector of the clip's
-# last-minus-first frame difference (TSN's RGB-difference modality), so the
-# vector carries motion (direction, speed) as well as appearance.
-TEMPORAL_MODES = ("mean", "mean+diff")
+# frames' vectors; "mean+diff": that mean beside the vector of the clip's
+# last-minus-first frame difference (TSN's RGB-difference modality);
+# "mean+flow": that mean beside the vector of the clip's normal-flow image
+# (-I_t * dI/dx, -I_t * dI/dy and |I_t| from its first and last frames), which
+# unlike the difference does not flip with the object's contrast against the
+# background. Either second half makes the vector carry motion (direction,
+# speed) as well as appearance (measured: docs/results.md).
+TEMPORAL_MODES = ("mean", "mean+diff", "mean+flow")
 
 
 @dataclass

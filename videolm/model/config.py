@@ -68,6 +68,8 @@ class ModelConfig:
     init_from: str | None = None         # a saved model directory (save_pretrained): start from all its weights
     init_text_from: str | None = None    # local HF BERT directory (pkg:NAME/dir allowed)
     init_visual_from_centroids: bool = False  # VideoBERT: word table from the vocabulary's centroids
+    freeze_visual_table: bool = False    # VideoBERT: keep the word table fixed (words unseen in training stay
+                                         # where their centroids put them); needs init_visual_from_centroids
     # objectives: a weight of 0 switches one off
     mlm_weight: float = 1.0
     visual_weight: float = 1.0           # masked visual words (videobert) / masked-feature NCE (cbt)
@@ -151,6 +153,9 @@ class ModelConfig:
         if self.align_loss == "nce" and self.align_on_masked_pass:
             raise ModelError("model.align_loss=nce scores every pair of the batch; set model.align_on_masked_pass "
                              "to false")
+        if self.freeze_visual_table and not (self.init_visual_from_centroids and self.mode == "videobert"):
+            raise ModelError("model.freeze_visual_table needs model.mode=videobert and "
+                             "model.init_visual_from_centroids=true (a frozen random table would carry nothing)")
         if self.init_from and self.init_text_from:
             raise ModelError("model.init_from and model.init_text_from are both set; init_from loads the whole "
                              "model, its text side included: remove model.init_text_from")

@@ -294,6 +294,10 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
             log.info("model: initialised from %s (every weight)", cfg.model.init_from)
     elif model_cfg.mode == "videobert" and model_cfg.init_visual_from_centroids and ckpt is None:
         model.transformer.init_visual_from_centroids(dataset.vocab.word_centroids())
+    if model_cfg.mode == "videobert" and model_cfg.freeze_visual_table:
+        # not trained, so the embeddings of words that training never shows (held-out
+        # compositions) stay consistent with the rest; the masked-word head reads the same table
+        model.transformer.visual_embeddings.table.weight.requires_grad_(False)
     model.to(device)
     if env.is_main:
         d = dataset.describe()
