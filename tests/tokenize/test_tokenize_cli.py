@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from videolm.cli import main
-from videolm.features.store import FeatureStore
+from videolm.features.store import FeatureStore, Finished, StoreWriter
 
 
 def run_cli(*args):
@@ -37,9 +37,12 @@ def test_fit_info_encode_gallery(sample_store, tmp_path, capsys):
 
     assert run_cli("tokenize", "encode", store, "--vocab", vocab, "-q") == 0
     assert "52 clips in 2 shard(s), 0 shard(s) already done" in capsys.readouterr().out
-    index = [json.loads(l) for l in (store / "tokens" / "vocab" / "index.jsonl").read_text().splitlines()]
-    assert [r["video_id"] for r in index] == FeatureStore(str(store)).ids()
-    ids = np.concatenate([np.load(store / "tokens" / "vocab" / r["shard"])[r["offset"]: r["offset"] + r["num_clips"]]
+    # the index as docs/tokenizer.md describes it, read with plain numpy
+    index = np.load(store / "tokens" / "vocab" / "index.npy")
+    names = [n.decode() for n in np.load(store / "tokens" / "vocab" / "index_shards.npy")]
+    assert [v.decode() for v in index["video_id"]] == FeatureStore(str(store)).ids()
+    assert sorted(index["video_id"]) == list(index["video_id"][index["by_id"]])
+    ids = np.concatenate([np.load(store / "tokens" / "vocab" / names[r["shard"]])[r["offset"]: r["offset"] + r["num_clips"]]
                           for r in index])
     assert len(ids) == 52 and ids.min() >= 0 and ids.max() < 9
     assert run_cli("tokenize", "encode", store, "--vocab", vocab, "-q") == 0
@@ -108,12 +111,15 @@ def test_nan_clips_and_unreadable_sources_exit_1(nan_store, sample_store, tmp_pa
 
     # a source that moved away: its tiles are grey, the rest is drawn
     store = tmp_path / "moved"
-    shutil.copytree(sample_store, store)
-    rows = [json.loads(l) for l in (store / "index.jsonl").read_text().splitlines()]
-    for row in rows:
-        if row["video_id"] != "bikes":
-            row["path"] = str(tmp_path / "gone" / os.path.basename(row["path"]))
-    (store / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = FeatureStore(sample_store)  # the same store, written again with the sources of all but 'bikes' gone
+    writer = StoreWriter(str(store), {k: v for k, v in src.meta.items() if k not in ("format", "format_version")})
+    writer.plan(src.ids())
+    for video_id in src.ids():
+        e = src.entry(video_id)
+        row = {k: v for k, v in e.items() if k not in ("video_id", "path", "shard", "offset", "num_clips", "status")}
+        path = e["path"] if video_id == "bikes" else str(tmp_path / "gone" / os.path.basename(e["path"]))
+        writer.add(Finished(video_id, path, np.asarray(src.features(video_id)), row))
+    writer.finalize()
     png = tmp_path / "g.png"
     assert run_cli("tokenize", "gallery", store, "--vocab", vocab, "-o", png, "--size", 32, "-q") == 1
     out = capsys.readouterr().out

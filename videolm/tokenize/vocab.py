@@ -16,21 +16,36 @@ number); the special tokens come after them, ``[PAD] = k**depth`` and
 Tokens of a store (``encode_store``), by default in ``STORE/tokens/VOCAB_NAME/``::
 
     meta.json              the vocabulary (path, fingerprint, k, depth, special ids) and the store
-    index.jsonl            one row per video, in the store's order: video_id, shard, offset, num_clips
     shards/00000.npy       (rows,) int32 word id of each row of the store's shards/00000.npy, same order
     shards/00000.dist.npy  (rows,) float32 squared L2 distance to that word's centroid
+    index_shards.npy       (shards,) |S token file names, e.g. b"shards/00000.npy"
+    index.npy              (videos,) records, in the store's order (memory-mapped by TokenStore):
+                             video_id  |S<longest>  UTF-8
+                             shard     int32  which name of index_shards.npy holds its clips (-1: no clips)
+                             offset    int64  first row of that shard, num_clips int64
+                             by_id     int64  the rows in sorted video_id order (lookup by bisection)
+
+Format 1 had ``index.jsonl`` (one JSON row per video) instead of ``index.npy``;
+``TokenStore`` reads both, and ``encode_store`` run again on such a
+directory rewrites it as format 2 (the token files are the same).
 
 A clip whose features hold NaN/Inf has token -1 and distance NaN. Each file
 is written to a temporary name and renamed, ids after distances, so a killed
-run leaves only finished shards and a rerun skips them.
+run leaves only finished shards and a rerun skips them; ``index.npy`` is
+written last.
+
+Fitting and encoding read the store shard by shard (``store_shards``):
+memory is the sample (fit) or one shard's ids (encode), not the store.
 """
 
 from __future__ import annotations
 
+import bisect
 import glob
 import hashlib
 import json
 import logging
+import mmap
 import os
 import time
 from dataclasses import dataclass, field, fields
@@ -39,8 +54,7 @@ import numpy as np
 
 from videolm import __version__
 from videolm.features.store import MAX_OPEN_SHARDS, FeatureStore, MappedFiles, StoreError
-from videolm.fileio import (atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json,
-                            atomic_write_jsonl, read_jsonl)
+from videolm.fileio import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, read_jsonl
 from videolm.tokenize.kmeans import (ENCODE_BATCH, NO_WORD, Encoding, HierarchicalKMeans, KMeansConfig, Progress,
                                      finite_rows, word_path)
 
@@ -49,6 +63,7 @@ log = logging.getLogger(__name__)
 VOCAB_FORMAT = "videolm-vocab"
 TOKENS_FORMAT = "videolm-tokens"
 FORMAT_VERSION = 1
+TOKENS_FORMAT_VERSION = 2  # 1: index.jsonl; 2: index.npy (TokenStore reads both)
 SPECIAL_TOKENS = ("[PAD]", "[MASK]")
 ARRAYS_FILE = "centroids.safetensors"
 
@@ -213,7 +228,7 @@ class Vocabulary:
                    tuple(meta.get("special_tokens", SPECIAL_TOKENS)), os.path.normpath(directory))
 
 
-# ------------------------------------------------------------------ fitting from a store
+# ------------------------------------------------------------------ reading a store shard by shard
 
 
 def open_store(store: FeatureStore | str) -> FeatureStore:
@@ -228,54 +243,156 @@ def open_store(store: FeatureStore | str) -> FeatureStore:
 
 
 @dataclass
+class Shard:
+    """One shard of a store and which of its rows hold the store's clips."""
+
+    name: str  # as the store's index names it, e.g. "shards/00000.npy"
+    spans: np.ndarray  # (m, 2) int64 [start, stop) row ranges, increasing; usually one, the whole shard
+
+    @property
+    def clips(self) -> int:
+        return int((self.spans[:, 1] - self.spans[:, 0]).sum())
+
+    def rows(self, clips: np.ndarray) -> np.ndarray:
+        """The shard rows of clips numbered 0 .. self.clips-1 within the shard."""
+        lengths = self.spans[:, 1] - self.spans[:, 0]  # (m,)
+        ends = np.cumsum(lengths)
+        span = np.searchsorted(ends, clips, side="right")  # the span each clip falls in
+        return self.spans[span, 0] + clips - (ends[span] - lengths[span])
+
+
+def store_shards(store: FeatureStore) -> list[Shard]:
+    """The store's shards in name order, each with the rows that hold its clips.
+
+    Normally every row of every shard file is a clip of the index, and the
+    files' headers show it without reading the index (O(shards), whatever
+    the number of videos): their rows add up to ``store.num_clips``, and
+    the index's clips are disjoint rows of those files. When they do not
+    add up (a shard file a killed writer left behind, say), the rows come
+    from the index, video by video."""
+    pattern = os.path.join(store.root, "shards", "*.npy")
+    names = sorted(os.path.relpath(p, store.root) for p in glob.glob(pattern) if ".tmp-" not in p)
+    whole = [Shard(name, np.array([[0, len(store.shard(name))]], np.int64)) for name in names]
+    if sum(s.clips for s in whole) == store.num_clips:
+        return whole
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for video_id in store.ids():
+        e = store.entry(video_id)
+        if e["num_clips"]:
+            spans.setdefault(e["shard"], []).append((e["offset"], e["offset"] + e["num_clips"]))
+    return [Shard(name, np.array(sorted(spans[name]), np.int64)) for name in sorted(spans)]
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set
+    (they stay in the page cache; touching them again maps them back).
+    The store keeps up to 64 shards mapped, and every page read from them
+    would otherwise count as this process's memory until the shard is
+    closed: reading 2 % of the clips of 64 shards of 64-byte rows touches
+    most of their pages. A no-op for an array not backed by ``mmap``."""
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def videos_at(store: FeatureStore, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The videos holding some shard rows (shard name -> rows): video id ->
+    its clip numbers among them, in the store's order. One pass over the
+    index, for the rare rows that need a name (NaN/Inf features)."""
+    found = {}
+    for video_id in store.ids():
+        e = store.entry(video_id)
+        hit = rows.get(e["shard"])
+        if hit is None:
+            continue
+        clips = hit[(hit >= e["offset"]) & (hit < e["offset"] + e["num_clips"])] - e["offset"]
+        if len(clips):
+            found[video_id] = clips
+    return found
+
+
+# ------------------------------------------------------------------ fitting from a store
+
+
+MAX_STORE_CLIPS = 10**9  # numpy's hypergeometric draw takes populations below 10^9
+
+
+@dataclass
 class StoreSample:
     """Clip features drawn from a store to fit on."""
 
     features: np.ndarray  # (n, dim) float32
+    rows: np.ndarray  # (n,) int64 clip number of each, counting the clips of store_shards() in order
     num_clips: int  # clips in the store
     skipped: dict[str, int]  # video id -> sampled clips dropped for NaN/Inf features
 
 
+def shard_share(rng: np.random.Generator, clips: int, left: int, need: int) -> int:
+    """How many of a shard's ``clips`` a uniform sample without replacement
+    takes, when ``need`` clips are still to be drawn from the ``left`` clips
+    of this shard and the ones after it: hypergeometric, so drawing shard by
+    shard in order gives exactly the law of drawing all at once."""
+    if need == 0:
+        return 0
+    if clips == left or need == left:
+        return min(need, clips)
+    return int(rng.hypergeometric(clips, left - clips, need))
+
+
 def sample_store(store: FeatureStore, size: int, seed: int = 0, strict: bool = False,
                  progress: Progress | None = None) -> StoreSample:
-    """A uniform sample of ``size`` clips (all of them if fewer), read video by
-    video from the memory-mapped shards: memory is the sample plus one video.
-    Only sampled clips are checked for NaN/Inf; ``encode_store`` checks all."""
+    """A uniform sample of ``size`` clips (all of them if fewer), without
+    replacement, read shard by shard in order from the memory-mapped shards.
+    Each shard's share is drawn when it is reached (``shard_share``), then
+    which of its clips, so memory is the sample plus one shard's draw,
+    whatever the size of the store (a permutation of 10^7 clip numbers
+    alone would be 80 MB). Only sampled clips are checked for NaN/Inf;
+    ``encode_store`` checks all."""
     progress = progress or Progress()
-    total = store.num_clips
+    shards = store_shards(store)
+    total = sum(s.clips for s in shards)
     if total == 0:
         raise TokenizeError(f"{store.root}: the store has no clips; extract features into it first")
+    if total >= MAX_STORE_CLIPS:
+        raise TokenizeError(f"{store.root}: {total} clips; sampling supports stores of fewer than "
+                            f"{MAX_STORE_CLIPS} (fit on a part store)")
     take = min(size, total)
     rng = np.random.default_rng(seed)
-    positions = np.sort(rng.choice(total, size=take, replace=False)) if take < total else None
-    out = np.empty((take, store.dim), np.float32)
-    filled, start, skipped = 0, 0, {}
-    progress.start("sample", len(store))
-    for row in store.rows:
-        video_id, n = row["video_id"], row["num_clips"]
-        feats = store.features(video_id)  # (n, dim) memmap view
-        if positions is None:
-            local = np.arange(n)
-        else:
-            lo, hi = np.searchsorted(positions, [start, start + n])
-            local = positions[lo:hi] - start
-        start += n
+    out = np.empty((take, store.dim), np.float32)  # (take, dim), filled shard by shard
+    rows = np.empty(take, np.int64)
+    filled, need, left, first = 0, take, total, 0
+    bad: dict[str, np.ndarray] = {}  # shard name -> its sampled rows with NaN/Inf
+    progress.start("sample", len(shards))
+    for shard in shards:
+        m = shard_share(rng, shard.clips, left, need)
+        clips = np.sort(rng.choice(shard.clips, size=m, replace=False))  # (m,) within the shard
+        need, left = need - m, left - shard.clips
+        if m:
+            data = store.shard(shard.name)  # (rows, dim) memmap
+            at = shard.rows(clips)
+            block = out[filled : filled + m]
+            block[:] = data[at]  # reads only the pages of the sampled rows; float16 -> float32
+            release_pages(data)
+            ok = finite_rows(block)
+            if not ok.all():
+                bad[shard.name] = at[~ok]
+                if strict:
+                    video_id, where = next(iter(videos_at(store, {shard.name: at[~ok]}).items()))
+                    raise TokenizeError(f"{store.root}: video {video_id!r} has NaN/Inf features in clip "
+                                        f"{int(where[0])} (and {len(where) - 1} more sampled); "
+                                        "refused (--strict)")
+                clips, block = clips[ok], block[ok]
+                out[filled : filled + len(block)] = block
+            rows[filled : filled + len(clips)] = first + clips
+            filled += len(clips)
+        first += shard.clips
         progress.advance()
-        if len(local) == 0:
-            continue
-        block = np.asarray(feats[local], dtype=np.float32)  # (m, dim)
-        ok = finite_rows(block)
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            if strict:
-                raise TokenizeError(f"{store.root}: video {video_id!r} has NaN/Inf features in clip "
-                                    f"{int(local[bad[0]])} (and {len(bad) - 1} more sampled); refused (--strict)")
-            log.warning("%s: video %r: skipped %d clip(s) with NaN/Inf features", store.root, video_id, len(bad))
-            skipped[video_id] = len(bad)
-            block = block[ok]
-        out[filled : filled + len(block)] = block
-        filled += len(block)
-    return StoreSample(out[:filled], total, skipped)
+    skipped = {video_id: len(clips) for video_id, clips in videos_at(store, bad).items()} if bad else {}
+    for video_id, n in skipped.items():
+        log.warning("%s: video %r: skipped %d clip(s) with NaN/Inf features", store.root, video_id, n)
+    return StoreSample(out[:filled], rows[:filled], total, skipped)
 
 
 def fit_vocabulary(store: FeatureStore | str, config: KMeansConfig, strict: bool = False,
@@ -326,7 +443,9 @@ def default_tokens_dir(store_root: str, vocab_path: str) -> str:
 
 def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | None = None, strict: bool = False,
                  batch_size: int = ENCODE_BATCH, progress: Progress | None = None) -> EncodeResult:
-    """Token ids for every clip of a store, one int32 file per store shard."""
+    """Token ids for every clip of a store, one int32 file per store shard,
+    streamed: one shard's ids and distances are in memory at a time, and its
+    features are read ``batch_size`` rows at a time."""
     started = time.perf_counter()
     progress = progress or Progress()
     store, vocab = open_for_encoding(store, vocab)
@@ -334,24 +453,22 @@ def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | 
         if vocab.path is None:
             raise TokenizeError("the vocabulary has no directory; save it first or pass out=")
         out = default_tokens_dir(store.root, vocab.path)
-    _prepare_tokens_dir(out, vocab, store)
+    meta = _prepare_tokens_dir(out, vocab, store)
 
-    by_shard: dict[str, list[dict]] = {}
-    for row in store.rows:
-        by_shard.setdefault(row["shard"], []).append(row)
+    shards = store_shards(store)
     progress.start("encode", store.num_clips)
     encoded = skipped_shards = clips = 0
     nonfinite: dict[str, int] = {}
-    for name, rows in by_shard.items():
-        data = store.shard(name)  # (rows, dim) memmap
-        ids_path = os.path.join(out, name)
+    for shard in shards:
+        data = store.shard(shard.name)  # (rows, dim) memmap
+        ids_path = os.path.join(out, shard.name)
         dist_path = ids_path[: -len(".npy")] + ".dist.npy"
         os.makedirs(os.path.dirname(ids_path), exist_ok=True)
         done = _finished(ids_path, dist_path, len(data))
         if done:
             ids = np.load(ids_path, mmap_mode="r")
             skipped_shards += 1
-            progress.advance(sum(r["num_clips"] for r in rows))
+            progress.advance(shard.clips)
         else:
             ids = np.empty(len(data), np.int32)
             dist = np.empty(len(data), np.float32)
@@ -360,20 +477,23 @@ def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | 
                 ids[a : a + len(enc.ids)] = enc.ids
                 dist[a : a + len(enc.ids)] = enc.distances
                 progress.advance(len(enc.ids))
-        nonfinite.update(_check_nonfinite(store, rows, ids, strict))  # raises before anything is written
+            release_pages(data)
+        nonfinite.update(_check_nonfinite(store, shard, ids, strict))  # raises before anything is written
         if not done:
             atomic_save_npy(dist_path, dist)
             atomic_save_npy(ids_path, ids)  # last: its presence marks the shard finished
             encoded += 1
             clips += len(data)
-    index = [{"video_id": r["video_id"], "shard": r["shard"], "offset": r["offset"], "num_clips": r["num_clips"]}
-             for r in store.rows]
-    atomic_write_jsonl(os.path.join(out, "index.jsonl"), index)
+    _write_index(out, store, [s.name for s in shards])
+    atomic_write_json(os.path.join(out, "meta.json"), meta)  # a directory of format 1 is now one of format 2
+    if os.path.isfile(os.path.join(out, "index.jsonl")):
+        os.remove(os.path.join(out, "index.jsonl"))
     return EncodeResult(out, encoded, skipped_shards, clips, nonfinite, time.perf_counter() - started)
 
 
-def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> None:
-    meta = {"format": TOKENS_FORMAT, "format_version": FORMAT_VERSION, "videolm_version": __version__,
+def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> dict:
+    """Claim ``out`` for this vocabulary's tokens (refusing another's); returns the meta to write at the end."""
+    meta = {"format": TOKENS_FORMAT, "format_version": TOKENS_FORMAT_VERSION, "videolm_version": __version__,
             "vocab": os.path.abspath(vocab.path) if vocab.path else None, "vocab_fingerprint": vocab.fingerprint(),
             "k": vocab.k, "depth": vocab.depth, "num_words": vocab.num_words, "vocab_size": vocab.vocab_size,
             "special_ids": vocab.special_ids, "no_word": NO_WORD,
@@ -395,6 +515,7 @@ def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> Non
         os.remove(path)
     if not os.path.isfile(meta_path):
         atomic_write_json(meta_path, meta)
+    return meta
 
 
 def _finished(ids_path: str, dist_path: str, rows: int) -> bool:
@@ -406,51 +527,123 @@ def _finished(ids_path: str, dist_path: str, rows: int) -> bool:
         return False
 
 
-def _check_nonfinite(store: FeatureStore, rows: list[dict], ids: np.ndarray, strict: bool) -> dict[str, int]:
+def _check_nonfinite(store: FeatureStore, shard: Shard, ids: np.ndarray, strict: bool) -> dict[str, int]:
     """Videos of one shard with token -1 clips: refused under ``strict``, else warned about and counted."""
+    bad = np.flatnonzero(np.asarray(ids) == NO_WORD)
+    if len(bad) == 0:
+        return {}
     found = {}
-    for row in rows:
-        bad = np.flatnonzero(ids[row["offset"] : row["offset"] + row["num_clips"]] == NO_WORD)
-        if len(bad) == 0:
-            continue
+    for video_id, clips in videos_at(store, {shard.name: bad}).items():
+        n = store.entry(video_id)["num_clips"]
         if strict:
-            raise TokenizeError(f"{store.root}: video {row['video_id']!r} has NaN/Inf features in clip {int(bad[0])} "
-                                f"({len(bad)} of {row['num_clips']} clips); refused (--strict)")
+            raise TokenizeError(f"{store.root}: video {video_id!r} has NaN/Inf features in clip {int(clips[0])} "
+                                f"({len(clips)} of {n} clips); refused (--strict)")
         log.warning("%s: video %r: %d of %d clip(s) have NaN/Inf features; their token is -1", store.root,
-                    row["video_id"], len(bad), row["num_clips"])
-        found[row["video_id"]] = len(bad)
+                    video_id, len(clips), n)
+        found[video_id] = len(clips)
     return found
+
+
+def index_dtype(id_bytes: int) -> np.dtype:
+    """One row of ``index.npy``, for ids of at most ``id_bytes`` UTF-8 bytes."""
+    return np.dtype([("video_id", f"S{max(id_bytes, 1)}"), ("shard", "<i4"), ("offset", "<i8"),
+                     ("num_clips", "<i8"), ("by_id", "<i8")])
+
+
+def index_array(video_ids: list[str], shard: np.ndarray, offset: np.ndarray, num_clips: np.ndarray) -> np.ndarray:
+    """The rows of ``index.npy``: one per video, in the store's order, plus
+    ``by_id``, the rows in sorted id order (for lookup by bisection)."""
+    encoded = np.array([v.encode("utf-8") for v in video_ids], dtype=np.bytes_)  # (videos,) |S<longest id>
+    index = np.empty(len(video_ids), index_dtype(encoded.dtype.itemsize))
+    index["video_id"], index["shard"], index["offset"], index["num_clips"] = encoded, shard, offset, num_clips
+    index["by_id"] = np.argsort(encoded, kind="stable")
+    return index
+
+
+def _write_index(out: str, store: FeatureStore, shard_names: list[str]) -> None:
+    """``index_shards.npy``, then ``index.npy`` (see the module doc)."""
+    number = {name: i for i, name in enumerate(shard_names)}
+    video_ids = store.ids()
+    shard = np.empty(len(video_ids), np.int32)
+    offset = np.empty(len(video_ids), np.int64)
+    num_clips = np.empty(len(video_ids), np.int64)
+    for i, video_id in enumerate(video_ids):
+        e = store.entry(video_id)
+        shard[i], offset[i], num_clips[i] = number[e["shard"]] if e["num_clips"] else -1, e["offset"], e["num_clips"]
+    atomic_save_npy(os.path.join(out, "index_shards.npy"),
+                    np.array([n.encode("utf-8") for n in shard_names], dtype=np.bytes_))
+    atomic_save_npy(os.path.join(out, "index.npy"), index_array(video_ids, shard, offset, num_clips))
 
 
 class TokenStore:
     """Read what ``encode_store`` wrote: ``tokens(video_id)`` is an
     (n_clips,) int32 view of a memory-mapped file, in the store's clip order.
-    At most ``max_open_files`` files stay mapped (least recently used closed
-    first), as in ``FeatureStore``."""
+
+    The index is memory-mapped too (``index.npy``), so opening costs
+    nothing per video and a lookup is a binary search over the ids in
+    sorted order (``by_id``). A directory of format 1 (``index.jsonl``) is
+    read into the same arrays. At most ``max_open_files`` token files stay
+    mapped (least recently used closed first), as in ``FeatureStore``."""
 
     def __init__(self, root: str, max_open_files: int = MAX_OPEN_SHARDS):
         meta_path = os.path.join(root, "meta.json")
-        index_path = os.path.join(root, "index.jsonl")
-        if not os.path.isfile(meta_path) or not os.path.isfile(index_path):
+        index_path = os.path.join(root, "index.npy")
+        old_index = os.path.join(root, "index.jsonl")
+        if not os.path.isfile(meta_path) or not (os.path.isfile(index_path) or os.path.isfile(old_index)):
             raise TokenizeError(f"{root}: not a finished tokens directory (run `videolm tokenize encode`)")
         with open(meta_path) as f:
             self.meta = json.load(f)
         self.root = root
-        self.rows = read_jsonl(index_path)
-        self._by_id = {row["video_id"]: row for row in self.rows}
+        if os.path.isfile(index_path):
+            self._index = np.load(index_path, mmap_mode="r")  # (videos,) records, see index_dtype
+            self._shard_names = [n.decode("utf-8") for n in np.load(os.path.join(root, "index_shards.npy"))]
+        else:  # format 1
+            rows = read_jsonl(old_index)
+            self._shard_names = sorted({r["shard"] for r in rows})
+            number = {name: i for i, name in enumerate(self._shard_names)}
+            self._index = index_array([r["video_id"] for r in rows], [number[r["shard"]] for r in rows],
+                                      [r["offset"] for r in rows], [r["num_clips"] for r in rows])
+        self._video_id, self._by_id = self._index["video_id"], self._index["by_id"]  # (videos,) views
         self._file = MappedFiles(root, max_open_files)
 
     def ids(self) -> list[str]:
-        return [row["video_id"] for row in self.rows]
+        """Every video id, in the store's order."""
+        return [v.decode("utf-8") for v in self._video_id]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self._video_id)
 
-    def _view(self, video_id: str, suffix: str) -> np.ndarray:
-        row = self._by_id.get(video_id)
+    def _row(self, video_id: str) -> int | None:
+        key = video_id.encode("utf-8")
+        i = bisect.bisect_left(self._by_id, key, key=lambda row: self._video_id[row])
+        if i < len(self._by_id) and self._video_id[self._by_id[i]] == key:
+            return int(self._by_id[i])
+        return None
+
+    def __contains__(self, video_id: str) -> bool:
+        return self._row(video_id) is not None
+
+    def entry(self, video_id: str) -> dict:
+        """video_id, shard (the tokens file), offset and num_clips of one video."""
+        row = self._row(video_id)
         if row is None:
             raise KeyError(f"{self.root}: no video {video_id!r}")
-        return self._file(row["shard"][: -len(".npy")] + suffix)[row["offset"] : row["offset"] + row["num_clips"]]
+        rec = self._index[row]
+        n = int(rec["num_clips"])
+        return {"video_id": video_id, "shard": self._shard_names[rec["shard"]] if n else None,
+                "offset": int(rec["offset"]), "num_clips": n}
+
+    @property
+    def rows(self) -> list[dict]:
+        """Every video's ``entry``, in the store's order: builds them all, so
+        O(videos) memory; look one up with ``entry`` instead."""
+        return [self.entry(video_id) for video_id in self.ids()]
+
+    def _view(self, video_id: str, suffix: str) -> np.ndarray:
+        e = self.entry(video_id)
+        if e["num_clips"] == 0:
+            return np.zeros(0, np.int32 if suffix == ".npy" else np.float32)
+        return self._file(e["shard"][: -len(".npy")] + suffix)[e["offset"] : e["offset"] + e["num_clips"]]
 
     def tokens(self, video_id: str) -> np.ndarray:
         """(n_clips,) int32 word ids; -1 where the features held NaN/Inf."""
