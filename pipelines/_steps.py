@@ -71,7 +71,7 @@ def done(path: str) -> bool:
 def extract(args, inputs: str | list[str], store: str) -> str:
     """Clip features of every input of the extraction manifest(s) (1.5 s clips: the papers' preset;
     a still is one clip)."""
-    if done(os.path.join(store, "index.jsonl")) and not os.path.exists(os.path.join(store, ".partial")):
+    if done(os.path.join(store, "index", "index.json")) and not os.path.exists(os.path.join(store, ".partial")):
         return store
     cli("extract", *([inputs] if isinstance(inputs, str) else inputs), "-o", store, "--backbone", args.backbone,
         "--weights", args.weights, "--preset", "videobert",

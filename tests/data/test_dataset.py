@@ -14,6 +14,7 @@ from videolm.data.batch import IGNORE, Batch
 from videolm.data.config import DataConfig, SourceConfig
 from videolm.data.corpus import build_pretrain_dataset, group_id
 from videolm.data.errors import DataError
+from videolm.features.store import FeatureStore
 
 COLOURS = ["red", "green", "blue", "black", "white"]
 COUNTS = [3, 4, 5, 2, 6]  # words (one WordPiece each) in ASR segments 0..4
@@ -56,10 +57,11 @@ def build(tiny, manifests, tokenizer, mode="videobert", kinds=("caption", "asr",
 
 def stored(root, video_id, clips, tokens=False):
     """Plain numpy + json, as docs/formats.md describes the files."""
-    rows = {json.loads(line)["video_id"]: json.loads(line) for line in open(os.path.join(root, "index.jsonl"))}
-    r = rows[video_id]
-    path = os.path.join(root, r["shard"])
-    return np.load(path)[r["offset"] : r["offset"] + r["num_clips"]][clips]
+    index = {name: np.load(os.path.join(root, "index", f"{name}.npy")) for name in ("video_id", "shard", "offset",
+                                                                                   "num_clips")}
+    r = index["video_id"].tolist().index(video_id.encode())
+    path = os.path.join(root, "shards", f"{index['shard'][r]:05d}.npy")
+    return np.load(path)[index["offset"][r] : index["offset"][r] + index["num_clips"][r]][clips]
 
 
 def test_caption_alignment_and_visual_values(tiny, manifests, tokenizer):
@@ -225,8 +227,7 @@ def test_nonfinite_clips_are_dropped(tmp_path, store_maker, jsonl, tiny, tokeniz
 
     store = store_maker(tmp_path / "store", {"v": [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)], "img": None})
     for video_id, clip in (("v", 1), ("img", 0)):
-        index = [json.loads(line) for line in open(os.path.join(store, "index.jsonl"))]
-        row = next(r for r in index if r["video_id"] == video_id)
+        row = FeatureStore(store).entry(video_id)
         data = np.load(os.path.join(store, row["shard"]))
         data[row["offset"] + clip, 3] = np.nan
         np.save(os.path.join(store, row["shard"]), data)

@@ -16,8 +16,10 @@ SAMPLES = {kind: os.path.join(REPO, "configs", "data", f"sample_{name}.jsonl")
 
 
 def test_sample_times_lie_inside_the_videos(sample_media_store):
-    index = {json.loads(line)["video_id"]: json.loads(line)
-             for line in open(os.path.join(sample_media_store, "store", "index.jsonl"))}
+    from videolm.features.store import FeatureStore
+
+    store = FeatureStore(os.path.join(sample_media_store, "store"))
+    index = {video_id: store.entry(video_id) for video_id in store.ids()}
     for kind, path in SAMPLES.items():
         for line in open(path):
             row = json.loads(line)

@@ -128,7 +128,8 @@ def test_workers_and_batch_order_do_not_change_the_bytes(media_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_cli("extract", media_dir, "-o", a, *SMALL, "--workers", "0") == 0
     assert run_cli("extract", media_dir, "-o", b, *SMALL, "--workers", "2", "--videos-per-shard", "256") == 0
-    for name in ["index.jsonl", "shards/00000.npy"]:
+    for name in ["index/video_id.npy", "index/fields.npy", "index/clip_start.npy", "shards/00000.npy",
+                 "times/00000.npy"]:
         assert (a / name).read_bytes() == (b / name).read_bytes()
 
 
@@ -178,21 +179,20 @@ def test_resume_after_sigkill_gives_the_same_store(media_dir, tmp_path):
     proc.wait()
     done_before = len([f for f in os.listdir(out / "shards") if f.endswith(".jsonl")])
     assert 2 <= done_before < 7, "the run must be killed midway"
-    # what is committed is visible before any rerun: to FeatureStore, and in index.jsonl itself
+    # what is committed is visible before any rerun: to FeatureStore, and in the shards' jsonl itself
     shards = [[json.loads(line)["video_id"] for line in open(out / "shards" / name) if json.loads(line)["status"] == "ok"]
               for name in sorted(os.listdir(out / "shards")) if name.endswith(".jsonl")]
     committed = [v for shard in shards for v in shard]
     assert len(committed) >= 4
     assert FeatureStore(str(out)).ids() == committed
-    # index.jsonl itself (plain json readers) has every shard but, at most, the one committed as the kill came
-    indexed = [json.loads(line)["video_id"] for line in open(out / "index.jsonl")]
-    assert indexed in (committed, committed[: len(committed) - len(shards[-1])])
+    assert not (out / "index").exists()  # built when the run ends; until then readers read the shards
     rerun = subprocess.run(_cli("extract", *args, "-o", out), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "already done" in rerun.stdout
     ref_files = sorted(os.listdir(tmp_path / "ref" / "shards"))
     assert sorted(os.listdir(out / "shards")) == ref_files
-    for name in ["index.jsonl", "meta.json"] + [f"shards/{f}" for f in ref_files]:
+    names = ["meta.json"] + [f"{d}/{f}" for d in ("index", "shards", "times") for f in os.listdir(tmp_path / "ref" / d)]
+    for name in names:
         assert (tmp_path / "ref" / name).read_bytes() == (out / name).read_bytes(), name
 
 

@@ -23,11 +23,13 @@ comes from ``SeedSequence([seed, epoch, position])``: the same example
 whichever process, worker or rank builds it, so a run resumes mid-epoch and
 splits positions over ranks freely.
 
-**Memory.** The dataset holds the parsed manifests and the stores' indexes;
-features and token ids are read per example from the memory-mapped shards
-(only the chosen clips, converted to float32) and not kept. Pickling (for
-DataLoader workers started by spawn) drops the open stores and the
-vocabulary; each process reopens them on first use.
+**Memory.** The dataset holds the parsed manifests; the stores' indexes are
+memory-mapped (format 2), so a worker's copy of a store costs its page
+tables, not a copy of the index. Features, clip times and token ids are read
+per example from the memory-mapped files (only the chosen clips, converted
+to float32) and not kept. Pickling (for DataLoader workers started by spawn)
+drops the open stores and the vocabulary; each process reopens them (from
+their paths) on first use.
 """
 
 from __future__ import annotations
@@ -242,8 +244,10 @@ def load_source(index: int, scfg: SourceConfig, store: FeatureStore, tokens: str
         log.warning("%s: skipped %d more bad rows (dataset.bad_rows lists them all)", path,
                     len(bad) - SHOWN_BAD_ROWS)
     rows, items, missing = [], [], []
-    for line, media_id, payload in parsed:
-        if media_id not in store or store.entry(media_id)["num_clips"] < 1:
+    found = store.locate([media_id for _, media_id, _ in parsed])  # index rows, -1 where absent
+    clips = np.where(found >= 0, np.asarray(store.index.num_clips)[np.maximum(found, 0)], 0)
+    for (line, media_id, payload), n in zip(parsed, clips.tolist()):
+        if n < 1:
             missing.append({"manifest": path, "line": line, "id": media_id})
             continue
         row = len(rows)
@@ -299,8 +303,9 @@ def open_tokens(tokens_dir: str, store: FeatureStore, vocab: Vocabulary, vocab_p
 def check_tokens_cover(tokens: TokenStore, source: Source, store: FeatureStore, vocab_path: str) -> None:
     """Every video the source uses has tokens for each of its clips."""
     counts = {row["video_id"]: row["num_clips"] for row in tokens.rows}
-    stale = sorted({media_id for _, media_id in source.rows
-                    if counts.get(media_id) != store.entry(media_id)["num_clips"]})
+    used = [media_id for _, media_id in source.rows]
+    stored = np.asarray(store.index.num_clips)[store.locate(used)].tolist()  # every used id is in the store
+    stale = sorted({media_id for media_id, n in zip(used, stored) if counts.get(media_id) != n})
     if stale:
         raise DataError(f"{tokens.root}: no tokens for {len(stale)} video(s) of {source.manifest} that are in "
                         f"{store.root} (e.g. {stale[0]!r}); the store changed since encoding: "
@@ -451,7 +456,7 @@ class PretrainDataset(torch.utils.data.Dataset):
 
         store = self._store(src.store)
         times = store.clip_times(media_id)                       # (n, 2) seconds
-        is_image = src.kind == "image" or store.entry(media_id).get("kind") == "image"
+        is_image = src.kind == "image" or store.is_image(media_id)
         if span is None or is_image:
             clips = np.arange(len(times))
         else:
