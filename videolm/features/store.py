@@ -371,16 +371,32 @@ def read_index_info(root: str) -> dict | None:
 def open_index(root: str) -> tuple[StoreIndex, dict | None, list[int]]:
     """(index of every committed shard, index/index.json or None, the shards
     read from their jsonl because the index did not cover them yet)."""
-    info = read_index_info(root)
+    for _ in range(3):  # a writer may swap index/ for a new one while it is being opened: open it again
+        info = read_index_info(root)
+        base = _load_index(root, info) if info else None
+        if info is None or base is not None:
+            break
+    else:
+        raise StoreError(f"{os.path.join(root, INDEX_DIR)}: changed while being read, three times; try again")
     covered = info["shards"] if info else 0
     tail = [n for n in committed_shards(root) if n >= covered]
-    base = StoreIndex.load(os.path.join(root, INDEX_DIR)) if info else None
     if not tail:
         return base if base is not None else StoreIndex.empty(), info, tail
     builder = IndexBuilder()
     for number in tail:
         _add_shard(builder, root, number)
     return keep_latest(concat_indexes([base, builder.build()])), info, tail
+
+
+def _load_index(root: str, info: dict) -> StoreIndex | None:
+    """index/'s arrays, or None when they do not match ``info`` (replaced meanwhile)."""
+    try:
+        index = StoreIndex.load(os.path.join(root, INDEX_DIR))
+    except (FileNotFoundError, ValueError):
+        return None
+    if (len(index), len(index.clip_start)) != (info["videos"], info["clips"]) or read_index_info(root) != info:
+        return None
+    return index
 
 
 def _scan_errors(root: str, numbers: list[int]) -> "OrderedDict[str, tuple[int, dict]]":
@@ -788,6 +804,8 @@ class StoreWriter:
         self._new: dict[str, dict] = {}  # rows committed by this writer
         self.groups: list[list[str]] = []
         self.results: dict[str, Finished] = {}
+        self._group_of: dict[str, int] = {}  # planned id -> its group
+        self._missing: list[int] = []
         self._prepared: dict[str, tuple[dict, np.ndarray | None]] = {}  # id -> (row without times, times)
         self._log_path: str | None = None
         self._log_of: dict[str, str] = {}  # id -> the log holding its latest record
@@ -900,6 +918,11 @@ class StoreWriter:
         n = self.videos_per_shard
         self.groups = [video_ids[i : i + n] for i in range(0, len(video_ids), n)]
         self.next_group = 0
+        self._group_of = {v: i // n for i, v in enumerate(video_ids)}
+        self._missing = [len(g) for g in self.groups]  # inputs of each group without a result yet
+        for video_id in self.results:
+            if video_id in self._group_of:
+                self._missing[self._group_of[video_id]] -= 1
         wanted = set(video_ids)
         for path in sorted(glob.glob(os.path.join(self.root, ".partial", "log-*.bin"))):
             if path == self._log_path or path in self._pending:
@@ -922,6 +945,7 @@ class StoreWriter:
                     self._pending[old].discard(result.video_id)
                 self._log_of[result.video_id] = path
                 if result.video_id in wanted:
+                    self._have(result.video_id)
                     self.results[result.video_id] = result
                     self._prepared[result.video_id] = (compact, times)
             self._pending[path] = pending
@@ -945,6 +969,7 @@ class StoreWriter:
             result.features = result.features.astype(self.dtype, copy=False)
             compact, times = _split_times(result.row, result.features.shape[0])
         self._append_log(PartialLog.record(result, compact, times), result.video_id)
+        self._have(result.video_id)
         self.results[result.video_id] = result
         self._prepared[result.video_id] = (compact, times)
         return self.commit_ready()
@@ -973,9 +998,15 @@ class StoreWriter:
                 os.remove(path)
             del self._pending[path]
 
+    def _have(self, video_id: str) -> None:
+        """Count a new result against its group (before it goes into ``results``)."""
+        group = self._group_of.get(video_id)
+        if group is not None and video_id not in self.results:
+            self._missing[group] -= 1
+
     def commit_ready(self) -> list[int]:
         done = []
-        while self.next_group < len(self.groups) and all(v in self.results for v in self.groups[self.next_group]):
+        while self.next_group < len(self.groups) and self._missing[self.next_group] == 0:
             done.append(self._commit(self.groups[self.next_group]))
             self.next_group += 1
         if done:
