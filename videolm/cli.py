@@ -211,8 +211,7 @@ def _cmd_extract(args) -> int:
 
     out = args.out
     shard, device = args.shard, args.device
-    ray_cfg = _ray_config(args)
-    launched = launcher_rank(os.environ) if ray_cfg is None else None  # Ray spreads the work itself
+    launched = launcher_rank(os.environ)
     if shard is None and launched is not None:  # under torchrun / srun: each rank writes its own part
         rank, world, local = launched
         shard = (rank, world)
@@ -230,7 +229,7 @@ def _cmd_extract(args) -> int:
         items, input_errors = collect_inputs(args.inputs)
     except (ValueError, UsageError) as err:
         raise CliError(str(err)) from None
-    if ray_cfg is None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {cfg.device}: no CUDA device is available on this machine (use --device cpu)")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -240,15 +239,7 @@ def _cmd_extract(args) -> int:
 
     bars = _Bars(args.quiet, errors_path)
     try:
-        if ray_cfg is None:
-            result = extract(items, out, cfg, input_errors, progress=bars)
-        else:
-            from videolm.features.ray_engine import RayEngineError, extract_ray
-
-            try:
-                result = extract_ray(items, out, cfg, ray_cfg, input_errors, progress=bars)
-            except RayEngineError as err:
-                raise CliError(str(err)) from None
+        result = extract(items, out, cfg, input_errors, progress=bars)
     except (BackboneError, StoreError) as err:
         raise CliError(str(err)) from None
     finally:
@@ -259,25 +250,6 @@ def _cmd_extract(args) -> int:
     if launched is not None and args.shard is None:
         print(f"when every rank has finished: videolm store merge MERGED {args.out}/part-*")
     return EXIT_SOME_FAILED if failed else EXIT_OK
-
-
-def _ray_config(args):
-    """The Ray engine's settings (None for --engine local); without Ray
-    installed, the one line that says what to install."""
-    if args.engine != "ray":
-        for flag, value, default in (("--ray-address", args.ray_address, None), ("--ray-actors", args.ray_actors, 1),
-                                     ("--ray-cpus", args.ray_cpus, None)):
-            if value != default:
-                raise CliError(f"{flag} needs --engine ray")
-        return None
-    from videolm.features.ray_engine import RayConfig, RayEngineError, import_ray
-
-    try:
-        import_ray()
-        return RayConfig(address=args.ray_address, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
-                         num_cpus=args.ray_cpus, threads=args.threads)
-    except (RayEngineError, ValueError) as err:
-        raise CliError(str(err)) from None
 
 
 def _cmd_store(args) -> int:
