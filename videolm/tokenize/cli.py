@@ -37,13 +37,16 @@ def add_parser(subparsers) -> None:
     sub.required = True
 
     fit = sub.add_parser("fit", formatter_class=_Formatter, help="fit a visual vocabulary on a feature store",
-                         description="Fit hierarchical k-means on a uniform sample of STORE's clips "
-                                     "(read from the memory-mapped shards; memory ~ sample size x dim x 4 bytes).")
+                         description="Fit hierarchical k-means on a uniform sample of STORE's clips, drawn "
+                                     "shard by shard from the memory-mapped shards: memory is the sample (sample "
+                                     "size x dim x 4 bytes) and a few int64 arrays of its size, whatever the size "
+                                     "of the store.")
     fit.add_argument("store", help="feature store directory")
     fit.add_argument("-o", "--out", required=True, help="vocabulary directory to create")
     fit.add_argument("--k", type=int, default=d.k, help="branching factor (children per node)")
     fit.add_argument("--depth", type=int, default=d.depth, help="levels; words = k ** depth (1: flat k-means)")
-    fit.add_argument("--sample-size", type=int, default=d.sample_size, help="clips drawn from the store to fit on")
+    fit.add_argument("--sample-size", "--sample", type=int, default=d.sample_size,
+                     help="clips drawn from the store to fit on (bounds the fit's memory)")
     fit.add_argument("--iterations", type=int, default=d.iterations, help="max Lloyd iterations per node")
     fit.add_argument("--points-per-centroid", type=int, default=d.points_per_centroid,
                      help="a node trains on at most k x this many of its points")
@@ -60,7 +63,8 @@ def add_parser(subparsers) -> None:
 
     enc = sub.add_parser("encode", formatter_class=_Formatter, help="token ids for every clip of a store",
                          description="Write one word id per clip, in the store's order, into "
-                                     "STORE/tokens/VOCAB_NAME/ (or --out). A rerun skips finished shards. "
+                                     "STORE/tokens/VOCAB_NAME/ (or --out), shard by shard (one shard's ids in "
+                                     "memory at a time). A rerun skips finished shards. "
                                      "Clips with NaN/Inf features get token -1 (exit status 1), or are "
                                      "refused with --strict.")
     enc.add_argument("store", help="feature store directory")

@@ -53,7 +53,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from videolm import __version__
-from videolm.features.store import MAX_OPEN_SHARDS, FeatureStore, MappedFiles, StoreError
+from videolm.features.store import (MAX_OPEN_SHARDS, FeatureStore, MappedFiles, StoreError, shard_name,
+                                   shard_number)
 from videolm.fileio import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, read_jsonl
 from videolm.tokenize.kmeans import (ENCODE_BATCH, NO_WORD, Encoding, HierarchicalKMeans, KMeansConfig, Progress,
                                      finite_rows, word_path)
@@ -269,18 +270,25 @@ def store_shards(store: FeatureStore) -> list[Shard]:
     the number of videos): their rows add up to ``store.num_clips``, and
     the index's clips are disjoint rows of those files. When they do not
     add up (a shard file a killed writer left behind, say), the rows come
-    from the index, video by video."""
+    from the index's columns (``store.index``)."""
     pattern = os.path.join(store.root, "shards", "*.npy")
     names = sorted(os.path.relpath(p, store.root) for p in glob.glob(pattern) if ".tmp-" not in p)
     whole = [Shard(name, np.array([[0, len(store.shard(name))]], np.int64)) for name in names]
     if sum(s.clips for s in whole) == store.num_clips:
         return whole
-    spans: dict[str, list[tuple[int, int]]] = {}
-    for video_id in store.ids():
-        e = store.entry(video_id)
-        if e["num_clips"]:
-            spans.setdefault(e["shard"], []).append((e["offset"], e["offset"] + e["num_clips"]))
-    return [Shard(name, np.array(sorted(spans[name]), np.int64)) for name in sorted(spans)]
+    shard, offset, num_clips = _columns(store)
+    keep = np.flatnonzero(num_clips > 0)
+    keep = keep[np.lexsort((offset[keep], shard[keep]))]  # by shard, then row
+    spans = np.stack([offset[keep], offset[keep] + num_clips[keep]], axis=1)  # (videos, 2)
+    numbers, first = np.unique(shard[keep], return_index=True)
+    parts = np.split(spans, first[1:])
+    return sorted((Shard(shard_name(int(n)), part) for n, part in zip(numbers, parts)), key=lambda s: s.name)
+
+
+def _columns(store: FeatureStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shard number, first row and clip count of every video, (videos,) each, from the memory-mapped index."""
+    ix = store.index
+    return np.asarray(ix.shard), np.asarray(ix.offset), np.asarray(ix.num_clips)
 
 
 def release_pages(array: np.ndarray) -> None:
@@ -299,18 +307,17 @@ def release_pages(array: np.ndarray) -> None:
 
 def videos_at(store: FeatureStore, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The videos holding some shard rows (shard name -> rows): video id ->
-    its clip numbers among them, in the store's order. One pass over the
-    index, for the rare rows that need a name (NaN/Inf features)."""
+    its clip numbers among them, in the store's order. For the rare rows
+    that need a name (NaN/Inf features)."""
+    shard, offset, num_clips = _columns(store)
     found = {}
-    for video_id in store.ids():
-        e = store.entry(video_id)
-        hit = rows.get(e["shard"])
-        if hit is None:
-            continue
-        clips = hit[(hit >= e["offset"]) & (hit < e["offset"] + e["num_clips"])] - e["offset"]
-        if len(clips):
-            found[video_id] = clips
-    return found
+    for name, hit in rows.items():
+        for video in np.flatnonzero(shard == shard_number(name)):
+            start, n = int(offset[video]), int(num_clips[video])
+            clips = hit[(hit >= start) & (hit < start + n)] - start
+            if len(clips):
+                found[int(video)] = clips
+    return {store.index.id_at(video): found[video] for video in sorted(found)}
 
 
 # ------------------------------------------------------------------ fitting from a store
@@ -550,29 +557,28 @@ def index_dtype(id_bytes: int) -> np.dtype:
                      ("num_clips", "<i8"), ("by_id", "<i8")])
 
 
-def index_array(video_ids: list[str], shard: np.ndarray, offset: np.ndarray, num_clips: np.ndarray) -> np.ndarray:
-    """The rows of ``index.npy``: one per video, in the store's order, plus
-    ``by_id``, the rows in sorted id order (for lookup by bisection)."""
-    encoded = np.array([v.encode("utf-8") for v in video_ids], dtype=np.bytes_)  # (videos,) |S<longest id>
-    index = np.empty(len(video_ids), index_dtype(encoded.dtype.itemsize))
-    index["video_id"], index["shard"], index["offset"], index["num_clips"] = encoded, shard, offset, num_clips
-    index["by_id"] = np.argsort(encoded, kind="stable")
+def index_array(video_id: np.ndarray, shard, offset, num_clips) -> np.ndarray:
+    """The rows of ``index.npy``: one per video (``video_id`` (videos,) |S
+    UTF-8), in the store's order, plus ``by_id``, the rows in sorted id
+    order (for lookup by bisection)."""
+    video_id = np.asarray(video_id, dtype=np.bytes_)
+    index = np.empty(len(video_id), index_dtype(video_id.dtype.itemsize))
+    index["video_id"], index["shard"], index["offset"], index["num_clips"] = video_id, shard, offset, num_clips
+    index["by_id"] = np.argsort(video_id, kind="stable")
     return index
 
 
 def _write_index(out: str, store: FeatureStore, shard_names: list[str]) -> None:
-    """``index_shards.npy``, then ``index.npy`` (see the module doc)."""
-    number = {name: i for i, name in enumerate(shard_names)}
-    video_ids = store.ids()
-    shard = np.empty(len(video_ids), np.int32)
-    offset = np.empty(len(video_ids), np.int64)
-    num_clips = np.empty(len(video_ids), np.int64)
-    for i, video_id in enumerate(video_ids):
-        e = store.entry(video_id)
-        shard[i], offset[i], num_clips[i] = number[e["shard"]] if e["num_clips"] else -1, e["offset"], e["num_clips"]
+    """``index_shards.npy``, then ``index.npy`` (see the module doc), from
+    the store's index columns: no per-video Python work."""
+    shard, offset, num_clips = _columns(store)
+    position = np.full(max([shard_number(n) for n in shard_names] + [int(shard.max(initial=0))]) + 1, -1, np.int32)
+    for i, name in enumerate(shard_names):
+        position[shard_number(name)] = i  # store shard number -> position in index_shards.npy
     atomic_save_npy(os.path.join(out, "index_shards.npy"),
                     np.array([n.encode("utf-8") for n in shard_names], dtype=np.bytes_))
-    atomic_save_npy(os.path.join(out, "index.npy"), index_array(video_ids, shard, offset, num_clips))
+    atomic_save_npy(os.path.join(out, "index.npy"),
+                    index_array(store.index.video_id, np.where(num_clips > 0, position[shard], -1), offset, num_clips))
 
 
 class TokenStore:
@@ -601,7 +607,7 @@ class TokenStore:
             rows = read_jsonl(old_index)
             self._shard_names = sorted({r["shard"] for r in rows})
             number = {name: i for i, name in enumerate(self._shard_names)}
-            self._index = index_array([r["video_id"] for r in rows], [number[r["shard"]] for r in rows],
+            self._index = index_array([r["video_id"].encode("utf-8") for r in rows], [number[r["shard"]] for r in rows],
                                       [r["offset"] for r in rows], [r["num_clips"] for r in rows])
         self._video_id, self._by_id = self._index["video_id"], self._index["by_id"]  # (videos,) views
         self._file = MappedFiles(root, max_open_files)
