@@ -88,7 +88,7 @@ def test_report_recomputes_from_similarity(tiny_models, eval_corpus, mode, tmp_p
     assert set(result.directions) == {"t2v", "v2t", "t2i", "i2t"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["conventions"]["ties"] == "pessimistic" and metrics["conventions"]["rerank"] == {
-        "k": 3, "score": "align"}
+        "k": 3, "score": "align", "weight": 1.0}
     assert metrics["counts"]["video"] == {"items": 5, "captions": 7}
     assert (out / "recall.png").stat().st_size > 1000 and "| t2v | re-ranked |" in (out / "report.md").read_text()
     with np.load(out / "similarity.npz") as npz:

@@ -75,3 +75,6 @@ def test_rerank_reorders_the_top_k_only():
     scaled = rerank(dual, 3, score, "align+dual", dual_scale=10.0)        # the dual logit cos / tau
     assert scaled[0, 0] == pytest.approx(-1.0 + 9.0) and scaled[0, 1] == pytest.approx(2.0 + 8.0)
     assert np.argsort(-scaled, axis=1, kind="stable")[0].tolist() == [1, 0, 2, 3, 4]
+    weighted = rerank(dual, 3, score, "align+dual", dual_scale=10.0, weight=0.25)  # 0.25 * logit + cos / tau
+    assert weighted[0, 0] == pytest.approx(-0.25 + 9.0) and weighted[0, 1] == pytest.approx(0.5 + 8.0)
+    assert np.argsort(-weighted, axis=1, kind="stable")[0].tolist() == [0, 1, 2, 3, 4]

@@ -59,6 +59,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--rerank-score", default="align", choices=["align", "align+dual", "align+cosine"],
                    help="re-ranked score: the alignment logit; + the dual encoder's logit (cosine / tau); "
                         "or + the raw cosine (LAVIS/BLIP)")
+    p.add_argument("--rerank-weight", type=float, default=1.0,
+                   help="weight of the alignment logit in align+dual / align+cosine (choose it on a val split)")
     p.add_argument("--dsl", action="store_true", help="also report dual softmax (uses the test query set)")
     p.add_argument("--untrained", action="store_true", help="also report the same architecture untrained")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained model")
@@ -134,7 +136,8 @@ def run_evaluate(args) -> int:
 
     cfg = EvalConfig(protocol=args.protocol, annotations=args.annotations, split=args.split,
                      ks=tuple(args.ks) if args.ks else (1, 5, 10), ties=args.ties, v2t_rule=args.v2t_rule,
-                     rerank_k=args.rerank_k, rerank_score=args.rerank_score, dsl=args.dsl,
+                     rerank_k=args.rerank_k, rerank_score=args.rerank_score, rerank_weight=args.rerank_weight,
+                     dsl=args.dsl,
                      untrained=args.untrained, seed=args.seed, allow_missing=args.allow_missing,
                      batch_size=args.batch_size, device=args.device)
     factory, bars = _bars(args.quiet)

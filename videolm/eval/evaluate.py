@@ -48,6 +48,7 @@ class EvalConfig:
     v2t_rule: str = "best-caption"
     rerank_k: int = 0                 # 0: dual encoder only
     rerank_score: str = "align"       # align | align+dual (logit + cos/τ) | align+cosine (BLIP)
+    rerank_weight: float = 1.0        # the alignment logit's weight in align+dual / align+cosine
     rerank_batch: int = 64            # pairs per joint pass
     dsl: bool = False
     dsl_temperature: float = 100.0
@@ -64,6 +65,8 @@ class EvalConfig:
             raise EvalError(f"--v2t-rule must be one of {', '.join(V2T_RULES)}, not {self.v2t_rule!r}")
         if self.rerank_score not in SCORES:
             raise EvalError(f"--rerank-score must be one of {', '.join(SCORES)}, not {self.rerank_score!r}")
+        if not self.rerank_weight > 0:
+            raise EvalError(f"--rerank-weight must be > 0, not {self.rerank_weight}")
         if self.rerank_k < 0 or self.batch_size < 1 or self.rerank_batch < 1:
             raise EvalError("--rerank-k must be >= 0 and the batch sizes >= 1")
         if not self.ks or any(k < 1 for k in self.ks):
@@ -72,7 +75,8 @@ class EvalConfig:
 
     def conventions(self) -> dict:
         return {"ties": self.ties, "v2t_rule": self.v2t_rule, "ks": list(self.ks),
-                "rerank": {"k": self.rerank_k, "score": self.rerank_score} if self.rerank_k else None,
+                "rerank": {"k": self.rerank_k, "score": self.rerank_score, "weight": self.rerank_weight}
+                if self.rerank_k else None,
                 # (align+dual adds the dual cosine times the model's contrastive scale 1/tau; see rerank.py)
                 "dsl": {"temperature": self.dsl_temperature} if self.dsl else None,
                 "similarity": "cosine of L2-normalised dual-encoder embeddings",
@@ -150,8 +154,10 @@ def _directions_of(kind: str, items, embedded: Embedded, encoder: Encoder, cfg: 
             return score(pairs[:, ::-1], v_name)
 
         scale = encoder.dual_scale()
-        t_scores[f"{prefix}reranked"] = rerank(sim, cfg.rerank_k, score_t2v, cfg.rerank_score, scale)
-        v_scores[f"{prefix}reranked"] = v2t_view(rerank(sim.T, cfg.rerank_k, score_v2t, cfg.rerank_score, scale))
+        t_scores[f"{prefix}reranked"] = rerank(sim, cfg.rerank_k, score_t2v, cfg.rerank_score, scale,
+                                                   cfg.rerank_weight)
+        v_scores[f"{prefix}reranked"] = v2t_view(rerank(sim.T, cfg.rerank_k, score_v2t, cfg.rerank_score, scale,
+                                                              cfg.rerank_weight))
 
     def figures(scores, gt, n):
         out = {} if prefix else {"chance": chance_metrics(gt, n, cfg.ks)}

@@ -7,7 +7,8 @@ contrastive scale 1/τ (``align+dual``: both terms are the log-odds-like
 quantities their losses trained, so neither drowns the other), or the logit
 plus the raw cosine (``align+cosine``, BLIP in LAVIS, which sums the ITM
 logit and the ITC cosine; with a cosine in [-1, 1] the alignment logit
-decides nearly alone). Items outside the top k keep their
+decides nearly alone). In the sums the logit can be weighted
+(``--rerank-weight``, e.g. chosen on a validation split). Items outside the top k keep their
 dual-encoder order below every re-scored candidate, so R@K for K > k is the
 dual encoder's. A query's candidates are its k best by dual score (ties: the
 lower gallery index first, as ``argsort`` with a stable sort gives).
@@ -29,16 +30,17 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def rerank(dual: np.ndarray, k: int, score_pairs: Callable[[np.ndarray], np.ndarray],
-           how: str = "align", dual_scale: float = 1.0) -> np.ndarray:
+           how: str = "align", dual_scale: float = 1.0, weight: float = 1.0) -> np.ndarray:
     """(Q, N) re-ranked scores. ``score_pairs((P, 2) [query, item]) -> (P,)`` alignment logits;
-    ``dual_scale``: the model's contrastive scale 1/τ (for ``align+dual``)."""
+    ``dual_scale``: the model's contrastive scale 1/τ (for ``align+dual``); ``weight``: the
+    alignment logit's weight in the sums (``align`` alone: any weight > 0 gives the same order)."""
     if how not in SCORES:
         raise ValueError(f"re-rank score must be one of {', '.join(SCORES)}, not {how!r}")
     dual = np.asarray(dual, dtype=np.float32)
     Q, N = dual.shape
     cand = top_k(dual, k)                                            # (Q, k)
     pairs = np.stack([np.repeat(np.arange(Q), cand.shape[1]), cand.ravel()], 1)
-    new = np.asarray(score_pairs(pairs), dtype=np.float64).reshape(Q, -1)   # (Q, k)
+    new = weight * np.asarray(score_pairs(pairs), dtype=np.float64).reshape(Q, -1)   # (Q, k)
     if how != "align":
         new = new + (dual_scale if how == "align+dual" else 1.0) * dual[np.arange(Q)[:, None], cand]
     # everything else below every re-scored candidate, in dual order
