@@ -179,11 +179,11 @@ def main() -> None:
           f"numpy {np.__version__}")
     results = {}
     for clips in sizes:
-        root = os.path.join(args.work, f"store_{clips}")
+        root = os.path.join(args.work, f"store_{clips}_{args.clips_per_video}")
         built = build_store(root, clips, args.clips_per_video, args.dim)
         print(f"\n{clips:,} clips ({clips // args.clips_per_video:,} videos): store "
               + (f"built by StoreWriter in {built:.0f} s" if built else "reused") + f" ({root})", flush=True)
-        vocab_dir, tokens_dir = os.path.join(args.work, f"vocab_{clips}"), os.path.join(args.work, f"tokens_{clips}")
+        vocab_dir, tokens_dir = root + ".vocab", root + ".tokens"
         fit = measure("fit", root, args, out=vocab_dir)
         same = in_memory_fit_matches(root, vocab_dir, args)
         print(f"  fit     {fit['seconds']:6.1f} s on {fit['points']:,} clips: peak {fit['peak_mb']:6.0f} MB resident "

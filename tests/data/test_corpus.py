@@ -1,10 +1,10 @@
 """Manifests: what a good row gives, what each bad input says (one line, naming the file)."""
 
-import json
 import logging
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from videolm.data.config import DataConfig, SourceConfig
@@ -191,9 +191,10 @@ def test_tokens_must_exist_and_match(tmp_path, tiny, tokenizer, jsonl):
     # tokens that do not cover a video the manifest uses
     stale = str(tmp_path / "stale")
     shutil.copytree(tiny["tokens"], stale)
-    rows = [json.loads(line) for line in open(os.path.join(stale, "index.jsonl"))]
-    with open(os.path.join(stale, "index.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows if r["video_id"] != "v_long")
+    index = np.load(os.path.join(stale, "index.npy"))  # the tokens' index (docs/tokenizer.md), without v_long
+    index = index[index["video_id"] != b"v_long"]
+    index["by_id"] = np.argsort(index["video_id"], kind="stable")
+    np.save(os.path.join(stale, "index.npy"), index)
     cfg = DataConfig(store=tiny["store"], vocab=tiny["vocab"], sources=[SourceConfig("caption", good, tokens=stale)])
     with pytest.raises(DataError) as err:
         build_pretrain_dataset(cfg, "videobert", tokenizer)
