@@ -56,12 +56,18 @@ def build(tiny, manifests, tokenizer, mode="videobert", kinds=("caption", "asr",
 
 
 def stored(root, video_id, clips, tokens=False):
-    """Plain numpy + json, as docs/formats.md describes the files."""
-    index = {name: np.load(os.path.join(root, "index", f"{name}.npy")) for name in ("video_id", "shard", "offset",
-                                                                                   "num_clips")}
-    r = index["video_id"].tolist().index(video_id.encode())
-    path = os.path.join(root, "shards", f"{index['shard'][r]:05d}.npy")
-    return np.load(path)[index["offset"][r] : index["offset"][r] + index["num_clips"][r]][clips]
+    """Plain numpy, as docs/formats.md and docs/tokenizer.md describe the files:
+    a feature store's index/ columns, or a tokens directory's index.npy records."""
+    if os.path.isdir(os.path.join(root, "index")):
+        index = {name: np.load(os.path.join(root, "index", f"{name}.npy")) for name in ("video_id", "shard", "offset",
+                                                                                       "num_clips")}
+        r = index["video_id"].tolist().index(video_id.encode())
+        shard = f"shards/{index['shard'][r]:05d}.npy"
+    else:
+        index = np.load(os.path.join(root, "index.npy"))
+        r = index["video_id"].tolist().index(video_id.encode())
+        shard = np.load(os.path.join(root, "index_shards.npy"))[index["shard"][r]].decode()
+    return np.load(os.path.join(root, shard))[index["offset"][r] : index["offset"][r] + index["num_clips"][r]][clips]
 
 
 def test_caption_alignment_and_visual_values(tiny, manifests, tokenizer):
