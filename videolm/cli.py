@@ -86,6 +86,18 @@ def _add_extract(sub) -> None:
                    help="2-D backbones: 'mean' of the frames' vectors; 'mean+diff' / 'mean+flow': that mean "
                         "beside the vector of a motion image from the clip's first and last frames (their "
                         "difference, as TSN; or their normal flow, which carries direction) (docs/backbones.md)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this machine (DataLoader workers decode, this process runs the backbone); "
+                        "ray: a Ray cluster (decode tasks, backbone actors, this process writes the store; "
+                        "pip install 'videolm[ray]'; docs/scaling.md)")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="with --engine ray: the cluster to join (default: a local Ray started for the run)")
+    p.add_argument("--ray-actors", type=int, default=1,
+                   help="with --engine ray: backbone actors in the pool (on CUDA, one GPU each)")
+    p.add_argument("--ray-gpus-per-actor", type=float, default=1.0,
+                   help="with --engine ray --device cuda: GPUs per backbone actor (0.5: two actors per GPU)")
+    p.add_argument("--ray-cpus", type=int, default=None,
+                   help="with --engine ray and no --ray-address: CPUs of the local Ray (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -211,7 +223,8 @@ def _cmd_extract(args) -> int:
 
     out = args.out
     shard, device = args.shard, args.device
-    launched = launcher_rank(os.environ)
+    ray_cfg = _ray_config(args)
+    launched = launcher_rank(os.environ) if ray_cfg is None else None  # Ray spreads the work itself
     if shard is None and launched is not None:  # under torchrun / srun: each rank writes its own part
         rank, world, local = launched
         shard = (rank, world)
@@ -229,7 +242,7 @@ def _cmd_extract(args) -> int:
         items, input_errors = collect_inputs(args.inputs)
     except (ValueError, UsageError) as err:
         raise CliError(str(err)) from None
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+    if ray_cfg is None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {cfg.device}: no CUDA device is available on this machine (use --device cpu)")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,7 +252,15 @@ def _cmd_extract(args) -> int:
 
     bars = _Bars(args.quiet, errors_path)
     try:
-        result = extract(items, out, cfg, input_errors, progress=bars)
+        if ray_cfg is None:
+            result = extract(items, out, cfg, input_errors, progress=bars)
+        else:
+            from videolm.features.ray_engine import RayEngineError, extract_ray
+
+            try:
+                result = extract_ray(items, out, cfg, ray_cfg, input_errors, progress=bars)
+            except RayEngineError as err:
+                raise CliError(str(err)) from None
     except (BackboneError, StoreError) as err:
         raise CliError(str(err)) from None
     finally:
@@ -250,6 +271,25 @@ def _cmd_extract(args) -> int:
     if launched is not None and args.shard is None:
         print(f"when every rank has finished: videolm store merge MERGED {args.out}/part-*")
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _ray_config(args):
+    """The Ray engine's settings (None for --engine local); without Ray
+    installed, the one line that says what to install."""
+    if args.engine != "ray":
+        for flag, value, default in (("--ray-address", args.ray_address, None), ("--ray-actors", args.ray_actors, 1),
+                                     ("--ray-cpus", args.ray_cpus, None)):
+            if value != default:
+                raise CliError(f"{flag} needs --engine ray")
+        return None
+    from videolm.features.ray_engine import RayConfig, RayEngineError, import_ray
+
+    try:
+        import_ray()
+        return RayConfig(address=args.ray_address, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
+                         num_cpus=args.ray_cpus, threads=args.threads)
+    except (RayEngineError, ValueError) as err:
+        raise CliError(str(err)) from None
 
 
 def _cmd_store(args) -> int:

@@ -1,0 +1,278 @@
+"""Extraction on a Ray cluster: ``videolm extract --engine ray``.
+
+The same run as ``extract.extract``, with the work spread by Ray Data::
+
+    inputs (Dataset) --flat_map--> clips     CPU tasks: the local engine's decode_input
+                     --map_batches--> features   actor pool: the backbone (a GPU each on CUDA)
+                     --iter_rows--> driver       the one StoreWriter, as in the local engine
+
+Execution streams: a decode task emits its clips in small blocks while it
+reads, and Ray Data's backpressure bounds what is in flight, so neither a
+long video nor a large corpus sits in memory. The driver runs the local
+engine's ``begin_run`` (what is left, partials, the shard plan) and writes
+each finished input through ``Run.record``; a store written here equals one
+written by ``--engine local`` on the same inputs and settings, and either
+engine resumes the other's store.
+
+Rows flowing through the dataset are one clip each (``clip``: its uint8 bytes)
+or one closing message per input attempt (``info``: the JSON of decode_input's
+"done" / "error" message). Rows arrive at the driver in any order, so a clip
+carries its input's ``pos``, its index and the decode ``attempt``: a video
+that decord fails midway is read again with PyAV (attempt 1) and the features
+of attempt 0 are dropped when the input closes.
+
+Features equal the local engine's bit for bit: every backbone batch has the
+fixed shape ``batch_size`` (``embed_clips`` pads it), so a clip's vector does
+not depend on which clips shared its batch, on either engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from videolm.errors import first_line
+from videolm.features.backbones import BackboneError, build_backbone
+from videolm.features.config import ExtractConfig
+from videolm.features.extract import (ExtractResult, OutputCheck, _Video, begin_run, check_input_size, clip_spec_for,
+                                      decode_input, embed_clips, store_meta, warn_random_weights)
+from videolm.features.inputs import InputError, InputItem
+from videolm.features.store import StoreWriter
+from videolm.progress import Progress
+from videolm.video.sampling import ClipSpec
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'videolm[ray]'"
+MAX_INPUT_BLOCKS = 10_000  # the input list's blocks: one input per decode task up to this many inputs
+MIN_BLOCK_BYTES = 1 << 20  # a decode task emits a block of clips at least this often (and once per backbone batch)
+RAY_WORKER_NICENESS = 15  # Ray's default nice value for its workers (RAY_worker_niceness); a local Ray of ours uses 0
+
+
+class RayEngineError(Exception):
+    """Ray is missing, or the cluster cannot run what was asked; one line."""
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: a local Ray started for the run; "auto" or "HOST:PORT": an existing cluster
+    actors: int = 1  # backbone actors in the pool
+    gpus_per_actor: float = 1.0  # on CUDA (a fraction puts several actors on one GPU)
+    num_cpus: int | None = None  # CPUs of the local Ray (None: the machine's)
+    object_store_memory: int | None = None  # bytes, local Ray only (None: Ray's default)
+    threads: int | None = None  # torch threads per CPU actor (None: the node's cores, like the local engine)
+
+    def __post_init__(self):
+        if self.actors < 1:
+            raise ValueError(f"--ray-actors must be >= 1, got {self.actors}")
+        if not self.gpus_per_actor > 0:
+            raise ValueError(f"--ray-gpus-per-actor must be > 0, got {self.gpus_per_actor}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"--ray-cpus must be >= 1, got {self.num_cpus}")
+
+
+def import_ray():
+    """``ray`` with Ray Data, or RayEngineError saying what to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the `data` extra: pandas, pyarrow)
+    except ImportError as err:
+        raise RayEngineError(f"{INSTALL_HINT} ({err})") from None
+    return ray
+
+
+# ---------------------------------------------------------------- the workers
+
+
+def _decode_rows(row: dict, spec: dict, reader: str, threads: int, nice: int):
+    """One input -> its clip rows, then one closing row (a Ray Data flat_map).
+    ``nice``: the nice value to run at, above the backbone actors' (Ray reuses
+    worker processes: the value is raised once, never past it)."""
+    if os.nice(0) < nice:
+        os.nice(nice - os.nice(0))
+    torch.set_num_threads(1)
+    item = InputItem(row["video_id"], row["path"], row["path"])
+    pos, attempt = int(row["pos"]), 0
+    for message in decode_input(pos, item, ClipSpec.from_dict(spec), reader, threads):
+        kind = message[0]
+        if kind == "clips":
+            _, _, first, clips, times = message
+            for j in range(clips.shape[0]):
+                yield {"pos": pos, "attempt": attempt, "idx": first + j, "start": times[j][0], "end": times[j][1],
+                       "clip": clips[j].numpy().tobytes(), "info": ""}
+        elif kind == "restart":  # read again from the first clip; the driver drops this attempt's features
+            attempt += 1
+        else:  # "done" (row, n_clips, warnings) or "error" (reason)
+            yield {"pos": pos, "attempt": attempt, "idx": -1, "start": 0.0, "end": 0.0, "clip": b"",
+                   "info": json.dumps([kind, *message[2:]])}
+
+
+class _Embedder:
+    """A backbone actor: clip rows in, feature rows out (closing rows pass through).
+    A BackboneError (weights that do not load, clips the network cannot take,
+    a degenerate output) becomes one "fatal" row, on which the driver stops the
+    run with that line, as the local engine does: Ray would hand it over as a
+    traceback in a string. The network is built on the first batch, so that
+    an error there is such a row too, not a failed actor start."""
+
+    def __init__(self, cfg: ExtractConfig, spec: dict, threads: int | None):
+        self.cfg, self.spec, self.threads = cfg, ClipSpec.from_dict(spec), threads
+        self.device = torch.device("cuda" if cfg.device.startswith("cuda") else "cpu")  # Ray picked the GPU
+        self.shape = (self.spec.frames, self.spec.crop, self.spec.crop, 3)  # one clip, uint8
+        self.check = OutputCheck(f"{cfg.backbone} (weights {cfg.weights})") if cfg.check_output else None
+        self.net = None
+
+    def _build(self) -> None:
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads or os.cpu_count() or 1)
+        self.net = build_backbone(self.cfg.backbone, self.cfg.weights, seed=self.cfg.seed,
+                                  temporal=self.cfg.temporal).to(self.device).eval()
+        check_input_size(self.net, self.spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self._embed(batch)
+        except BackboneError as err:
+            return {"pos": np.array([-1]), "attempt": np.array([0]), "idx": np.array([-1]), "start": np.array([0.0]),
+                    "end": np.array([0.0]), "info": np.array([json.dumps(["fatal", first_line(err)])], dtype=object),
+                    "feature": np.array([b""], dtype=object)}
+
+    def _embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.net is None:
+            self._build()
+        has_clip = [i for i, c in enumerate(batch["clip"]) if len(c)]
+        features = np.empty(len(batch["clip"]), dtype=object)
+        features[:] = b""
+        for k in range(0, len(has_clip), self.cfg.batch_size):
+            rows = has_clip[k : k + self.cfg.batch_size]
+            clips = torch.from_numpy(np.stack([np.frombuffer(batch["clip"][i], np.uint8).reshape(self.shape)
+                                               for i in rows]))  # (b, T, H, W, 3)
+            feats = embed_clips(self.net, clips, self.spec, self.cfg, self.device, self.check)  # (b, D) float32
+            for i, f in zip(rows, feats):
+                features[i] = f.tobytes()
+        out = {k: v for k, v in batch.items() if k != "clip"}
+        out["feature"] = features
+        return out
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: RayConfig | None = None,
+                input_errors: list[InputError] = (), progress: Progress | None = None) -> ExtractResult:
+    """``extract.extract`` on Ray: the same store, resumable the same way."""
+    ray = import_ray()
+    ray_cfg = ray_cfg or RayConfig()
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    spec = clip_spec_for(cfg)
+    if cfg.device.startswith("cuda:"):
+        raise RayEngineError(f"--device {cfg.device}: with --engine ray, Ray gives each actor its GPU; "
+                             "use --device cuda")
+    warn_random_weights(cfg)
+    # built here too: weights that do not load are one line before Ray starts, and the store's dim is the network's
+    dim = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed, temporal=cfg.temporal).dim
+    with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
+        run = begin_run(items, writer, cfg, list(input_errors), progress, dim)
+        if run.decode:  # a rerun with nothing left starts no Ray
+            started = not ray.is_initialized()
+            if started:
+                _init(ray, ray_cfg)
+            # a local Ray of ours starts its workers at nice 0, a cluster's at Ray's default
+            base = 0 if started and ray_cfg.address is None else RAY_WORKER_NICENESS
+            try:
+                _drive(ray, run, cfg, spec, ray_cfg, min(19, base + cfg.worker_nice))
+            finally:
+                if started:
+                    ray.shutdown()
+        return run.end(t0)
+
+
+def _init(ray, ray_cfg: RayConfig) -> None:
+    if ray_cfg.address is not None:
+        try:
+            ray.init(address=ray_cfg.address, logging_level=logging.WARNING)
+        except ConnectionError as err:
+            raise RayEngineError(f"--ray-address {ray_cfg.address}: cannot connect ({str(err).splitlines()[0]}); "
+                                 "start the cluster with `ray start --head`") from None
+        return
+    # workers at nice 0 (Ray's default is 15): the backbone actor then runs at the priority the local engine's
+    # backbone has, and decode tasks --worker-nice below it, as the local engine's DataLoader workers
+    ray.init(num_cpus=ray_cfg.num_cpus or os.cpu_count(), object_store_memory=ray_cfg.object_store_memory,
+             include_dashboard=False, logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
+
+
+def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, decode_nice: int) -> None:
+    """Decode on CPU tasks, embed on the actor pool, write here."""
+    resources = ray.cluster_resources()
+    cuda = cfg.device == "cuda"
+    if cuda and resources.get("GPU", 0) < ray_cfg.gpus_per_actor:
+        raise RayEngineError(f"--device cuda: the Ray cluster has {resources.get('GPU', 0):g} GPUs "
+                             f"(each actor takes {ray_cfg.gpus_per_actor:g}); start GPU nodes or use --device cpu")
+    log.info("ray: %g CPUs, %g GPUs; %d backbone actor(s) on %s; %d inputs to extract",
+             resources.get("CPU", 0), resources.get("GPU", 0), ray_cfg.actors, "cuda" if cuda else "cpu",
+             len(run.decode))
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start)
+    ray_log = logging.getLogger("ray.data")  # Ray Data's own lines ("progress bars disabled", "finished")
+    ray_level = ray_log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        ray_log.setLevel(logging.CRITICAL)  # a failure still raises, with Ray's trace
+    clip_bytes = spec.frames * spec.crop * spec.crop * 3
+    # small blocks: the backbone starts on a video's first clips while the rest is still being decoded
+    ctx.target_max_block_size = max(MIN_BLOCK_BYTES, clip_bytes * cfg.batch_size)
+    ctx.enable_progress_bars = False  # progress is ours (Progress), as in the local engine
+    ctx.print_on_execution_start = False
+    try:
+        inputs = [{"pos": pos, "video_id": it.video_id, "path": it.path} for pos, it in enumerate(run.decode)]
+        actor = {"num_gpus": ray_cfg.gpus_per_actor} if cuda else {"num_cpus": 1}
+        ds = (ray.data.from_items(inputs, override_num_blocks=min(len(inputs), MAX_INPUT_BLOCKS))
+              .flat_map(_decode_rows, fn_kwargs={"spec": spec.to_dict(), "reader": cfg.reader,
+                                                 "threads": cfg.decode_threads, "nice": decode_nice},
+                        num_cpus=1)
+              .map_batches(_Embedder, fn_constructor_kwargs={"cfg": cfg, "spec": spec.to_dict(),
+                                                             "threads": ray_cfg.threads},
+                           batch_size=cfg.batch_size, batch_format="numpy",
+                           compute=ray.data.ActorPoolStrategy(size=ray_cfg.actors), **actor))
+        _collect(ds.iter_rows(), run)
+    finally:
+        ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+        ray_log.setLevel(ray_level)
+
+
+def _collect(rows, run) -> None:
+    """Assemble each input's features as they arrive (in any order) and hand
+    every finished input to the writer."""
+    attempts: dict[int, dict[int, _Video]] = {}  # pos -> attempt -> what has arrived
+    closed: set[int] = set()  # inputs already recorded: late rows of a dropped attempt are ignored
+    for row in rows:
+        pos, attempt = int(row["pos"]), int(row["attempt"])
+        if pos < 0:  # the backbone cannot run: the run stops, what is finished stays
+            raise BackboneError(json.loads(row["info"])[1])
+        if pos in closed:
+            continue
+        video = attempts.setdefault(pos, {}).setdefault(attempt, _Video())
+        if row["feature"]:
+            idx = int(row["idx"])
+            video.features[idx] = np.frombuffer(row["feature"], np.float32)  # (D,)
+            video.times[idx] = (float(row["start"]), float(row["end"]))
+            run.progress.advance(1, "clips")
+            run.result.clips += 1
+        else:
+            kind, *rest = json.loads(row["info"])
+            if kind == "error":
+                closed.add(pos)
+                del attempts[pos]
+                run.failed(pos, rest[0])
+                continue
+            video.row, video.expected, video.warnings = rest
+        if video.complete:
+            closed.add(pos)
+            del attempts[pos]
+            run.record(pos, video.finished(run.decode[pos], run.dim))
