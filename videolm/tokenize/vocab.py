@@ -47,6 +47,7 @@ import json
 import logging
 import mmap
 import os
+import re
 import time
 from dataclasses import dataclass, field, fields
 
@@ -262,6 +263,9 @@ class Shard:
         return self.spans[span, 0] + clips - (ends[span] - lengths[span])
 
 
+SHARD_FILE = re.compile(r"\d{5,}\.npy")  # a shard's file name in STORE/shards/
+
+
 def store_shards(store: FeatureStore) -> list[Shard]:
     """The store's shards in name order, each with the rows that hold its clips.
 
@@ -271,8 +275,9 @@ def store_shards(store: FeatureStore) -> list[Shard]:
     the index's clips are disjoint rows of those files. When they do not
     add up (a shard file a killed writer left behind, say), the rows come
     from the index's columns (``store.index``)."""
-    pattern = os.path.join(store.root, "shards", "*.npy")
-    names = sorted(os.path.relpath(p, store.root) for p in glob.glob(pattern) if ".tmp-" not in p)
+    folder = os.path.join(store.root, "shards")
+    files = os.listdir(folder) if os.path.isdir(folder) else []
+    names = sorted(f"shards/{f}" for f in files if SHARD_FILE.fullmatch(f))  # not temp files, not others
     whole = [Shard(name, np.array([[0, len(store.shard(name))]], np.int64)) for name in names]
     if sum(s.clips for s in whole) == store.num_clips:
         return whole
