@@ -7,8 +7,12 @@
 2. End to end with a backbone: videolm's extraction time vs the backbone's
    forward time alone on the same pre-decoded clips (the limit; goal <= 1.3x
    for S3D), and vs the naive reference + the same backbone.
+3. Engines: ``--engine ray`` (a local Ray started for the run, its workers and
+   backbone actor included) vs ``--engine local`` end to end on the same
+   end-to-end input and settings, each building its own backbone, run
+   alternately. Reported as a time ratio (goal <= 1.15x on 2 cores).
 
-    python benchmarks/extract_speed.py [--seconds 60] [--backbones s3d x3d_xs] [--repeats 3]
+    python benchmarks/extract_speed.py [--seconds 60] [--backbones s3d x3d_xs] [--repeats 3] [--sections 1 2 3]
 """
 
 from __future__ import annotations
@@ -127,6 +131,28 @@ def end_to_end(path: str, backbone: str, batch: int, workers: int, nice: list[in
     print(f"    naive + backbone / videolm = {t_naive / t_ours:.2f}x")
 
 
+def engines(path: str, backbone: str, batch: int, workers: int, repeats: int) -> None:
+    from videolm.features.ray_engine import RayConfig, extract_ray
+
+    cfg = ExtractConfig(backbone=backbone, batch_size=batch, workers=workers, videos_per_shard=1, check_output=False)
+    items = [InputItem("v", path, path)]
+    runs = {"local": [], "ray": []}
+    for _ in range(repeats):  # alternately, so that a change of machine load hits both
+        for engine in runs:
+            with tempfile.TemporaryDirectory() as out:
+                t = time.perf_counter()
+                if engine == "local":
+                    result = extract(items, out, cfg)
+                else:
+                    result = extract_ray(items, out, cfg, RayConfig())
+                runs[engine].append(time.perf_counter() - t)
+    t_local, t_ray = statistics.median(runs["local"]), statistics.median(runs["ray"])
+    print(f"  {backbone}: {result.clips} clips, batch {batch}, {workers} worker(s) / a local Ray of {os.cpu_count()} CPUs")
+    print(f"    local {t_local:.1f} s, ray {t_ray:.1f} s (runs: local {', '.join(f'{t:.1f}' for t in runs['local'])}; "
+          f"ray {', '.join(f'{t:.1f}' for t in runs['ray'])})")
+    print(f"    --engine ray / --engine local = {t_ray / t_local:.2f}x (goal <= 1.15x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the looped 720p video")
@@ -136,6 +162,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--nice", type=int, nargs="+", default=[0, 10], help="--worker-nice values to compare")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3], help="which of the parts above to run")
+    ap.add_argument("--engine-backbone", default="s3d", help="backbone of part 3")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "videolm-bench"))
     args = ap.parse_args()
     os.makedirs(args.cache, exist_ok=True)
@@ -144,13 +172,19 @@ def main() -> None:
     spec = clip_spec_for(ExtractConfig(backbone="s3d", preset="videobert"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
           f"load average before: {os.getloadavg()[0]:.2f}")
-    print(f"1. decode + sample + preprocess, VideoBERT clips ({spec.frames} frames / {spec.window_s} s, "
-          f"{spec.crop} px), median of {args.repeats}:")
-    for path in [long] + [sample_clip(n) for n in ("bikes", "carphone_pristine")]:
-        decode_only(path, spec, args.repeats)
-    print(f"2. end to end on a {args.e2e_seconds:.0f} s 720p video, median of {args.repeats}:")
-    for backbone in args.backbones:
-        end_to_end(e2e, backbone, args.batch_size, args.workers, args.nice, args.repeats)
+    if 1 in args.sections:
+        print(f"1. decode + sample + preprocess, VideoBERT clips ({spec.frames} frames / {spec.window_s} s, "
+              f"{spec.crop} px), median of {args.repeats}:")
+        for path in [long] + [sample_clip(n) for n in ("bikes", "carphone_pristine")]:
+            decode_only(path, spec, args.repeats)
+    if 2 in args.sections:
+        print(f"2. end to end on a {args.e2e_seconds:.0f} s 720p video, median of {args.repeats}:")
+        for backbone in args.backbones:
+            end_to_end(e2e, backbone, args.batch_size, args.workers, args.nice, args.repeats)
+    if 3 in args.sections:
+        print(f"3. engines, end to end on the {args.e2e_seconds:.0f} s 720p video, start-up included, "
+              f"median of {args.repeats}:")
+        engines(e2e, args.engine_backbone, args.batch_size, args.workers, args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f} (above ~{os.cpu_count()} means other work shared the CPUs)")
 
 
