@@ -92,11 +92,11 @@ def _add_extract(sub) -> None:
                         "pip install 'videolm[ray]'; docs/scaling.md)")
     p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
                    help="with --engine ray: the cluster to join (default: a local Ray started for the run)")
-    p.add_argument("--ray-actors", type=int, default=1,
+    p.add_argument("--ray-actors", type=int, default=1, metavar="N",
                    help="with --engine ray: backbone actors in the pool (on CUDA, one GPU each)")
-    p.add_argument("--ray-gpus-per-actor", type=float, default=1.0,
+    p.add_argument("--ray-gpus-per-actor", type=float, default=1.0, metavar="G",
                    help="with --engine ray --device cuda: GPUs per backbone actor (0.5: two actors per GPU)")
-    p.add_argument("--ray-cpus", type=int, default=None,
+    p.add_argument("--ray-cpus", type=int, default=None, metavar="N",
                    help="with --engine ray and no --ray-address: CPUs of the local Ray (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
