@@ -109,3 +109,35 @@ def test_without_ray_one_line_says_what_to_install(media_dir, tmp_path, monkeypa
     assert not (tmp_path / "s").exists()
     assert run_cli("extract", media_dir, "-o", tmp_path / "s", *SMALL, "--ray-actors", "2") == 2
     assert "--ray-actors needs --engine ray" in capsys.readouterr().err
+
+
+def test_a_killed_driver_loses_only_what_was_in_flight(inputs, tmp_path):
+    from videolm.features.extract import ExtractConfig
+    from videolm.features.inputs import collect_inputs
+    from videolm.features.ray_engine import RayConfig, extract_ray
+    from videolm.progress import Progress
+
+    class KilledAfterThree(Progress):
+        def __init__(self):
+            self.paths = []
+
+        def finished(self, path, status, message=None):
+            self.paths.append(path)
+            if len(self.paths) == 3:
+                raise KeyboardInterrupt  # as Ctrl-C in the driver, right after a result was saved
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_cli("extract", inputs, "-o", full, *SMALL) == 1
+    items, errors = collect_inputs([str(inputs)])
+    cfg = ExtractConfig(backbone="mobilenet_v2", weights=str(WEIGHTS), frames=2, window_s=1.0, short_side=64, crop=64,
+                        batch_size=4, videos_per_shard=2)
+    first = KilledAfterThree()
+    with pytest.raises(KeyboardInterrupt):
+        extract_ray(items, str(killed), cfg, RayConfig(threads=torch.get_num_threads()), errors, progress=first)
+    result = extract_ray(items, str(killed), cfg, RayConfig(threads=torch.get_num_threads()), errors)
+    assert result.ok + result.failed + result.skipped == 7
+    store = FeatureStore(str(full))
+    clips = {store.entry(v)["path"]: store.entry(v)["num_clips"] for v in store.ids()}  # failed inputs: none
+    # the three finished before the kill are not extracted again: this run embeds only the others' clips
+    assert result.clips == sum(clips.values()) - sum(clips.get(p, 0) for p in first.paths)
+    assert_same_store(str(full), str(killed))
