@@ -83,7 +83,7 @@ def extract(args, inputs: str | list[str], store: str) -> str:
 def encode(store: str, vocab: str) -> None:
     """VideoBERT: the store's visual words under the vocabulary (STORE/tokens/VOCAB_NAME)."""
     name = os.path.basename(os.path.normpath(vocab))
-    if not done(os.path.join(store, "tokens", name, "index.jsonl")):
+    if not done(os.path.join(store, "tokens", name, "index.npy")):  # written last, when every shard is encoded
         cli("tokenize", "encode", store, "--vocab", vocab, "-q")
 
 
