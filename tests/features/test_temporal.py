@@ -30,15 +30,15 @@ def test_mean_plus_diff_is_frame_mean_beside_last_minus_first():
             frames = clips[b].transpose(0, 1)  # (T, C, H, W)
             mean = net(frames).mean(0)
             diff = net((frames[-1] - frames[0])[None])[0]
-            assert torch.allclose(got[b, :1280], mean, atol=1e-5)
-            assert torch.allclose(got[b, 1280:], diff, atol=1e-5)
+            assert torch.allclose(got[b, :1280], mean, atol=1e-4)
+            assert torch.allclose(got[b, 1280:], diff, atol=1e-4)
     assert bb.dim == 2560 and got.shape == (2, 2560)
     # a still (one frame) gets the network's vector of an all-zero difference
     still = clips[:1, :, :1]
     with torch.no_grad():
         v = bb(still)[0, 1280:]
         zero = bb.net(torch.zeros(1, 3, 64, 64))[0]
-    assert torch.allclose(v, zero, atol=1e-6)
+    assert torch.allclose(v, zero, atol=1e-4)  # one image vs a batch of two: other kernels
 
 
 def test_mean_mode_unchanged_and_3d_refused():
@@ -46,7 +46,7 @@ def test_mean_mode_unchanged_and_3d_refused():
     both = build_backbone("mobilenet_v2", WEIGHTS, temporal="mean+diff")
     clips = torch.randn(1, 3, 2, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.allclose(both(clips)[:, :1280], mean(clips), atol=1e-6)
+        assert torch.allclose(both(clips)[:, :1280], mean(clips), atol=1e-4)
     assert mean.dim == 1280
     with pytest.raises(BackboneError, match="3-D network"):
         build_backbone("x3d_xs", temporal="mean+diff")
