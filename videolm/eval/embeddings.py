@@ -147,10 +147,16 @@ class Encoder:
                 self.vocab.check_store(store)
             except TokenizeError as err:
                 raise EvalError(f"{err} (the model's visual vocabulary is {self.name}/{io.VOCAB_DIR})") from None
-        trained = (self.settings.feature_store or {}).get("backbone")
+        recorded = self.settings.feature_store or {}
+        trained = recorded.get("backbone")
         if trained and store.meta.get("backbone") != trained:
             raise EvalError(f"{store.root}: features come from {store.meta.get('backbone')!r} but the model was "
                             f"trained on {trained!r} features")
+        # the same dim can hold other vectors (extract --temporal mean+diff / mean+flow); absent means "mean"
+        mode, trained_mode = store.meta.get("temporal") or "mean", recorded.get("temporal") or "mean"
+        if trained and mode != trained_mode:
+            raise EvalError(f"{store.root}: features were extracted with --temporal {mode} but the model was "
+                            f"trained on --temporal {trained_mode} features")
 
     def text_inputs(self, texts: list[str]) -> list[np.ndarray]:
         limit = self.settings.max_text_len - 2

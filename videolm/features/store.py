@@ -71,7 +71,7 @@ INDEX_FORMAT = "videolm-features-index"
 INDEX_DIR = "index"
 TIMES_DIR = "times"
 # meta keys that must agree for a rerun (or a merge) to add to a store
-COMPAT_KEYS = ("backbone", "weights", "clip_spec", "dim", "dtype")
+COMPAT_KEYS = ("backbone", "weights", "clip_spec", "dim", "dtype", "temporal")  # temporal: absent = "mean"
 LOCK_FILE = ".lock"
 MAX_OPEN_SHARDS = 64  # memory-mapped shards kept open per reader (each holds a file descriptor)
 ROW_KEYS = ("video_id", "shard", "offset", "num_clips", "status")  # row keys that are columns, not fields

@@ -112,7 +112,7 @@ def complete_model_config(cfg: ModelConfig, tokenizer, dataset) -> ModelConfig:
 def input_settings(data_cfg, dataset) -> InputSettings:
     """What preprocessor_config.json records: how this run built its inputs."""
     store = dataset._store(dataset.sources[0].store)
-    meta = {k: store.meta.get(k) for k in ("backbone", "weights", "clip_spec", "dim", "dtype")}
+    meta = {k: store.meta.get(k) for k in ("backbone", "weights", "clip_spec", "dim", "dtype", "temporal")}
     return InputSettings(max_text_len=data_cfg.max_text_len, max_visual_len=data_cfg.max_visual_len,
                          train_clip_sampling=data_cfg.clip_sampling, align_min_overlap=data_cfg.align_min_overlap,
                          feature_store=meta)
