@@ -43,8 +43,8 @@ DIRECTION_NAMES = {"t2v": "text→video", "v2t": "video→text", "t2i": "text→
 MODEL = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 256, "embed_dim": 64,
          "dropout": 0.0, "attention_dropout": 0.0}
 DATA = {"max_text_len": 24, "max_visual_len": 8}
-TRAIN = {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "log_every": 25, "save_every": 250}
-# VideoBERT mode's validation R@1 stops rising at about 750 steps (measured: 37.4 % there, 37.3 % at 1,000)
+TRAIN = {"batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "log_every": 25, "save_every": 250}
+# steps per mode: VideoBERT mode's validation R@1 stops rising at about 750 (measured: 37.4 % there, 37.3 % at 1,000)
 STEPS = {"videobert": 750, "cbt": 1000}
 # CBT mode's alignment head gets twice the weight: at 1 it re-ranked below its own dual encoder (R@1 -0.4 to
 # -5.4 points in 3 of 4 directions), at 2 it raised or kept every direction (docs/results.md)
