@@ -143,6 +143,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_models, eval_corpus, tmp_
             "--annotations", eval_corpus["captions"], "--out", str(out)]
     assert cli(base[:3] + ["nope"] + base[4:]) == 2
     assert "unknown protocol 'nope'; choose one of" in capsys.readouterr().err
+    assert cli(base + ["--rerank-k", "2", "--rerank-weight", "0"]) == 2
+    assert "--rerank-weight must be > 0, not 0.0" in capsys.readouterr().err
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"video_id": "bikes", "captions": ["x"]}\n{"video_id": \n')
     assert cli(base[:7] + [str(broken)] + base[8:]) == 2
