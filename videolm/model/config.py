@@ -79,7 +79,8 @@ class ModelConfig:
     nce_normalize: bool = True           # NCE on cosine similarity (L2-normalised pred and target)
     contrastive_temperature: float = 0.07  # initial value; learned, clamped at 1/100 like CLIP
     align_random_negatives: int = 1      # random other-group videos per text
-    align_hard_negatives: bool = True    # + hardest other-group video per text and text per video
+    align_hard_negatives: bool = True    # + one hard other-group video per text and text per video
+    align_hard_sampling: str = "hardest"  # hardest: the most similar | softmax: drawn by softmax(cos/τ) (ALBEF)
     align_on_masked_pass: bool = False   # score alignment on the masked joint pass (BERT NSP style), no extra pass
     align_loss: str = "bce"              # bce: pairs with negatives | nce: two_stream, every text x video of the batch (CBT)
 
@@ -199,6 +200,8 @@ class ModelConfig:
         if self.contrastive_temperature < MIN_TEMPERATURE:
             raise ModelError(f"model.contrastive_temperature must be >= {MIN_TEMPERATURE} (the clamp, as in CLIP), "
                              f"not {self.contrastive_temperature}")
+        if self.align_hard_sampling not in ("hardest", "softmax"):
+            raise ModelError(f"model.align_hard_sampling must be hardest or softmax, not {self.align_hard_sampling!r}")
         if self.align_random_negatives < 0:
             raise ModelError(f"model.align_random_negatives must be >= 0, not {self.align_random_negatives}")
         return self

@@ -5,9 +5,14 @@ For a batch of B clean pairs (text i belongs with video i):
 * positives: (i, i) for every row, label 1;
 * random negatives: for each text, ``num_random`` videos drawn uniformly
   without replacement from the rows of *other* groups, label 0;
-* hard negatives (with a similarity matrix): for each text the most similar
-  other-group video, and for each video the most similar other-group text,
-  label 0.
+* hard negatives (with a similarity matrix): for each text one other-group
+  video and for each video one other-group text, label 0: the most similar
+  (``hard="hardest"``) or one drawn with probability softmax(similarity) over
+  the row's candidates (``hard="softmax"``, ALBEF's ITM negatives, the
+  similarity then being the dual encoder's logits cos/τ). Where several
+  videos fit a caption (a caption that names some attributes only, clips of
+  one recipe step) the most similar other video is often a false negative;
+  drawing makes it one candidate among the likely ones.
 
 A row never gets a negative from its own group (``group_ids``: one id per
 source video or image, so two captions of one video are never a negative
@@ -31,10 +36,17 @@ class AlignmentPairs:
     labels: torch.Tensor       # (N,) float, 1 positive, 0 negative
 
 
+HARD = ("hardest", "softmax")
+
+
 def alignment_pairs(group_ids: torch.Tensor, num_random: int, generator: torch.Generator | None = None,
-                    similarity: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> AlignmentPairs:
+                    similarity: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+                    hard: str = "hardest") -> AlignmentPairs:
     """group_ids: (B,); similarity: (B, B) text-by-video scores (detached), or
-    None for no hard negatives; valid: (B,) bool, None = every row."""
+    None for no hard negatives; valid: (B,) bool, None = every row; hard: how
+    the hard negative is picked (see the module)."""
+    if hard not in HARD:
+        raise ValueError(f"hard must be one of {', '.join(HARD)}, not {hard!r}")
     device = group_ids.device
     B = len(group_ids)
     rows = torch.arange(B, device=device)
@@ -54,8 +66,15 @@ def alignment_pairs(group_ids: torch.Tensor, num_random: int, generator: torch.G
     if similarity is not None:
         sim = similarity.detach().masked_fill(~other, float("-inf"))  # (B, B)
         has = other.any(1)  # rows (and, by symmetry, columns) with a candidate
-        hardest_video = sim.argmax(1)  # for each text
-        hardest_text = sim.argmax(0)  # for each video
+        if hard == "softmax":  # Gumbel-max: argmax(s + G) is a draw from softmax(s) over the candidates
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            u = torch.rand((2, B, B), generator=generator, device=gen_device).to(device).clamp_(1e-12, 1 - 1e-7)
+            gumbel = -torch.log(-torch.log(u))  # (2, B, B)
+            hardest_video = (sim + gumbel[0]).argmax(1)  # for each text
+            hardest_text = (sim + gumbel[1]).argmax(0)  # for each video
+        else:
+            hardest_video = sim.argmax(1)  # for each text
+            hardest_text = sim.argmax(0)  # for each video
         texts += [rows[has], hardest_text[has]]
         videos += [hardest_video[has], rows[has]]
     text_index, video_index = torch.cat(texts), torch.cat(videos)

@@ -208,6 +208,8 @@ class VideoLMForPretraining(nn.Module):
                                                          all_valid)
             if align_on and cfg.align_hard_negatives:
                 similarity = (all_text.detach() @ all_video.detach().T).float()
+                if cfg.align_hard_sampling == "softmax":  # the dual encoder's logits, as its loss reads them
+                    similarity = similarity * self.contrastive_scale().detach().float()
 
         # 2. masked modelling on the masked batch; the last layer runs only where a loss reads.
         # With align_on_masked_pass, some rows' visual sides are swapped for another video's
@@ -271,7 +273,8 @@ class VideoLMForPretraining(nn.Module):
             all_visual = ranks.gather(pad_dim1(clean_visual, Tv, visual_pad))  # (W*B, Tv[, D])
             all_visual_attention = ranks.gather(pad_dim1(batch.visual_attention, Tv, False))
             pairs = alignment_pairs(all_groups, cfg.align_random_negatives, generator,
-                                    similarity if cfg.align_hard_negatives else None, all_valid)
+                                    similarity if cfg.align_hard_negatives else None, all_valid,
+                                    cfg.align_hard_sampling)
             t, v, labels = pairs.text_index[rank::W], pairs.video_index[rank::W], pairs.labels[rank::W]
             out.align_logits = self.alignment_score(all_text_ids[t], all_text_attention[t], all_visual[v],
                                                     all_visual_attention[v])
