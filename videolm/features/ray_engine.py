@@ -176,13 +176,12 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
                     # a local Ray of ours starts its workers at nice 0, a cluster's at Ray's default
                     base = 0 if started and ray_cfg.address is None else RAY_WORKER_NICENESS
                     _drive(ray, run, cfg, spec, ray_cfg, min(19, base + cfg.worker_nice))
-                if started:  # the workers go while the store's index is written
-                    stopping = pool.submit(ray.shutdown)
-                    started = False
-                    result = run.end(t0)
+                stopping = pool.submit(ray.shutdown) if started else None  # the workers go while the index is written
+                started = False
+                result = run.end(t0)
+                if stopping is not None:
                     stopping.result()
-                    return result
-                return run.end(t0)
+                return result
         finally:
             if started:
                 ray.shutdown()

@@ -17,6 +17,7 @@ MODES = ("videobert", "cbt")
 ARCHS = ("single_stream", "two_stream")
 MASKED_CONTEXTS = ("cross", "own")
 ALIGN_LOSSES = ("bce", "nce")
+ALIGN_HARD_SAMPLING = ("hardest", "softmax")  # how the hard negative is picked (videolm.model.negatives)
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 MIN_TEMPERATURE = 0.01  # the learned contrastive temperature never goes below this (CLIP's logit scale <= 100)
 WEIGHTS = ("mlm_weight", "visual_weight", "align_weight", "contrastive_weight")
@@ -200,7 +201,7 @@ class ModelConfig:
         if self.contrastive_temperature < MIN_TEMPERATURE:
             raise ModelError(f"model.contrastive_temperature must be >= {MIN_TEMPERATURE} (the clamp, as in CLIP), "
                              f"not {self.contrastive_temperature}")
-        if self.align_hard_sampling not in ("hardest", "softmax"):
+        if self.align_hard_sampling not in ALIGN_HARD_SAMPLING:
             raise ModelError(f"model.align_hard_sampling must be hardest or softmax, not {self.align_hard_sampling!r}")
         if self.align_random_negatives < 0:
             raise ModelError(f"model.align_random_negatives must be >= 0, not {self.align_random_negatives}")

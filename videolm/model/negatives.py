@@ -28,15 +28,14 @@ from dataclasses import dataclass
 
 import torch
 
+from videolm.model.config import ALIGN_HARD_SAMPLING as HARD
+
 
 @dataclass
 class AlignmentPairs:
     text_index: torch.Tensor   # (N,) long, row of the text
     video_index: torch.Tensor  # (N,) long, row of the visual side
     labels: torch.Tensor       # (N,) float, 1 positive, 0 negative
-
-
-HARD = ("hardest", "softmax")
 
 
 def alignment_pairs(group_ids: torch.Tensor, num_random: int, generator: torch.Generator | None = None,
