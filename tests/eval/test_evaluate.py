@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binomtest
 
 from videolm.cli import main as cli
 from videolm.eval.embeddings import Encoder, EvalError, embed, uniform_clips
@@ -65,8 +66,8 @@ def test_embeddings_match_a_hand_built_forward(tiny_models, eval_corpus, mode, t
             np.testing.assert_allclose(out.visual[i], ref.numpy(), atol=1e-5)
 
 
-def recompute(npz, direction, row, ks=(1, 5, 10)):
-    """R@K / MdR / MnR from the saved matrix, pessimistic ties, written independently."""
+def recompute_ranks(npz, direction, row):
+    """Each query's rank from the saved matrix, pessimistic ties, written independently."""
     s = npz[f"{direction}/{row}"]
     indptr, indices = npz[f"{direction}/gt_indptr"], npz[f"{direction}/gt_indices"]
     ranks = []
@@ -75,7 +76,12 @@ def recompute(npz, direction, row, ks=(1, 5, 10)):
         best = max(s[q, j] for j in correct)
         wrong_at_or_above = sum(1 for j in range(s.shape[1]) if j not in correct and s[q, j] >= best)
         ranks.append(1 + wrong_at_or_above)
-    ranks = np.array(ranks)
+    return np.array(ranks)
+
+
+def recompute(npz, direction, row, ks=(1, 5, 10)):
+    """R@K / MdR / MnR from the saved matrix, pessimistic ties, written independently."""
+    ranks = recompute_ranks(npz, direction, row)
     return {**{f"R@{k}": 100 * np.mean(ranks <= k) for k in ks}, "MdR": np.median(ranks), "MnR": ranks.mean()}
 
 
@@ -99,6 +105,20 @@ def test_report_recomputes_from_similarity(tiny_models, eval_corpus, mode, tmp_p
                 mine = recompute(npz, direction, row)
                 for key, value in mine.items():
                     assert figures[key] == pytest.approx(value, abs=1e-3), (direction, row, key)
+        # re-ranked and DSL against the dual encoder, query by query: the split and scipy's exact binomial test
+        assert set(metrics["paired"]) == {"t2v", "v2t", "t2i", "i2t"}
+        for direction, rows in metrics["paired"].items():
+            assert set(rows) == {"reranked", "dual+dsl"}
+            dual = recompute_ranks(npz, direction, "dual")
+            for row, by_k in rows.items():
+                mine = recompute_ranks(npz, direction, row)
+                for k in (1, 5, 10):
+                    gained, lost = int(((mine <= k) & (dual > k)).sum()), int(((dual <= k) & (mine > k)).sum())
+                    c = by_k[f"R@{k}"]
+                    assert (c["gained"], c["lost"], c["queries"]) == (gained, lost, len(dual)), (direction, row, k)
+                    p = binomtest(min(gained, lost), gained + lost, 0.5).pvalue if gained + lost else 1.0
+                    assert c["p"] == pytest.approx(p, abs=1e-4), (direction, row, k)
+        assert "| t2v | re-ranked | 1 |" in (out / "report.md").read_text()
         # chance: one correct video among 5 -> K / N
         assert rows and metrics["results"]["t2v"]["chance"]["R@1"] == pytest.approx(20.0)
         # the dual matrix is the cosine of the embeddings; re-ranking keeps it outside the top 3

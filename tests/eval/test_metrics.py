@@ -173,3 +173,29 @@ def test_blocks_agree_with_one_block(monkeypatch):
     for name in ("greater", "tied", "tied_correct"):
         np.testing.assert_array_equal(getattr(whole, name), getattr(parts, name))
     assert recall_at(whole, 1, "mean") == pytest.approx(recall_at(parts, 1, "mean"))
+
+
+def test_paired_recall_change_by_hand_and_against_scipy():
+    import math
+
+    from scipy.stats import binomtest
+
+    from videolm.eval.metrics import paired_recall_change
+
+    before = np.array([1, 1, 2, 5, 1, 3, 1])
+    after = np.array([1, 2, 1, 1, 4, 1, 1])
+    c = paired_recall_change(before, after, 1)
+    # hits before {0, 1, 4, 6}, after {0, 2, 3, 5, 6}: gained 2, 3, 5; lost 1, 4
+    assert (c.gained, c.lost, c.queries) == (3, 2, 7)
+    assert c.p == pytest.approx(1.0)  # 2 * (C(5,0) + C(5,1) + C(5,2)) / 2^5 = 1
+    c5 = paired_recall_change(before, after, 5)
+    assert (c5.gained, c5.lost) == (0, 0) and c5.p == 1.0
+    # 9 gained, 18 lost of 40: p = 2 * sum_{i<=9} C(27, i) / 2^27
+    before = np.array([1] * 18 + [2] * 9 + [1] * 5 + [3] * 8)
+    after = np.array([2] * 18 + [1] * 9 + [1] * 5 + [3] * 8)
+    c = paired_recall_change(before, after, 1)
+    by_hand = 2 * sum(math.comb(27, i) for i in range(10)) / 2 ** 27
+    assert (c.gained, c.lost, c.queries) == (9, 18, 40)
+    assert c.p == pytest.approx(by_hand, rel=1e-9) and c.p == pytest.approx(binomtest(9, 27).pvalue, rel=1e-9)
+    with pytest.raises(ValueError, match="rank arrays"):
+        paired_recall_change(before, after[:3], 1)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import gammaln
+from scipy.stats import binom
 
 TIES = ("pessimistic", "optimistic", "mean")
 DEFAULT_KS = (1, 5, 10)
@@ -182,6 +183,38 @@ def retrieval_metrics(scores: np.ndarray, gt: GroundTruth, ks=DEFAULT_KS, ties: 
     r = ranks(stats, ties)
     return Metrics({int(k): recall_at(stats, int(k), ties) for k in ks}, float(np.median(r)), float(np.mean(r)),
                    len(gt), stats.gallery, r)
+
+
+@dataclass
+class PairedChange:
+    """Two rankings of the same queries at R@K, query by query."""
+
+    k: int
+    gained: int   # queries within the top K after, not before
+    lost: int     # within the top K before, not after
+    queries: int
+    p: float      # exact two-sided McNemar p-value
+
+    def as_dict(self) -> dict:
+        return {"gained": self.gained, "lost": self.lost, "queries": self.queries, "p": round(self.p, 4)}
+
+
+def paired_recall_change(before: np.ndarray, after: np.ndarray, k: int) -> PairedChange:
+    """R@K of two rankings of the same queries (e.g. the dual encoder and its
+    re-ranking), from their (Q,) integer ranks: the queries one gets within
+    the top K and the other does not, and the exact two-sided McNemar test on
+    them, a binomial test of the discordant queries at 1/2: the probability of
+    a split at least this uneven if neither ranking were better. With
+    ``mean`` ties R@K is a probability per query, not a hit, and this does not
+    apply."""
+    before, after = np.asarray(before), np.asarray(after)
+    if before.shape != after.shape:
+        raise ValueError(f"rank arrays of {before.shape} and {after.shape} queries")
+    hit_before, hit_after = before <= k, after <= k
+    gained, lost = int((hit_after & ~hit_before).sum()), int((hit_before & ~hit_after).sum())
+    n = gained + lost
+    p = 1.0 if n == 0 else min(1.0, 2.0 * float(binom.cdf(min(gained, lost), n, 0.5)))
+    return PairedChange(int(k), gained, lost, len(before), p)
 
 
 def chance_metrics(gt: GroundTruth, num_gallery: int, ks=DEFAULT_KS) -> Metrics:

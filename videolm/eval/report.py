@@ -53,6 +53,19 @@ def markdown(result) -> str:
                                                      str(m["gallery"])]
             lines.append(f"| {name} | {ROW_LABELS.get(row, row)} | " + " | ".join(cells) + " |")
     lines += ["", "R@K in percent; MdR / MnR 1-based; `similarity.npz` holds every score matrix.", ""]
+    if s["paired"]:
+        lines += ["## Against the dual encoder, query by query", "",
+                  "Queries each row gets within the top K that the dual encoder misses (gained) and the other way "
+                  "round (lost); p: exact two-sided McNemar test of that split (a small p: the change is unlikely "
+                  "to be chance).", "",
+                  "| direction | row | K | dual | row's | gained | lost | p |", "|---|---|---|---|---|---|---|---|"]
+        for name, rows in s["paired"].items():
+            for row, by_k in rows.items():
+                for key, c in by_k.items():
+                    lines.append(f"| {name} | {ROW_LABELS.get(row, row)} | {key[2:]} | "
+                                 f"{_fmt(s['results'][name]['dual'][key])} | {_fmt(s['results'][name][row][key])} | "
+                                 f"{c['gained']} | {c['lost']} | {c['p']:.3f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
