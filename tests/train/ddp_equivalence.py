@@ -36,6 +36,9 @@ from videolm.model.pretraining import VideoLMForPretraining  # noqa: E402
 from videolm.train.optim import build_optimizer  # noqa: E402
 
 MODES = ("videobert", "cbt")
+# name -> (mode, model overrides): both modes with the default objectives, and listwise alignment
+VARIANTS = {"videobert": ("videobert", {}), "cbt": ("cbt", {}),
+            "cbt_listwise": ("cbt", {"align_loss": "listwise", "align_list_negatives": 2})}
 ROWS = 8
 
 
@@ -65,9 +68,10 @@ def part(batch: Batch, rank: int, world: int) -> Batch:
     return Batch(group_ids=rows.group_ids, is_image=rows.is_image, **cut)
 
 
-def build(mode: str) -> VideoLMForPretraining:
+def build(name: str) -> VideoLMForPretraining:
+    mode, overrides = VARIANTS[name]
     torch.manual_seed(0)
-    return VideoLMForPretraining(tiny_config(mode)).train()
+    return VideoLMForPretraining(tiny_config(mode, **overrides)).train()
 
 
 def one_step(model, train_model, batch: Batch, ranks: RankGroup | None) -> dict:
@@ -93,8 +97,8 @@ def main(out_path: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     ranks = RankGroup.new(world, rank)
     results = {}
-    for mode in MODES:
-        model = build(mode)
+    for name, (mode, _) in VARIANTS.items():
+        model = build(name)
         ddp = DistributedDataParallel(model, find_unused_parameters=True)
         r = one_step(model, ddp, part(global_batch(mode), rank, world), ranks)
         # what the trainer logs: each value averaged over ranks
@@ -102,7 +106,7 @@ def main(out_path: str) -> None:
         dist.all_reduce(values)
         values /= world
         r["loss"], r["losses"] = values[0], dict(zip(r["losses"], values[1:]))
-        results[mode] = r
+        results[name] = r
     if rank == 0:
         torch.save(results, out_path)
     dist.barrier()

@@ -33,19 +33,23 @@ def test_two_gloo_ranks_match_one_process_over_the_whole_batch(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
     torch.set_num_threads(1)
-    for mode in eq.MODES:
-        model = eq.build(mode)
+    for variant, (mode, _) in eq.VARIANTS.items():
+        model = eq.build(variant)
         ref = eq.one_step(model, model, eq.global_batch(mode), None)
-        got = ddp[mode]
+        got = ddp[variant]
         assert set(got["losses"]) == set(ref["losses"]) == {"mlm", "visual", "align", "contrastive"}
         for key, value in ref["losses"].items():
-            assert got["losses"][key].item() == pytest.approx(value.item(), abs=1e-5), (mode, key)
+            assert got["losses"][key].item() == pytest.approx(value.item(), abs=1e-5), (variant, key)
         assert got["loss"].item() == pytest.approx(ref["loss"].item(), abs=1e-5)
         assert set(got["grads"]) == set(ref["grads"])
         for name, g in ref["grads"].items():
-            torch.testing.assert_close(got["grads"][name], g, atol=1e-6, rtol=1e-4, msg=f"{mode} grad {name}")
+            torch.testing.assert_close(got["grads"][name], g, atol=1e-6, rtol=1e-4, msg=f"{variant} grad {name}")
         for name, w in ref["weights"].items():
-            torch.testing.assert_close(got["weights"][name], w, atol=1e-5, rtol=1e-5, msg=f"{mode} weight {name}")
+            if variant == "cbt_listwise" and name == "align_head.classifier.bias":
+                # a softmax over each list is shift-invariant: this bias's gradient is zero up to rounding (checked
+                # equal above) and Adam's step, m / sqrt(v), turns rounding into a full step of either sign
+                continue
+            torch.testing.assert_close(got["weights"][name], w, atol=1e-5, rtol=1e-5, msg=f"{variant} weight {name}")
 
 
 def test_one_process_is_not_the_two_halves_apart():

@@ -16,7 +16,7 @@ from videolm.model.errors import ModelError
 MODES = ("videobert", "cbt")
 ARCHS = ("single_stream", "two_stream")
 MASKED_CONTEXTS = ("cross", "own")
-ALIGN_LOSSES = ("bce", "nce")
+ALIGN_LOSSES = ("bce", "nce", "listwise")
 ALIGN_HARD_SAMPLING = ("hardest", "softmax")  # how the hard negative is picked (videolm.model.negatives)
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 MIN_TEMPERATURE = 0.01  # the learned contrastive temperature never goes below this (CLIP's logit scale <= 100)
@@ -84,6 +84,8 @@ class ModelConfig:
     align_hard_sampling: str = "hardest"  # hardest: the most similar | softmax: drawn by softmax(cos/τ) (ALBEF)
     align_on_masked_pass: bool = False   # score alignment on the masked joint pass (BERT NSP style), no extra pass
     align_loss: str = "bce"              # bce: pairs with negatives | nce: two_stream, every text x video of the batch (CBT)
+                                         # | listwise: softmax over the positive and its hardest candidates (LCE)
+    align_list_negatives: int = 3        # listwise: the hardest other-group candidates in each list
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,7 +142,7 @@ class ModelConfig:
         if self.masked_context not in MASKED_CONTEXTS:
             raise ModelError(f"model.masked_context must be cross or own, not {self.masked_context!r}")
         if self.align_loss not in ALIGN_LOSSES:
-            raise ModelError(f"model.align_loss must be bce or nce, not {self.align_loss!r}")
+            raise ModelError(f"model.align_loss must be one of {', '.join(ALIGN_LOSSES)}, not {self.align_loss!r}")
         if self.arch == "two_stream":
             for name, least in (("text_layers", 1), ("visual_layers", 0), ("cross_layers", 1)):
                 if getattr(self, name) < least:
@@ -149,12 +151,21 @@ class ModelConfig:
             if self.masked_context == "own" and self.align_on_masked_pass:
                 raise ModelError("model.align_on_masked_pass needs model.masked_context=cross (with own, the "
                                  "masked pass never reaches the cross-modal layers)")
-        elif self.masked_context != "cross" or self.align_loss != "bce":
+        elif self.masked_context != "cross" or self.align_loss == "nce":
             key = "masked_context" if self.masked_context != "cross" else "align_loss"
             raise ModelError(f"model.{key}={getattr(self, key)} needs model.arch=two_stream")
         if self.align_loss == "nce" and self.align_on_masked_pass:
             raise ModelError("model.align_loss=nce scores every pair of the batch; set model.align_on_masked_pass "
                              "to false")
+        if self.align_loss == "listwise":
+            if not self.align_hard_negatives:
+                raise ModelError("model.align_loss=listwise lists each positive with its hardest candidates; set "
+                                 "model.align_hard_negatives to true")
+            if self.align_on_masked_pass:
+                raise ModelError("model.align_loss=listwise scores its lists on their own joint pass; set "
+                                 "model.align_on_masked_pass to false")
+            if self.align_list_negatives < 1:
+                raise ModelError(f"model.align_list_negatives must be >= 1, not {self.align_list_negatives}")
         if self.freeze_visual_table and not (self.init_visual_from_centroids and self.mode == "videobert"):
             raise ModelError("model.freeze_visual_table needs model.mode=videobert and "
                              "model.init_visual_from_centroids=true (a frozen random table would carry nothing)")

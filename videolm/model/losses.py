@@ -91,6 +91,19 @@ def alignment_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return _reduce(values, reduction)
 
 
+def listwise_alignment_loss(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Listwise alignment (LCE): cross-entropy of the positive in column 0 of
+    each (R, 1 + n) row against its candidates; -inf marks a missing candidate,
+    and a row with none takes no part (its count is ``(logits[:, 1:] >
+    -inf).any(1).sum()``)."""
+    has = torch.isfinite(logits[:, 1:]).any(1) if logits.shape[1] > 1 else logits.new_zeros(len(logits), dtype=torch.bool)
+    if not has.any():
+        return logits.sum() * 0.0
+    x = logits[has].float()
+    values = torch.logsumexp(x, dim=1) - x[:, 0]  # (R',) -log softmax of the positive
+    return _reduce(values, reduction)
+
+
 def contrastive_loss(text: torch.Tensor, video: torch.Tensor, scale: torch.Tensor | float,
                      group_ids: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between (B, E) text and video embeddings, row i of

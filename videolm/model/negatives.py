@@ -79,3 +79,39 @@ def alignment_pairs(group_ids: torch.Tensor, num_random: int, generator: torch.G
     text_index, video_index = torch.cat(texts), torch.cat(videos)
     labels = (text_index == video_index).float()  # only positives pair a row with itself
     return AlignmentPairs(text_index, video_index, labels)
+
+
+@dataclass
+class AlignmentLists:
+    """Listwise alignment (``align_loss: listwise``): for each listed row, its
+    positive and its ``n`` most similar other-group candidates (-1 where a row
+    has fewer), over which a softmax picks the positive."""
+    rows: torch.Tensor          # (R,) long, the rows whose lists these are (text row = video row of its pair)
+    text_lists: torch.Tensor    # (R, n) long, for the text of each row: other-group videos, most similar first
+    video_lists: torch.Tensor   # (R, n) long, for the video of each row: other-group texts, most similar first
+
+
+def alignment_lists(group_ids: torch.Tensor, similarity: torch.Tensor, n: int, rows: torch.Tensor,
+                    valid: torch.Tensor | None = None) -> AlignmentLists:
+    """The localized lists of the re-ranker's training (Gao et al. 2021, LCE):
+    the positive against the dual encoder's hardest other-group candidates, as
+    the re-ranker meets them at test time in the dual encoder's top k.
+    group_ids: (B,) of the global batch; similarity: (B, B) text-by-video
+    scores (detached); rows: (R,) the rows to list (this rank's share); valid:
+    (B,) bool, None = every row. Rows not valid are dropped from ``rows`` and
+    are never a candidate."""
+    other = group_ids[:, None] != group_ids[None, :]  # (B, B)
+    if valid is not None:
+        other &= valid[:, None] & valid[None, :]
+        rows = rows[valid[rows]]
+    k = min(n, len(group_ids))
+    sim = similarity.detach().float().masked_fill(~other, float("-inf"))  # (B, B)
+
+    def lists(scores: torch.Tensor) -> torch.Tensor:  # (R, B) -> (R, n) best other-group columns, -1 padded
+        top, pick = scores.topk(k, dim=1)
+        pick = pick.masked_fill(top == float("-inf"), -1)
+        if k < n:
+            pick = torch.cat([pick, pick.new_full((len(pick), n - k), -1)], 1)
+        return pick
+
+    return AlignmentLists(rows, lists(sim[rows]), lists(sim.T[rows]))

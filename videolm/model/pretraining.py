@@ -39,8 +39,9 @@ from videolm.model.config import MIN_TEMPERATURE, ModelConfig
 from videolm.model.errors import ModelError
 from videolm.model.gather import RankGroup, pad_dim1
 from videolm.model.heads import AlignmentHead, FeatureHead, MaskedTokenHead, ProjectionHead
-from videolm.model.losses import alignment_loss, contrastive_loss, info_nce, masked_feature_nce, masked_token_loss
-from videolm.model.negatives import alignment_pairs
+from videolm.model.losses import (alignment_loss, contrastive_loss, info_nce, listwise_alignment_loss,
+                                  masked_feature_nce, masked_token_loss)
+from videolm.model.negatives import alignment_lists, alignment_pairs
 from videolm.model.transformer import JointTransformer, init_bert_weights
 from videolm.model.two_stream import TwoStreamTransformer
 
@@ -181,7 +182,7 @@ class VideoLMForPretraining(nn.Module):
         align_nce = align_on and cfg.align_loss == "nce"          # CBT's cross-modal NCE over every pair
         align_masked = align_on and cfg.align_on_masked_pass      # scored on the masked joint pass
         align_separate = align_on and not cfg.align_on_masked_pass and not align_nce  # its own clean joint pass
-        need_embeds = contrastive_on or (align_on and cfg.align_hard_negatives and not align_nce)
+        need_embeds = contrastive_on or (align_on and cfg.align_hard_negatives and not align_nce)  # listwise: too
         has_visual = batch.visual_attention.any(1)  # (B,) rows without a visual side: masked LM only
         out = PretrainOutput(loss=torch.zeros(()))
         losses: dict[str, torch.Tensor] = {}
@@ -272,14 +273,19 @@ class VideoLMForPretraining(nn.Module):
             all_text_attention = ranks.gather(pad_dim1(batch.text_attention, Tt, False))
             all_visual = ranks.gather(pad_dim1(clean_visual, Tv, visual_pad))  # (W*B, Tv[, D])
             all_visual_attention = ranks.gather(pad_dim1(batch.visual_attention, Tv, False))
-            pairs = alignment_pairs(all_groups, cfg.align_random_negatives, generator,
-                                    similarity if cfg.align_hard_negatives else None, all_valid,
-                                    cfg.align_hard_sampling)
-            t, v, labels = pairs.text_index[rank::W], pairs.video_index[rank::W], pairs.labels[rank::W]
-            out.align_logits = self.alignment_score(all_text_ids[t], all_text_attention[t], all_visual[v],
-                                                    all_visual_attention[v])
-            out.align_labels = labels
-            terms["align"] = (alignment_loss(out.align_logits, labels, "sum"), torch.tensor(len(labels)))
+            if cfg.align_loss == "listwise":
+                out.align_logits, out.align_labels, terms["align"] = self._listwise_alignment(
+                    all_text_ids, all_text_attention, all_visual, all_visual_attention, all_groups, all_valid,
+                    similarity, torch.arange(rank * B, (rank + 1) * B, device=visual.device))
+            else:
+                pairs = alignment_pairs(all_groups, cfg.align_random_negatives, generator,
+                                        similarity if cfg.align_hard_negatives else None, all_valid,
+                                        cfg.align_hard_sampling)
+                t, v, labels = pairs.text_index[rank::W], pairs.video_index[rank::W], pairs.labels[rank::W]
+                out.align_logits = self.alignment_score(all_text_ids[t], all_text_attention[t], all_visual[v],
+                                                        all_visual_attention[v])
+                out.align_labels = labels
+                terms["align"] = (alignment_loss(out.align_logits, labels, "sum"), torch.tensor(len(labels)))
 
         # 3'. CBT's cross-modal NCE (two-stream): the stacks run once per clean text and video, the
         # cross layers score each of this rank's texts against every video of the global batch, and
@@ -300,6 +306,30 @@ class VideoLMForPretraining(nn.Module):
         out.losses = {name: losses[name] for name in ("mlm", "visual", "align", "contrastive") if name in losses}
         out.loss = sum(weights[name] * value for name, value in out.losses.items())
         return out
+
+    def _listwise_alignment(self, text_ids, text_attention, visual, visual_attention, groups, valid, similarity,
+                            rows):
+        """align_loss=listwise on this rank's rows: each text against its positive and the hardest
+        other-group videos of the global batch, each video against its positive and the hardest
+        texts; one joint pass over the positives and every listed negative. Returns the pairs'
+        logits and labels and the loss term (sum over lists, list count)."""
+        lists = alignment_lists(groups, similarity, self.config.align_list_negatives, rows, valid)
+        R, n = lists.text_lists.shape
+        rows = lists.rows
+        t_neg, v_neg = lists.text_lists >= 0, lists.video_lists >= 0  # (R, n)
+        text_index = torch.cat([rows, rows[:, None].expand(R, n)[t_neg], lists.video_lists[v_neg]])
+        video_index = torch.cat([rows, lists.text_lists[t_neg], rows[:, None].expand(R, n)[v_neg]])
+        logits = self.alignment_score(text_ids[text_index], text_attention[text_index], visual[video_index],
+                                      visual_attention[video_index])  # (P,)
+        positive, rest = logits[:R], logits[R:]
+        n_t = int(t_neg.sum())
+        full = torch.full((2, R, n), float("-inf"), dtype=logits.dtype, device=logits.device)
+        full[0][t_neg], full[1][v_neg] = rest[:n_t], rest[n_t:]
+        table = torch.cat([positive[None, :, None].expand(2, R, 1), full], 2).reshape(2 * R, n + 1)
+        has = torch.isfinite(table[:, 1:]).any(1)
+        loss = listwise_alignment_loss(table, "sum")
+        labels = (text_index == video_index).float()
+        return logits, labels, (loss, has.sum())
 
     def _cross_nce(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor,
                    visual_attention: torch.Tensor, Tv: int, ranks: RankGroup, all_groups: torch.Tensor,
