@@ -41,6 +41,9 @@ def test_report_files_and_rows(tiny_run):
     ev = json.loads((out / "eval" / "cbt" / "metrics.json").read_text())
     cbt = next(r for r in rows if r["model"] == "cbt" and r["direction"] == "i2t" and r["rerank"])
     assert cbt["R1"] == ev["results"]["i2t"]["reranked"]["R@1"]
+    # re-ranking against the dual encoder, query by query: the evaluation's split, reported
+    assert summary["rerank_paired"]["cbt"]["t2v"] == ev["paired"]["t2v"]["reranked"]["R@1"]
+    assert "## Re-ranking against the dual encoder, query by query" in (results / "report.md").read_text()
     assert set(summary["seconds"]) >= {"data", "features", "words", "pretrain_cbt", "evaluate_videobert", "zeroshot_cbt"}
     assert len(summary["goals"]) == 6 and all("met" in g for g in summary["goals"])
     zs = summary["zeroshot"]["cbt"]
