@@ -122,9 +122,10 @@ class EvalResult:
         out = {}
         for name, d in self.directions.items():
             base = d.metrics.get("dual")
+            if base is None or base.ranks is None:
+                continue
             rows = {row: {f"R@{k}": paired_recall_change(base.ranks, m.ranks, k).as_dict() for k in self.config.ks}
-                    for row, m in d.metrics.items() if row in PAIRED_ROWS and base is not None
-                    and base.ranks is not None and m.ranks is not None}
+                    for row, m in d.metrics.items() if row in PAIRED_ROWS and m.ranks is not None}
             if rows:
                 out[name] = rows
         return out

@@ -94,9 +94,8 @@ def alignment_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
 def listwise_alignment_loss(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Listwise alignment (LCE): cross-entropy of the positive in column 0 of
     each (R, 1 + n) row against its candidates; -inf marks a missing candidate,
-    and a row with none takes no part (its count is ``(logits[:, 1:] >
-    -inf).any(1).sum()``)."""
-    has = torch.isfinite(logits[:, 1:]).any(1) if logits.shape[1] > 1 else logits.new_zeros(len(logits), dtype=torch.bool)
+    and a row with none takes no part."""
+    has = torch.isfinite(logits[:, 1:]).any(1)  # (R,) rows with a candidate (none when n = 0)
     if not has.any():
         return logits.sum() * 0.0
     x = logits[has].float()

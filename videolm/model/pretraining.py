@@ -182,7 +182,8 @@ class VideoLMForPretraining(nn.Module):
         align_nce = align_on and cfg.align_loss == "nce"          # CBT's cross-modal NCE over every pair
         align_masked = align_on and cfg.align_on_masked_pass      # scored on the masked joint pass
         align_separate = align_on and not cfg.align_on_masked_pass and not align_nce  # its own clean joint pass
-        need_embeds = contrastive_on or (align_on and cfg.align_hard_negatives and not align_nce)  # listwise: too
+        # (listwise needs align_hard_negatives, so this covers it)
+        need_embeds = contrastive_on or (align_on and cfg.align_hard_negatives and not align_nce)
         has_visual = batch.visual_attention.any(1)  # (B,) rows without a visual side: masked LM only
         out = PretrainOutput(loss=torch.zeros(()))
         losses: dict[str, torch.Tensor] = {}
@@ -326,10 +327,9 @@ class VideoLMForPretraining(nn.Module):
         full = torch.full((2, R, n), float("-inf"), dtype=logits.dtype, device=logits.device)
         full[0][t_neg], full[1][v_neg] = rest[:n_t], rest[n_t:]
         table = torch.cat([positive[None, :, None].expand(2, R, 1), full], 2).reshape(2 * R, n + 1)
-        has = torch.isfinite(table[:, 1:]).any(1)
-        loss = listwise_alignment_loss(table, "sum")
+        lists_with_candidates = t_neg.any(1).sum() + v_neg.any(1).sum()  # the lists the loss sums over
         labels = (text_index == video_index).float()
-        return logits, labels, (loss, has.sum())
+        return logits, labels, (listwise_alignment_loss(table, "sum"), lists_with_candidates)
 
     def _cross_nce(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor,
                    visual_attention: torch.Tensor, Tv: int, ranks: RankGroup, all_groups: torch.Tensor,
