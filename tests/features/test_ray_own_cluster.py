@@ -44,3 +44,16 @@ def test_engine_starts_and_stops_its_own_ray(media_dir, tmp_path):
     assert a.ids() == b.ids() == ["bikes"]
     assert np.array_equal(np.asarray(a.features("bikes")), np.asarray(b.features("bikes")))
     assert os.path.isfile(os.path.join(on_ray, "meta.json"))
+
+
+def test_an_actor_pool_that_leaves_no_cpu_to_decode_is_one_line(media_dir, tmp_path, capsys):
+    """A local Ray of 2 CPUs and 2 CPU actors: no decode task could ever start (Ray Data would wait forever)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    code = main(["extract", str(media_dir / "bikes.mp4"), "-o", str(tmp_path / "out"), *SMALL,
+                 "--engine", "ray", "--ray-cpus", "2", "--ray-actors", "2"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert ("--ray-actors 2 needs 3 CPUs (one CPU per backbone actor and one to decode); the Ray cluster has 2 CPUs: "
+            "use fewer --ray-actors or more --ray-cpus") in err
+    assert not ray.is_initialized()  # stopped again

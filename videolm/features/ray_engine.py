@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "--engine ray needs Ray: pip install 'videolm[ray]'"
 MAX_INPUT_BLOCKS = 10_000  # the input list's blocks: one input per decode task up to this many inputs
 MIN_BLOCK_BYTES = 1 << 20  # a decode task emits a block of clips at least this often (and once per backbone batch)
+ACTOR_CPUS = 1  # each backbone actor's CPU reservation, on CUDA too (its Python side feeds the GPU)
 RAY_WORKER_NICENESS = 15  # Ray's default nice value for its workers (RAY_worker_niceness); a local Ray of ours uses 0
 
 
@@ -110,6 +111,12 @@ class _Embedder:
     def _build(self) -> None:
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads or os.cpu_count() or 1)
+        elif not torch.cuda.is_available():  # Ray reserved a GPU that this node's torch cannot use
+            import ray  # in an actor: there
+            raise BackboneError(f"--device cuda: the backbone actor on node {ray.util.get_node_ip_address()} got GPU "
+                                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '?')} from Ray, but its torch sees no CUDA "
+                                f"device (torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                                "install a CUDA build of torch on the GPU nodes")
         self.net = build_backbone(self.cfg.backbone, self.cfg.weights, seed=self.cfg.seed,
                                   temporal=self.cfg.temporal).to(self.device).eval()
         check_input_size(self.net, self.spec)
@@ -174,8 +181,9 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
                         _init(ray, ray_cfg)
                         started = True
                     # a local Ray of ours starts its workers at nice 0, a cluster's at Ray's default
-                    base = 0 if started and ray_cfg.address is None else RAY_WORKER_NICENESS
-                    _drive(ray, run, cfg, spec, ray_cfg, min(19, base + cfg.worker_nice))
+                    own = started and ray_cfg.address is None
+                    _drive(ray, run, cfg, spec, ray_cfg, min(19, (0 if own else RAY_WORKER_NICENESS) + cfg.worker_nice),
+                           own)
                 stopping = pool.submit(ray.shutdown) if started else None  # the workers go while the index is written
                 started = False
                 result = run.end(t0)
@@ -201,13 +209,25 @@ def _init(ray, ray_cfg: RayConfig) -> None:
              include_dashboard=False, logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
 
 
-def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, decode_nice: int) -> None:
-    """Decode on CPU tasks, embed on the actor pool, write here."""
+def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, decode_nice: int, own: bool) -> None:
+    """Decode on CPU tasks, embed on the actor pool, write here. ``own``: the
+    Ray is a local one started for this run (its resources cannot grow)."""
     resources = ray.cluster_resources()
     cuda = cfg.device == "cuda"
-    if cuda and resources.get("GPU", 0) < ray_cfg.gpus_per_actor:
-        raise RayEngineError(f"--device cuda: the Ray cluster has {resources.get('GPU', 0):g} GPUs "
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if cuda and gpus < ray_cfg.gpus_per_actor:
+        raise RayEngineError(f"--device cuda: the Ray cluster has {gpus:g} GPUs "
                              f"(each actor takes {ray_cfg.gpus_per_actor:g}); start GPU nodes or use --device cpu")
+    # the pool holds its resources for the whole run: without a CPU left over, no decode task ever starts
+    need_cpus = ray_cfg.actors * ACTOR_CPUS + 1
+    need_gpus = ray_cfg.actors * ray_cfg.gpus_per_actor if cuda else 0
+    if cpus < need_cpus or gpus < need_gpus:
+        line = (f"--ray-actors {ray_cfg.actors} needs {need_cpus:g} CPUs" + (f" and {need_gpus:g} GPUs" if cuda else "")
+                + f" (one CPU per backbone actor and one to decode); the Ray cluster has {cpus:g} CPUs"
+                + (f" and {gpus:g} GPUs" if cuda else ""))
+        if own:
+            raise RayEngineError(f"{line}: use fewer --ray-actors or more --ray-cpus")
+        log.warning("%s: the run waits until the cluster has them", line)
     log.info("ray: %g CPUs, %g GPUs; %d backbone actor(s) on %s; %d inputs to extract",
              resources.get("CPU", 0), resources.get("GPU", 0), ray_cfg.actors, "cuda" if cuda else "cpu",
              len(run.decode))
@@ -224,19 +244,25 @@ def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, dec
     ctx.print_on_execution_start = False
     try:
         inputs = [{"pos": pos, "video_id": it.video_id, "path": it.path} for pos, it in enumerate(run.decode)]
-        actor = {"num_gpus": ray_cfg.gpus_per_actor} if cuda else {"num_cpus": 1}
         ds = (ray.data.from_items(inputs, override_num_blocks=min(len(inputs), MAX_INPUT_BLOCKS))
               .flat_map(decode_rows, fn_kwargs={"spec": spec.to_dict(), "reader": cfg.reader,
                                                  "threads": cfg.decode_threads, "nice": decode_nice},
                         num_cpus=1)
               .map_batches(_Embedder, fn_constructor_kwargs={"cfg": cfg, "spec": spec.to_dict(),
                                                              "threads": ray_cfg.threads},
-                           batch_size=cfg.batch_size, batch_format="numpy",
-                           compute=ray.data.ActorPoolStrategy(size=ray_cfg.actors), **actor))
+                           batch_size=cfg.batch_size, batch_format="numpy", **actor_options(ray, cuda, ray_cfg)))
         _collect(ds.iter_rows(), run)
     finally:
         ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
         ray_log.setLevel(ray_level)
+
+
+def actor_options(ray, cuda: bool, ray_cfg: RayConfig) -> dict:
+    """The backbone stage's ``map_batches`` placement: a pool of ``actors``
+    actors, each reserving one CPU (on CUDA the one that feeds its GPU) and
+    ``gpus_per_actor`` GPUs on CUDA (Ray sets its CUDA_VISIBLE_DEVICES)."""
+    resources = {"num_gpus": ray_cfg.gpus_per_actor} if cuda else {}
+    return {"compute": ray.data.ActorPoolStrategy(size=ray_cfg.actors), "num_cpus": ACTOR_CPUS, **resources}
 
 
 def _collect(rows, run) -> None:
