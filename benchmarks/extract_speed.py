@@ -150,7 +150,9 @@ def engines(path: str, backbone: str, batch: int, workers: int, repeats: int) ->
     print(f"  {backbone}: {result.clips} clips, batch {batch}, {workers} worker(s) / a local Ray of {os.cpu_count()} CPUs")
     print(f"    local {t_local:.1f} s, ray {t_ray:.1f} s (runs: local {', '.join(f'{t:.1f}' for t in runs['local'])}; "
           f"ray {', '.join(f'{t:.1f}' for t in runs['ray'])})")
-    print(f"    --engine ray / --engine local = {t_ray / t_local:.2f}x (goal <= 1.15x)")
+    pairs = [r / t for r, t in zip(runs["ray"], runs["local"])]  # each Ray run against the local run just before it
+    print(f"    --engine ray / --engine local = {t_ray / t_local:.2f}x (goal <= 1.15x); run by run "
+          f"{', '.join(f'{p:.2f}' for p in pairs)}x, median {statistics.median(pairs):.2f}x")
 
 
 def main() -> None:
