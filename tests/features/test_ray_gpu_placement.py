@@ -7,6 +7,7 @@ without enough GPUs and of a GPU node whose torch has no CUDA. The CUDA
 forward pass itself needs a real GPU and is not run here."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -37,7 +38,6 @@ class Where:
     """A stand-in for the backbone actor: reports the process and the devices Ray gave it."""
 
     def __call__(self, batch):
-        import time
         time.sleep(0.05)  # long enough that the pool's actors share the blocks
         n = len(batch["id"])
         gpus = ",".join(str(g) for g in sorted(ray.get_gpu_ids()))

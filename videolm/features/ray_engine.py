@@ -222,15 +222,14 @@ def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, dec
     need_cpus = ray_cfg.actors * ACTOR_CPUS + 1
     need_gpus = ray_cfg.actors * ray_cfg.gpus_per_actor if cuda else 0
     if cpus < need_cpus or gpus < need_gpus:
-        line = (f"--ray-actors {ray_cfg.actors} needs {need_cpus:g} CPUs" + (f" and {need_gpus:g} GPUs" if cuda else "")
-                + f" (one CPU per backbone actor and one to decode); the Ray cluster has {cpus:g} CPUs"
-                + (f" and {gpus:g} GPUs" if cuda else ""))
+        gpu_need, gpu_have = (f" and {need_gpus:g} GPUs", f" and {gpus:g} GPUs") if cuda else ("", "")
+        line = (f"--ray-actors {ray_cfg.actors} needs {need_cpus:g} CPUs{gpu_need} (one CPU per backbone actor and "
+                f"one to decode); the Ray cluster has {cpus:g} CPUs{gpu_have}")
         if own:
             raise RayEngineError(f"{line}: use fewer --ray-actors or more --ray-cpus")
         log.warning("%s: the run waits until the cluster has them", line)
     log.info("ray: %g CPUs, %g GPUs; %d backbone actor(s) on %s; %d inputs to extract",
-             resources.get("CPU", 0), resources.get("GPU", 0), ray_cfg.actors, "cuda" if cuda else "cpu",
-             len(run.decode))
+             cpus, gpus, ray_cfg.actors, "cuda" if cuda else "cpu", len(run.decode))
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start)
     ray_log = logging.getLogger("ray.data")  # Ray Data's own lines ("progress bars disabled", "finished")
