@@ -213,13 +213,10 @@ class _Bars:
 
 
 def _cmd_extract(args) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from videolm.features.backbones import BackboneError
-    from videolm.features.extract import ExtractConfig, clip_spec_for, extract
+    # the settings and the inputs are checked before torch loads: a mistyped one is its line at once, not after
+    # the 5-9 s that torch, torchvision and the backbones' import take on 2 cores
+    from videolm.features.config import ExtractConfig
     from videolm.features.inputs import UsageError, collect_inputs
-    from videolm.features.store import StoreError
 
     out = args.out
     shard, device = args.shard, args.device
@@ -238,9 +235,19 @@ def _cmd_extract(args) -> int:
             "backbone", "weights", "preset", "window_s", "stride_s", "frames", "short_side", "crop", "drop_short",
             "batch_size", "workers", "decode_threads", "worker_nice", "amp", "dtype", "reader", "limit",
             "videos_per_shard", "retry_failed", "check_output", "seed", "temporal")}, shard=shard, device=device)
-        clip_spec_for(cfg)  # sizes that cannot work are a usage error before anything runs
         items, input_errors = collect_inputs(args.inputs)
     except (ValueError, UsageError) as err:
+        raise CliError(str(err)) from None
+    import torch
+    from tqdm import tqdm
+
+    from videolm.features.backbones import BackboneError
+    from videolm.features.extract import clip_spec_for, extract
+    from videolm.features.store import StoreError
+
+    try:
+        clip_spec_for(cfg)  # sizes that cannot work (they depend on the backbone's own) before anything runs
+    except ValueError as err:
         raise CliError(str(err)) from None
     if ray_cfg is None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {cfg.device}: no CUDA device is available on this machine (use --device cpu)")

@@ -17,11 +17,19 @@ def test_version():
     assert r.returncode == 0 and r.stdout.strip() == f"videolm {__version__}"
 
 
-def test_building_the_parser_does_not_import_torch():
-    """What makes --version and --help fast (torch alone takes seconds to import)."""
-    code = "import sys; from videolm.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+def test_building_the_parser_does_not_import_torch_or_scipy():
+    """What makes --version and --help fast (torch alone takes seconds to import, scipy.stats 2 s)."""
+    code = ("import sys; from videolm.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules, 'scipy' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == "False False", r.stderr
+
+
+def _run_main(*args):
+    """The command in a fresh interpreter, and whether it imported torch."""
+    code = "import sys; from videolm.cli import main; rc = main(sys.argv[1:]); print('torch' in sys.modules); sys.exit(rc)"
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    return r, r.stdout.strip().splitlines()[-1] == "True"
 
 
 def test_backbone_names_match_the_backbone_table():
@@ -61,25 +69,28 @@ def test_no_command_is_a_usage_error():
     assert r.returncode == 2 and "usage:" in r.stderr
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize("args, message, needs_torch", [
+    # the backbone's own crop comes from its weights' transforms: this one check needs torchvision
     (["--short-side", "100"], "--short-side 100 is smaller than the crop 224 (--crop): "
-                              "the crop must fit inside the resized frame"),
-    (["--window", "0"], "--window must be > 0 seconds, got 0.0"),
-    (["--frames", "0"], "--frames must be >= 1, got 0"),
-    (["--videos-per-shard", "0"], "--videos-per-shard must be >= 1, got 0"),
-    (["--limit", "-1"], "--limit must be >= 0, got -1"),
+                              "the crop must fit inside the resized frame", True),
+    (["--window", "0"], "--window must be > 0 seconds, got 0.0", False),
+    (["--frames", "0"], "--frames must be >= 1, got 0", False),
+    (["--videos-per-shard", "0"], "--videos-per-shard must be >= 1, got 0", False),
+    (["--limit", "-1"], "--limit must be >= 0, got -1", False),
 ])
-def test_impossible_settings_are_one_line_usage_errors(tmp_path, args, message):
+def test_impossible_settings_are_one_line_usage_errors(tmp_path, args, message, needs_torch):
+    """The line comes before torch loads wherever the check can do without it."""
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "a.mp4").write_bytes(b"x")
-    r = _run("extract", str(tmp_path / "v"), "-o", str(tmp_path / "s"), *args)
+    r, imported_torch = _run_main("extract", str(tmp_path / "v"), "-o", str(tmp_path / "s"), *args)
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: {message}"
     assert not (tmp_path / "s").exists()
+    assert imported_torch == needs_torch
 
 
 def test_a_folder_with_no_media_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    r = _run("extract", str(tmp_path / "empty"), "-o", str(tmp_path / "s"))
-    assert r.returncode == 2 and not (tmp_path / "s").exists()
+    r, imported_torch = _run_main("extract", str(tmp_path / "empty"), "-o", str(tmp_path / "s"))
+    assert r.returncode == 2 and not (tmp_path / "s").exists() and not imported_torch
     assert r.stderr.startswith(f"error: {tmp_path / 'empty'}: no video or image files") and ".mp4" in r.stderr
