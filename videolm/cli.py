@@ -238,21 +238,23 @@ def _cmd_extract(args) -> int:
         items, input_errors = collect_inputs(args.inputs)
     except (ValueError, UsageError) as err:
         raise CliError(str(err)) from None
-    import torch
     from tqdm import tqdm
 
-    from videolm.features.backbones import BackboneError
-    from videolm.features.extract import clip_spec_for, extract
+    from videolm.features.registry import BackboneError
+    from videolm.features.runplan import clip_spec_for
     from videolm.features.store import StoreError
 
     try:
         clip_spec_for(cfg)  # sizes that cannot work (they depend on the backbone's own) before anything runs
     except ValueError as err:
         raise CliError(str(err)) from None
-    if ray_cfg is None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError(f"--device {cfg.device}: no CUDA device is available on this machine (use --device cpu)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if ray_cfg is None:  # the Ray driver never imports torch: its actors run the network (--threads is theirs)
+        import torch
+
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise CliError(f"--device {cfg.device}: no CUDA device is available on this machine (use --device cpu)")
+        if args.threads:
+            torch.set_num_threads(args.threads)
     errors_path = os.path.join(out, "errors.jsonl")
     for e in input_errors:
         tqdm.write(f"error: {e.where}: {e.reason}; recorded in {errors_path}", file=sys.stderr)
@@ -260,6 +262,8 @@ def _cmd_extract(args) -> int:
     bars = _Bars(args.quiet, errors_path)
     try:
         if ray_cfg is None:
+            from videolm.features.extract import extract
+
             result = extract(items, out, cfg, input_errors, progress=bars)
         else:
             from videolm.features.ray_engine import RayEngineError, extract_ray

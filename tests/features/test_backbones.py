@@ -2,17 +2,21 @@
 networks, and weight loading (files, official names offline, a real
 MobileNetV2 checkpoint checked against its own reference implementation)."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.models as tvm
+import torchvision.models.video as tvv
 from safetensors.torch import save_file
 from skimage import data as skdata
 
 from videolm import samples
 from videolm.features.backbones import (
     BACKBONES,
+    BUILDERS,
     BackboneError,
     build_backbone,
     load_weights_file,
@@ -44,13 +48,57 @@ CASES = {
 
 
 def test_cases_cover_every_backbone():
-    assert set(CASES) == set(BACKBONES)
+    assert set(CASES) == set(BACKBONES) == set(BUILDERS)
+
+
+# torchvision's weight enums and the weights whose eval transform is each
+# backbone's default; the registry writes their values out torch-free
+TORCHVISION = {
+    "s3d": (tvv.S3D_Weights, "KINETICS400_V1"),
+    "r2plus1d_18": (tvv.R2Plus1D_18_Weights, "KINETICS400_V1"),
+    "mvit_v2_s": (tvv.MViT_V2_S_Weights, "KINETICS400_V1"),
+    "mobilenet_v2": (tvm.MobileNet_V2_Weights, "IMAGENET1K_V1"),
+    "resnet50": (tvm.ResNet50_Weights, "IMAGENET1K_V1"),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_registry_holds_torchvisions_own_eval_transforms_and_urls(name):
+    """Every official weight: short side (the smaller of resize_size), crop,
+    mean and std of ``weights.transforms()``, and the URL, as torchvision has them."""
+    enum, default = TORCHVISION[name]
+    spec = BACKBONES[name]
+    assert spec.source == "torchvision"
+    assert spec.official == {w.name: w.url for w in enum}
+    for w in enum:
+        t = w.transforms()
+        want = dict(short_side=min(t.resize_size), crop=t.crop_size[0], mean=tuple(t.mean), std=tuple(t.std))
+        assert spec.preprocessing(w.name) == want, w.name
+        if w.name == default:
+            assert spec.preprocessing("none") == want
+
+
+def test_torch_free_hub_dir_is_torch_hubs(monkeypatch, tmp_path):
+    """The registry's rule for where official weights live, checked in a
+    process without torch against torch.hub.get_dir() here."""
+    import subprocess
+    import sys
+
+    code = "import sys, videolm.features.registry as r; print(r.hub_dir()); assert 'torch' not in sys.modules"
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        monkeypatch.delenv("TORCH_HOME", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=dict(os.environ)).stdout.strip()
+        assert got == torch.hub.get_dir()
 
 
 def full_model(name, seed):
     """The library's own classification network, seeded as build_backbone seeds it."""
     torch.manual_seed(seed)
-    return BACKBONES[name].builder().eval()
+    return BUILDERS[name]().eval()
 
 
 def full_model_input(name, clips):

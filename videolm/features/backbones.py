@@ -1,6 +1,6 @@
 """Action-recognition backbones that turn a clip into one feature vector.
 
-Each entry of `BACKBONES` builds the *full* classification network of its
+Each entry of `BUILDERS` builds the *full* classification network of its
 source library (torchvision or pytorchvideo) with random weights; we then
 replace the classifier with `nn.Identity`, so the vector returned is exactly
 what the classifier would have read (pooled the way the full model pools).
@@ -16,12 +16,10 @@ its own and their per-frame vectors are averaged over T.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -34,7 +32,9 @@ from safetensors.torch import load_file as load_safetensors
 
 from videolm.errors import first_line
 from videolm.features.config import TEMPORAL_MODES
-from videolm.video.sampling import KINETICS_MEAN, KINETICS_STD
+# what each backbone is lives torch-free (a Ray driver plans a run without torch); re-exported here
+from videolm.features.registry import (BACKBONES, PTV_ZOO, BackboneError, BackboneSpec,  # noqa: F401
+                                       check_backbone, official_weights_path, weights_path)
 
 with warnings.catch_warnings():
     # fvcore (imported by pytorchvideo) calls torch.jit.script at import time,
@@ -45,173 +45,22 @@ with warnings.catch_warnings():
 logger = logging.getLogger(__name__)
 
 FRAME_CHUNK = 32  # frames per forward call of a 2-D backbone
-PTV_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
 
 
-class BackboneError(ValueError):
-    """User-facing error; str() is ONE line, no traceback needed."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to build a backbone and what clips it expects."""
-
-    builder: Callable[[], nn.Module]  # builds the FULL classification model, random init (no download)
-    dim: int  # feature dim of the pooled vector
-    frames: int  # T the network is trained with
-    sampling_rate: int  # tau, in frames of a 30 fps source (window = frames*tau/30 s, fps = 30/tau)
-    short_side: int  # resize short side to this, then centre crop `crop`
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    kind: str  # "3d" or "2d"
-    source: str  # "torchvision" | "pytorchvideo"
-    official: dict[str, str]  # official weight name -> download URL
-    # Modules after the pooled vector (the classifier, and pytorchvideo's
-    # softmax); dotted paths in the full model, replaced by nn.Identity.
-    classifier: tuple[str, ...] = ()
-    # SlowFast only: the slow pathway sees every alpha-th frame of the clip.
-    alpha: int | None = None
-    # MViT only: positional embeddings accept exactly frames x crop x crop.
-    fixed_input: bool = False
-    # official weight name -> its own eval sizes / mean / std where they differ
-    # from the fields above (torchvision's IMAGENET1K_V2: 232 px, not 256)
-    weight_preprocessing: dict[str, dict] = field(default_factory=dict)
-
-    def preprocessing(self, weights: str = "none") -> dict:
-        """short_side, crop, mean, std for clips fed to these weights."""
-        base = dict(short_side=self.short_side, crop=self.crop, mean=self.mean, std=self.std)
-        return dict(base, **self.weight_preprocessing.get(weights, {}))
-
-
-def _torchvision_preprocessing(weights) -> dict:
-    """Sizes and normalisation from a torchvision weight enum's eval transform.
-    `resize_size` is (short,) or a fixed (H, W); its smaller side is the short side."""
-    t = weights.transforms()
-    return dict(
-        short_side=min(t.resize_size),
-        crop=t.crop_size[0],
-        mean=tuple(t.mean),
-        std=tuple(t.std),
-    )
-
-
-def _torchvision_official(enum) -> dict[str, str]:
-    return {w.name: w.url for w in enum}
-
-
-def _torchvision_weights(enum, default) -> dict:
-    """The BackboneSpec fields that come from a torchvision weight enum: the
-    default weights' preprocessing, and each other weight's where it differs."""
-    base = _torchvision_preprocessing(default)
-    per_weight = {}
-    for w in enum:
-        diff = {k: v for k, v in _torchvision_preprocessing(w).items() if v != base[k]}
-        if diff:
-            per_weight[w.name] = diff
-    return dict(base, official=_torchvision_official(enum), weight_preprocessing=per_weight)
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    # torchvision 3-D. S3D: 16 frames at 15 fps (torchvision evaluates at
-    # 15 fps); its eval transform resizes to a fixed 256x256, we keep aspect.
-    "s3d": BackboneSpec(
-        builder=partial(tvv.s3d, weights=None),
-        dim=1024, frames=16, sampling_rate=2,
-        **_torchvision_weights(tvv.S3D_Weights, tvv.S3D_Weights.KINETICS400_V1),
-        kind="3d", source="torchvision",
-        classifier=("classifier",),
-    ),
-    "r2plus1d_18": BackboneSpec(
-        builder=partial(tvv.r2plus1d_18, weights=None),
-        dim=512, frames=16, sampling_rate=2,
-        **_torchvision_weights(tvv.R2Plus1D_18_Weights, tvv.R2Plus1D_18_Weights.KINETICS400_V1),
-        kind="3d", source="torchvision",
-        classifier=("fc",),
-    ),
-    # MViT's positional embedding fixes the input to exactly 16x224x224.
-    "mvit_v2_s": BackboneSpec(
-        builder=partial(tvv.mvit_v2_s, weights=None),
-        dim=768, frames=16, sampling_rate=4,
-        **_torchvision_weights(tvv.MViT_V2_S_Weights, tvv.MViT_V2_S_Weights.KINETICS400_V1),
-        kind="3d", source="torchvision",
-        classifier=("head",), fixed_input=True,
-    ),
-    # pytorchvideo model zoo (Kinetics-400). T x tau from each checkpoint's
-    # name; sizes from the torch hub recipes (the pytorchvideo hub pages and
-    # tutorial_torchhub_inference: X3D-XS/S 182/182, X3D-M, Slow and SlowFast
-    # 256/256, i.e. the crop covers the short side). I3D and R(2+1)D-50 have no
-    # hub recipe: they keep the 256 / 224 centre crop of their training size.
-    # X3D's pooled vector is the 2048-d output of the head's projected pool.
-    "x3d_xs": BackboneSpec(
-        builder=partial(ptv_hub.x3d_xs, pretrained=False),
-        dim=2048, frames=4, sampling_rate=12, short_side=182, crop=182,
-        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/X3D_XS.pyth"},
-        classifier=("blocks.5.proj", "blocks.5.activation"),
-    ),
-    "x3d_s": BackboneSpec(
-        builder=partial(ptv_hub.x3d_s, pretrained=False),
-        dim=2048, frames=13, sampling_rate=6, short_side=182, crop=182,
-        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/X3D_S.pyth"},
-        classifier=("blocks.5.proj", "blocks.5.activation"),
-    ),
-    "x3d_m": BackboneSpec(
-        builder=partial(ptv_hub.x3d_m, pretrained=False),
-        dim=2048, frames=16, sampling_rate=5, short_side=256, crop=256,
-        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/X3D_M.pyth"},
-        classifier=("blocks.5.proj", "blocks.5.activation"),
-    ),
-    "slow_r50": BackboneSpec(
-        builder=partial(ptv_hub.slow_r50, pretrained=False),
-        dim=2048, frames=8, sampling_rate=8, short_side=256, crop=256,
-        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/SLOW_8x8_R50.pyth"},
-        classifier=("blocks.5.proj",),
-    ),
-    # SlowFast 8x8: the fast pathway reads 32 frames at tau=2, the slow one
-    # every 4th of them (8 frames at tau=8); 2048 slow + 256 fast channels.
-    "slowfast_r50": BackboneSpec(
-        builder=partial(ptv_hub.slowfast_r50, pretrained=False),
-        dim=2304, frames=32, sampling_rate=2, short_side=256, crop=256,
-        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/SLOWFAST_8x8_R50.pyth"},
-        classifier=("blocks.6.proj",), alpha=4,
-    ),
-    "i3d_r50": BackboneSpec(
-        builder=partial(ptv_hub.i3d_r50, pretrained=False),
-        dim=2048, frames=8, sampling_rate=8, short_side=256, crop=224,
-        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/I3D_8x8_R50.pyth"},
-        classifier=("blocks.6.proj",),
-    ),
-    "r2plus1d_r50": BackboneSpec(
-        builder=partial(ptv_hub.r2plus1d_r50, pretrained=False),
-        dim=2048, frames=16, sampling_rate=4, short_side=256, crop=224,
-        mean=KINETICS_MEAN, std=KINETICS_STD, kind="3d", source="pytorchvideo",
-        official={"KINETICS400": f"{PTV_ZOO}/R2PLUS1D_16x4_R50.pyth"},
-        classifier=("blocks.5.proj", "blocks.5.activation"),
-    ),
-    # 2-D ImageNet networks, frame by frame then mean over T (video_features'
-    # ResNet mode). 16 frames at 15 fps is our choice, not a training setting;
-    # 256/224 is the IMAGENET1K_V1 eval transform; IMAGENET1K_V2 weights get
-    # their own 232/224 (weight_preprocessing).
-    "mobilenet_v2": BackboneSpec(
-        builder=partial(tvm.mobilenet_v2, weights=None),
-        dim=1280, frames=16, sampling_rate=2,
-        **_torchvision_weights(tvm.MobileNet_V2_Weights, tvm.MobileNet_V2_Weights.IMAGENET1K_V1),
-        kind="2d", source="torchvision",
-        classifier=("classifier",),
-    ),
-    "resnet50": BackboneSpec(
-        builder=partial(tvm.resnet50, weights=None),
-        dim=2048, frames=16, sampling_rate=2,
-        **_torchvision_weights(tvm.ResNet50_Weights, tvm.ResNet50_Weights.IMAGENET1K_V1),
-        kind="2d", source="torchvision",
-        classifier=("fc",),
-    ),
+# The full classification network of each backbone, random init (no download).
+BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    "s3d": partial(tvv.s3d, weights=None),
+    "r2plus1d_18": partial(tvv.r2plus1d_18, weights=None),
+    "mvit_v2_s": partial(tvv.mvit_v2_s, weights=None),
+    "x3d_xs": partial(ptv_hub.x3d_xs, pretrained=False),
+    "x3d_s": partial(ptv_hub.x3d_s, pretrained=False),
+    "x3d_m": partial(ptv_hub.x3d_m, pretrained=False),
+    "slow_r50": partial(ptv_hub.slow_r50, pretrained=False),
+    "slowfast_r50": partial(ptv_hub.slowfast_r50, pretrained=False),
+    "i3d_r50": partial(ptv_hub.i3d_r50, pretrained=False),
+    "r2plus1d_r50": partial(ptv_hub.r2plus1d_r50, pretrained=False),
+    "mobilenet_v2": partial(tvm.mobilenet_v2, weights=None),
+    "resnet50": partial(tvm.resnet50, weights=None),
 }
 
 
@@ -309,18 +158,11 @@ def build_backbone(name: str, weights: str = "none", seed: int = 0, temporal: st
     """The headless backbone `name` in eval mode. `weights` is "none" (random
     init, deterministic given `seed`), an official weight name, or a file;
     `temporal` (2-D backbones) one of ``TEMPORAL_MODES``."""
-    if name not in BACKBONES:
-        raise BackboneError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
-    spec = BACKBONES[name]
-    if temporal not in TEMPORAL_MODES:
-        raise BackboneError(f"unknown temporal mode {temporal!r}; valid: {', '.join(TEMPORAL_MODES)}")
-    if temporal != "mean" and spec.kind != "2d":
-        raise BackboneError(f"--temporal {temporal}: {name} is a 3-D network, which models time itself; "
-                            "the option is for 2-D backbones")
+    spec = check_backbone(name, temporal)
     # Seed a forked RNG so building a model leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = spec.builder()
+        net = BUILDERS[name]()
     _strip_classifier(net, spec.classifier)
     backbone = Backbone(name, spec, net, temporal=temporal)
     if weights != "none":
@@ -373,31 +215,12 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def official_weights_path(name: str, weights: str) -> Path:
-    """Where an official weight file must be for offline use: the torch hub
-    cache, under the URL's file name (as torch.hub would save it)."""
-    url = BACKBONES[name].official[weights]
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
 def load_weights(backbone: Backbone, weights: str) -> None:
     """Load an official weight name or a file into `backbone`, strictly: every
     non-classifier tensor must be present with the right shape. Classifier
     tensors in the file are ignored (the backbone has no classifier)."""
     name, spec = backbone.name, backbone.spec
-    if weights in spec.official:
-        path = official_weights_path(name, weights)
-        if not path.is_file():
-            raise BackboneError(
-                f"{name}: weights {weights} are not on this machine (offline); download "
-                f"{spec.official[weights]} and put it at {path}, or pass --weights /path/to/file"
-            )
-    elif Path(weights).is_file() or os.sep in weights or Path(weights).suffix:
-        path = Path(weights)
-    else:
-        valid = ", ".join(["none", *spec.official])
-        raise BackboneError(f"{name}: unknown weights {weights!r}; valid: {valid}, or a path to a weights file")
-
+    path = weights_path(name, weights)
     state = load_weights_file(path)
     if name == "mobilenet_v2" and _is_bottleneck_layout(state):
         logger.info("%s: %s uses the older MobileNetV2 key layout; mapping it", name, path)

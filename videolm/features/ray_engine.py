@@ -31,20 +31,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from videolm.errors import first_line
-from videolm.features.backbones import BackboneError, build_backbone
 from videolm.features.config import ExtractConfig
 from videolm.features.decoding import decode_rows
-from videolm.features.extract import (ExtractResult, OutputCheck, _Video, begin_run, check_input_size, clip_spec_for,
-                                      embed_clips, store_meta, warn_random_weights)
 from videolm.features.inputs import InputError, InputItem
+from videolm.features.registry import BackboneError, feature_dim, weights_path
+from videolm.features.runplan import ExtractResult, _Video, begin_run, clip_spec_for, store_meta, warn_random_weights
 from videolm.features.store import StoreWriter
 from videolm.progress import Progress
 from videolm.video.sampling import ClipSpec
@@ -102,6 +101,10 @@ class _Embedder:
     an error there is such a row too, not a failed actor start."""
 
     def __init__(self, cfg: ExtractConfig, spec: dict, threads: int | None):
+        import torch  # here, in the actor: the driver, which imports this module too, never needs torch
+
+        from videolm.features.extract import OutputCheck
+
         self.cfg, self.spec, self.threads = cfg, ClipSpec.from_dict(spec), threads
         self.device = torch.device("cuda" if cfg.device.startswith("cuda") else "cpu")  # Ray picked the GPU
         self.shape = (self.spec.frames, self.spec.crop, self.spec.crop, 3)  # one clip, uint8
@@ -109,6 +112,11 @@ class _Embedder:
         self.net = None
 
     def _build(self) -> None:
+        import torch
+
+        from videolm.features.backbones import build_backbone
+        from videolm.features.extract import check_input_size
+
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads or os.cpu_count() or 1)
         elif not torch.cuda.is_available():  # Ray reserved a GPU that this node's torch cannot use
@@ -130,6 +138,10 @@ class _Embedder:
                     "feature": np.array([b""], dtype=object)}
 
     def _embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from videolm.features.extract import embed_clips
+
         if self.net is None:
             self._build()
         has_clip = [i for i, c in enumerate(batch["clip"]) if len(c)]
@@ -162,18 +174,23 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
         raise RayEngineError(f"--device {cfg.device}: with --engine ray, Ray gives each actor its GPU; "
                              "use --device cuda")
     warn_random_weights(cfg)
-    # the network is built here too: weights that do not load are one line, and the store's dim is the
-    # network's. For a new store Ray starts meanwhile (the build runs in a thread: ray.init wants the main
-    # thread); a rerun builds first and starts Ray only if something is left to do.
+    # The driver builds no network, nor imports torch (5-6 s on 2 cores, and a head node may have none): the
+    # store's dim is the registry's, and the actors load the weights. What can be checked here is, at once: an
+    # unknown backbone or weight name, and, on a local Ray (this machine's files are the actors'), a missing
+    # weights file. A file that does not load stops the run from the actor, in one line, as the local engine's.
+    dim = feature_dim(cfg.backbone, cfg.temporal)
+    if ray_cfg.address is None:
+        weights_path(cfg.backbone, cfg.weights)
+    else:
+        weights_path(cfg.backbone, cfg.weights, must_exist=False)
     fresh = not os.path.exists(os.path.join(out, "meta.json"))
-    started = False
+    existed = os.path.isdir(out)
+    started = abandon = False
     with ThreadPoolExecutor(1) as pool:
-        built = pool.submit(build_backbone, cfg.backbone, cfg.weights, seed=cfg.seed, temporal=cfg.temporal)
         try:
-            if fresh and not ray.is_initialized():
+            if fresh and not ray.is_initialized():  # a new store: something to do, Ray starts at once
                 _init(ray, ray_cfg)
                 started = True
-            dim = built.result().dim
             with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
                 run = begin_run(items, writer, cfg, list(input_errors), progress, dim)
                 if run.decode:  # a rerun with nothing left starts no Ray
@@ -182,8 +199,14 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
                         started = True
                     # a local Ray of ours starts its workers at nice 0, a cluster's at Ray's default
                     own = started and ray_cfg.address is None
-                    _drive(ray, run, cfg, spec, ray_cfg, min(19, (0 if own else RAY_WORKER_NICENESS) + cfg.worker_nice),
-                           own)
+                    try:
+                        _drive(ray, run, cfg, spec, ray_cfg,
+                               min(19, (0 if own else RAY_WORKER_NICENESS) + cfg.worker_nice), own)
+                    except BackboneError:
+                        # the network could not run (weights that do not load): a store this run created and
+                        # wrote nothing into goes, as the local engine, which builds first, never makes one
+                        abandon = fresh and not (run.result.ok or run.result.failed or run.input_rows)
+                        raise
                 stopping = pool.submit(ray.shutdown) if started else None  # the workers go while the index is written
                 started = False
                 result = run.end(t0)
@@ -193,6 +216,19 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
         finally:
             if started:
                 ray.shutdown()
+            if abandon:
+                _remove_new_store(out, existed)
+
+
+def _remove_new_store(out: str, existed: bool) -> None:
+    """Undo a new store that holds nothing (its meta, empty folders, its
+    lock): the folder was empty or absent before (StoreWriter refuses any
+    other that is not a store)."""
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if not existed:
+        os.rmdir(out)
 
 
 def _init(ray, ray_cfg: RayConfig) -> None:
