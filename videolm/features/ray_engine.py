@@ -10,9 +10,10 @@ Execution streams: a decode task emits its clips in small blocks while it
 reads, and Ray Data's backpressure bounds what is in flight, so neither a
 long video nor a large corpus sits in memory. The driver runs the local
 engine's ``begin_run`` (what is left, partials, the shard plan) and writes
-each finished input through ``Run.record``; a store written here equals one
-written by ``--engine local`` on the same inputs and settings, and either
-engine resumes the other's store.
+each finished input through ``Run.record``, both torch-free
+(``videolm.features.runplan``): only the actors import torch. A store
+written here equals one written by ``--engine local`` on the same inputs and
+settings, and either engine resumes the other's store.
 
 Rows flowing through the dataset are one clip each (``clip``: its uint8 bytes)
 or one closing message per input attempt (``info``: the JSON of decode_input's
@@ -179,10 +180,7 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
     # unknown backbone or weight name, and, on a local Ray (this machine's files are the actors'), a missing
     # weights file. A file that does not load stops the run from the actor, in one line, as the local engine's.
     dim = feature_dim(cfg.backbone, cfg.temporal)
-    if ray_cfg.address is None:
-        weights_path(cfg.backbone, cfg.weights)
-    else:
-        weights_path(cfg.backbone, cfg.weights, must_exist=False)
+    weights_path(cfg.backbone, cfg.weights, must_exist=ray_cfg.address is None)
     fresh = not os.path.exists(os.path.join(out, "meta.json"))
     existed = os.path.isdir(out)
     started = abandon = False
@@ -204,8 +202,9 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
                                min(19, (0 if own else RAY_WORKER_NICENESS) + cfg.worker_nice), own)
                     except BackboneError:
                         # the network could not run (weights that do not load): a store this run created and
-                        # wrote nothing into goes, as the local engine, which builds first, never makes one
-                        abandon = fresh and not (run.result.ok or run.result.failed or run.input_rows)
+                        # recorded no input in goes (its input-list errors are only written at the end), as
+                        # the local engine, which builds first, never makes one
+                        abandon = fresh and not (run.result.ok or run.result.failed)
                         raise
                 stopping = pool.submit(ray.shutdown) if started else None  # the workers go while the index is written
                 started = False
@@ -226,7 +225,10 @@ def _remove_new_store(out: str, existed: bool) -> None:
     other that is not a store)."""
     for name in os.listdir(out):
         path = os.path.join(out, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     if not existed:
         os.rmdir(out)
 
