@@ -3,6 +3,8 @@ networks, and weight loading (files, official names offline, a real
 MobileNetV2 checkpoint checked against its own reference implementation)."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,9 +83,6 @@ def test_registry_holds_torchvisions_own_eval_transforms_and_urls(name):
 def test_torch_free_hub_dir_is_torch_hubs(monkeypatch, tmp_path):
     """The registry's rule for where official weights live, checked in a
     process without torch against torch.hub.get_dir() here."""
-    import subprocess
-    import sys
-
     code = "import sys, videolm.features.registry as r; print(r.hub_dir()); assert 'torch' not in sys.modules"
     for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
         monkeypatch.delenv("TORCH_HOME", raising=False)

@@ -33,8 +33,8 @@ from safetensors.torch import load_file as load_safetensors
 from videolm.errors import first_line
 from videolm.features.config import TEMPORAL_MODES
 # what each backbone is lives torch-free (a Ray driver plans a run without torch); re-exported here
-from videolm.features.registry import (BACKBONES, PTV_ZOO, BackboneError, BackboneSpec,  # noqa: F401
-                                       check_backbone, official_weights_path, weights_path)
+from videolm.features.registry import (BACKBONES, BackboneError, BackboneSpec, check_backbone,  # noqa: F401
+                                       feature_dim, weights_path)
 
 with warnings.catch_warnings():
     # fvcore (imported by pytorchvideo) calls torch.jit.script at import time,
@@ -80,7 +80,7 @@ class Backbone(nn.Module):
     @property
     def dim(self) -> int:
         """Length of one clip's vector: the network's pooled vector, twice with a motion half."""
-        return self.spec.dim * (1 if self.temporal == "mean" else 2)
+        return feature_dim(self.name, self.temporal)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """clips: (B, C=3, T, H, W) float, already normalised with spec.mean/std -> (B, dim) float."""
