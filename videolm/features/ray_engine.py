@@ -98,8 +98,11 @@ class _Embedder:
     A BackboneError (weights that do not load, clips the network cannot take,
     a degenerate output) becomes one "fatal" row, on which the driver stops the
     run with that line, as the local engine does: Ray would hand it over as a
-    traceback in a string. The network is built on the first batch, so that
-    an error there is such a row too, not a failed actor start."""
+    traceback in a string. The network is built when the actor starts, while
+    the first clips are still being decoded (Ray Data dispatches the first
+    decode task only once its own helper actors are up, so the actor waits
+    for its first batch anyway); an error there is kept and raised on the
+    first batch, so that it becomes such a row too, not a failed actor start."""
 
     def __init__(self, cfg: ExtractConfig, spec: dict, threads: int | None):
         import torch  # here, in the actor: the driver, which imports this module too, never needs torch
@@ -110,7 +113,11 @@ class _Embedder:
         self.device = torch.device("cuda" if cfg.device.startswith("cuda") else "cpu")  # Ray picked the GPU
         self.shape = (self.spec.frames, self.spec.crop, self.spec.crop, 3)  # one clip, uint8
         self.check = OutputCheck(f"{cfg.backbone} (weights {cfg.weights})") if cfg.check_output else None
-        self.net = None
+        self.net, self.error = None, None
+        try:
+            self._build()
+        except Exception as err:  # raised on the first batch: a BackboneError becomes the fatal row
+            self.error = err
 
     def _build(self) -> None:
         import torch
@@ -143,8 +150,8 @@ class _Embedder:
 
         from videolm.features.extract import embed_clips
 
-        if self.net is None:
-            self._build()
+        if self.error is not None:
+            raise self.error
         has_clip = [i for i, c in enumerate(batch["clip"]) if len(c)]
         features = np.empty(len(batch["clip"]), dtype=object)
         features[:] = b""
