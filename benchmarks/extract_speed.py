@@ -11,7 +11,11 @@
    its workers and backbone actor included) vs ``--engine local``, as whole
    commands (each a fresh interpreter: imports, start and stop included) on
    the same end-to-end input and settings, run alternately. Reported as a
-   time ratio (goal <= 1.15x on 2 cores).
+   time ratio (goal <= 1.15x on 2 cores). Alongside, Ray's own floor: a whole
+   command that starts a local Ray as the engine does, runs a pipeline of
+   the engine's shape (one decode-like task, one actor in a pool) on one
+   row that does nothing, and stops; the time that any Ray Data run pays
+   before and after its work, put against the local engine's run.
 
     python benchmarks/extract_speed.py [--seconds 60] [--backbones s3d x3d_xs] [--repeats 3] [--sections 1 2 3]
 """
@@ -142,10 +146,17 @@ def engines(path: str, backbone: str, batch: int, workers: int, repeats: int) ->
     from videolm.features.store import FeatureStore
 
     code = "import sys; from videolm.cli import main; sys.exit(main(sys.argv[1:]))"
-    runs = {"local": [], "ray": []}
+    runs = {"local": [], "ray": [], "floor": []}
     clips = {}
-    for _ in range(repeats):  # alternately, so that a change of machine load hits both
+    for _ in range(repeats):  # alternately, so that a change of machine load hits all three
         for engine in runs:
+            if engine == "floor":
+                t = time.perf_counter()
+                r = subprocess.run([sys.executable, "-c", RAY_FLOOR], capture_output=True, text=True)
+                runs[engine].append(time.perf_counter() - t)
+                if r.returncode != 0 or r.stdout.strip() != "1":
+                    sys.exit(f"the no-op Ray pipeline failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 out = os.path.join(tmp, "store")
                 cmd = [sys.executable, "-c", code, "extract", path, "-o", out, "--backbone", backbone,
@@ -167,6 +178,27 @@ def engines(path: str, backbone: str, batch: int, workers: int, repeats: int) ->
     pairs = [r / t for r, t in zip(runs["ray"], runs["local"])]  # each Ray run against the local run just before it
     print(f"    --engine ray / --engine local = {t_ray / t_local:.2f}x (goal <= 1.15x); run by run "
           f"{', '.join(f'{p:.2f}' for p in pairs)}x, median {statistics.median(pairs):.2f}x")
+    t_floor = statistics.median(runs["floor"])
+    print(f"    Ray's floor (a no-op pipeline of the engine's shape, whole command): {t_floor:.1f} s "
+          f"(runs {', '.join(f'{t:.1f}' for t in runs['floor'])}) = {t_floor / t_local:.2f} of the local run; "
+          f"the Ray run's extra time: {t_ray - t_local:.1f} s = {(t_ray - t_local) / t_local:.2f} of it")
+
+
+# A whole command that pays what every --engine ray run pays besides its work: Ray's start (as the engine
+# starts it), Ray Data's planning and helper actors, a task and a pool actor that do nothing, Ray's stop.
+RAY_FLOOR = """
+import numpy as np
+from videolm.features.ray_engine import RayConfig, _init, import_ray
+ray = import_ray()
+_init(ray, RayConfig())
+class Noop:
+    def __call__(self, batch):
+        return batch
+ds = (ray.data.from_items([{"x": 0}]).flat_map(lambda row: [row], num_cpus=1)
+      .map_batches(Noop, batch_size=4, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1))
+print(sum(1 for _ in ds.iter_rows()))
+ray.shutdown()
+"""
 
 
 def main() -> None:
