@@ -89,6 +89,23 @@ def test_impossible_settings_are_one_line_usage_errors(tmp_path, args, message):
     assert not imported_torch
 
 
+@pytest.mark.parametrize("name, text, overrides, message", [
+    ("missing.yaml", None, [], "{path}: no such config file"),
+    ("run.yaml", "model:\n  mode: cbt\n", ["model.nope=1"],
+     "override 'model.nope=1': unknown key 'model.nope' (did you mean 'model.mode'?)"),
+    ("run.yaml", "model:\n  mode: cbt\n", ["eval.every=5"],
+     "{path}: eval.every is set but eval.protocol is empty; name a protocol (e.g. captions)"),
+])
+def test_a_bad_pretrain_config_is_one_line_before_torch_loads(tmp_path, name, text, overrides, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    r, imported_torch = _run_main("pretrain", str(path), *overrides)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: " + message.format(path=path)
+    assert not imported_torch
+
+
 def test_a_folder_with_no_media_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     r, imported_torch = _run_main("extract", str(tmp_path / "empty"), "-o", str(tmp_path / "s"))

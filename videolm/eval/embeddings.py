@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from videolm.data.align import align_span
+from videolm.eval.errors import EvalError  # noqa: F401  (importers of EvalError from here keep working)
 from videolm.fileio import atomic_save_npz
 from videolm.model import io
 from videolm.model.errors import ModelError
@@ -41,10 +42,6 @@ from videolm.model.pretraining import VideoLMForPretraining
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # called with the number of inputs just finished
-
-
-class EvalError(Exception):
-    """A user mistake in evaluation (model, store, annotations); one line."""
 
 
 def uniform_clips(indices: np.ndarray, max_len: int) -> np.ndarray:

@@ -36,16 +36,20 @@ def add_parser(subparsers) -> None:
 def run_pretrain(args) -> int:
     from videolm.cliutil import EXIT_OK, CliError
     from videolm.data.errors import DataError
-    from videolm.eval.embeddings import EvalError
+    from videolm.eval.errors import EvalError
     from videolm.model.errors import ModelError
     from videolm.text.tokenizer import TextError
-    from videolm.train.checkpoint import CheckpointError
     from videolm.train.config import ConfigError, load_config
+
+    try:  # the config first, torch-free: a missing file or a bad key is one line in well under a second
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, DataError, ModelError, TextError, EvalError) as err:
+        raise CliError(str(err)) from None
+    from videolm.train.checkpoint import CheckpointError
     from videolm.train.distributed import env_from_torchrun
     from videolm.train.loop import pretrain
 
     try:
-        cfg = load_config(args.config, args.overrides)
         bar = None
         show = not args.quiet and env_from_torchrun().is_main
 

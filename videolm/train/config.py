@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import yaml
 
 from videolm.data.config import DataConfig
-from videolm.eval.validation import ValidationConfig
+from videolm.eval.errors import EvalError
+from videolm.eval.validation_config import ValidationConfig
 from videolm.model.config import ModelConfig
 
 
@@ -238,8 +239,6 @@ def load_config(path: str | None, overrides: list[str] = ()) -> PretrainConfig:
         _set_dotted(tree, key.strip(), value, f"override {item!r}")
     cfg = _build(PretrainConfig, tree, "", source)
     cfg.train.validate()
-    from videolm.eval.embeddings import EvalError
-
     try:
         cfg.eval.validate()
     except EvalError as err:
