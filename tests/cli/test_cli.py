@@ -106,6 +106,27 @@ def test_a_bad_pretrain_config_is_one_line_before_torch_loads(tmp_path, name, te
     assert not imported_torch
 
 
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "{tmp}/m", "--protocol", "captions", "--store", "{tmp}/s"],
+     "protocol captions needs --annotations MANIFEST.jsonl (one or more)"),
+    (["evaluate", "{tmp}/m", "--protocol", "captions", "--annotations", "{tmp}/bad.jsonl", "--store", "{tmp}/s"],
+     "{tmp}/bad.jsonl:2: not valid JSON (Expecting ',' delimiter)"),
+    (["evaluate", "{tmp}/m", "--protocol", "captions", "--annotations", "{tmp}/ok.jsonl", "--store", "{tmp}/s"],
+     "{tmp}/s: not a feature store (no meta.json)"),
+    (["search", "{tmp}/m", "{tmp}/s", "a dog"], "{tmp}/s: not a feature store (no meta.json)"),
+    (["zeroshot", "{tmp}/m", "--store", "{tmp}/s", "--labels", "{tmp}/ok.jsonl"],
+     "{tmp}/s: not a feature store (no meta.json)"),
+])
+def test_evaluation_usage_errors_are_one_line_before_torch_loads(tmp_path, args, message):
+    """A missing annotation file, a bad manifest line or a missing store is found before the model loads."""
+    (tmp_path / "ok.jsonl").write_text('{"video_id": "a", "caption": "a dog runs"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"video_id": "a", "caption": "a dog runs"}\n{"video_id": 3\n')
+    r, imported_torch = _run_main(*[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: " + message.format(tmp=tmp_path)
+    assert not imported_torch
+
+
 def test_a_folder_with_no_media_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     r, imported_torch = _run_main("extract", str(tmp_path / "empty"), "-o", str(tmp_path / "s"))

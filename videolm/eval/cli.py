@@ -130,7 +130,24 @@ def _errors():
     return EvalError, ProtocolError, ValueError
 
 
+def _open_store(path: str):
+    """The feature store, or its one line, before torch is imported."""
+    from videolm.features.store import FeatureStore, StoreError
+
+    try:
+        return FeatureStore(path)
+    except StoreError as err:
+        raise CliError(str(err)) from None
+
+
 def run_evaluate(args) -> int:
+    from videolm.eval.protocols import ProtocolError, load_protocol
+
+    try:  # the usual mistakes (protocol, annotations, store) are one line before torch loads
+        load_protocol(args.protocol, args.annotations, args.split)
+    except ProtocolError as err:
+        raise CliError(str(err)) from None
+    _open_store(args.store)
     from videolm.eval.evaluate import EvalConfig, evaluate
     from videolm.eval.report import ROW_LABELS
 
@@ -169,11 +186,6 @@ def default_cache() -> str:
 
 
 def run_search(args) -> int:
-    from videolm.eval.embeddings import Encoder
-    from videolm.eval.index import IndexConfig
-    from videolm.eval.search import open_gallery, search_example, search_text
-    from videolm.features.store import FeatureStore, StoreError
-
     given = [x for x in (args.query, args.image, args.video) if x is not None]
     if len(given) != 1:
         raise CliError("give one query: text, --image PATH or --video PATH")
@@ -181,9 +193,14 @@ def run_search(args) -> int:
         raise CliError("empty query; give some text (or --image PATH / --video PATH)")
     if args.k < 1:
         raise CliError(f"-k must be at least 1, not {args.k}")
+    store = _open_store(args.store)
+    from videolm.eval.embeddings import Encoder
+    from videolm.eval.index import IndexConfig
+    from videolm.eval.search import open_gallery, search_example, search_text
+    from videolm.features.store import StoreError
+
     factory, bars = _bars(args.quiet)
     try:
-        store = FeatureStore(args.store)
         encoder = Encoder.from_pretrained(args.model, args.device)
         gallery = open_gallery(encoder, store, args.kind, IndexConfig(kind=args.index), args.cache or default_cache(),
                                factory)
@@ -209,17 +226,16 @@ def run_search(args) -> int:
 
 
 def run_zeroshot(args) -> int:
-
+    if (args.labels is None) == (args.masked is None):
+        raise CliError("give --labels (dual encoder) or --masked TEMPLATE (masked LM), not both or neither")
+    store = _open_store(args.store)
     from videolm.eval.embeddings import Encoder
     from videolm.eval.zeroshot import (DEFAULT_TEMPLATES, kinetics400_classes, read_labels, read_lines,
                                        zeroshot_dual, zeroshot_masked)
-    from videolm.features.store import FeatureStore, StoreError
+    from videolm.features.store import StoreError
     from videolm.fileio import atomic_write_json
 
-    if (args.labels is None) == (args.masked is None):
-        raise CliError("give --labels (dual encoder) or --masked TEMPLATE (masked LM), not both or neither")
     try:
-        store = FeatureStore(args.store)
         encoder = Encoder.from_pretrained(args.model, args.device)
         if args.labels:
             if (args.classes is None) == (not args.kinetics400):

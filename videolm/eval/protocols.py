@@ -199,7 +199,7 @@ def _load_karpathy(name: str, annotations: list[str], split: str) -> Protocol:
 def load_captions(annotations: list[str], split: str) -> Protocol:
     """videolm's own manifests: ``{"video_id", "captions"|"caption", [start, end]}``
     rows are videos (or their timed spans), ``{"image_id", ...}`` rows images."""
-    from videolm.data.corpus import BadRow, parse_row
+    from videolm.data.manifest import BadRow, parse_row
 
     if not annotations:
         raise ProtocolError("protocol captions needs --annotations MANIFEST.jsonl (one or more)")
