@@ -18,7 +18,7 @@ from videolm.tokenize import cli as tokenize_cli
 from videolm.eval import cli as eval_cli
 from videolm.train import cli as train_cli
 
-from videolm.cliutil import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, CliError  # noqa: F401
+from videolm.cliutil import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, CliError  # noqa: F401
 from videolm.cliutil import Formatter as _Formatter
 
 def _shard(text: str) -> tuple[int, int]:
@@ -370,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished work (inputs, checkpoints) is kept; rerun the same command to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of stdout went away (`videolm store info S | head`): stop quietly, and point stdout at
+        # /dev/null so that the interpreter's flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell tool killed by `| head` returns
 
 
 class CliError(Exception):

@@ -132,3 +132,12 @@ def test_a_folder_with_no_media_is_a_usage_error(tmp_path):
     r, imported_torch = _run_main("extract", str(tmp_path / "empty"), "-o", str(tmp_path / "s"))
     assert r.returncode == 2 and not (tmp_path / "s").exists() and not imported_torch
     assert r.stderr.startswith(f"error: {tmp_path / 'empty'}: no video or image files") and ".mp4" in r.stderr
+
+
+def test_a_reader_that_goes_away_is_no_traceback(sample_store):
+    """`videolm store info S | head -1`: the pipe closes before the command writes; it stops quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "videolm.cli", "store", "info", str(sample_store)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141 and err == ""
