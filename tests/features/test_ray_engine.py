@@ -24,7 +24,8 @@ RAY = ["--engine", "ray", "--threads", str(torch.get_num_threads())]
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """One local Ray for the module (the engine joins a running Ray and leaves it running)."""
-    ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
+             logging_level="WARNING")
     yield
     ray.shutdown()
 

@@ -28,8 +28,8 @@ def ray_with_two_gpus():
     if ray.is_initialized():
         ray.shutdown()
     # 3 CPUs: the 2 actors' and one to read
-    ray.init(num_cpus=3, num_gpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
-             logging_level="WARNING")
+    ray.init(address="local", num_cpus=3, num_gpus=2, object_store_memory=100 * 1024 * 1024,
+             include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

