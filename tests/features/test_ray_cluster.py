@@ -96,6 +96,8 @@ def test_a_cluster_started_with_ray_start_is_joined_by_address_and_left_running(
                          "start the head there with `ray start --head --port {port}`"),
     ("ray://127.0.0.1:{port}", "--ray-address ray://127.0.0.1:{port}: nothing answers at 127.0.0.1:{port} "
                                "(Connection refused); start the head there with `ray start --head --port {port}`"),
+    ("auto", "--ray-address auto (RAY_ADDRESS=127.0.0.1:{port}): nothing answers at 127.0.0.1:{port} "
+             "(Connection refused); start the head there with `ray start --head --port {port}`"),
     ("head-node", "--ray-address must be auto, HOST:PORT or ray://HOST:PORT (e.g. 10.0.0.1:6379), got 'head-node'"),
     ("head-node:port", "--ray-address must be auto, HOST:PORT or ray://HOST:PORT (e.g. 10.0.0.1:6379), "
                        "got 'head-node:port'"),
@@ -105,7 +107,8 @@ def test_an_address_where_no_ray_answers_is_one_line_at_once(media_dir, tmp_path
     port = free_port()  # bound and released: nothing listens there
     r = subprocess.run([sys.executable, "-m", "videolm.cli", "extract", str(media_dir / "bikes.mp4"),
                         "-o", str(tmp_path / "out"), *SMALL, "--engine", "ray",
-                        "--ray-address", address.format(port=port)], capture_output=True, text=True, timeout=60)
+                        "--ray-address", address.format(port=port)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"})  # what `auto` joins when set
     assert r.returncode == 2
     assert r.stderr.strip() == "error: " + message.format(port=port)
     assert not (tmp_path / "out").exists()

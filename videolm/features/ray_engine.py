@@ -98,6 +98,9 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """RayEngineError unless ``address``'s port accepts a TCP connection: ray.init
     retries a head that is not there for minutes, printing a warning every few
     seconds, before it gives up (measured: still retrying after 4 minutes)."""
+    given = address
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):  # ray.init("auto") joins RAY_ADDRESS when it is set
+        given, address = f"auto (RAY_ADDRESS={os.environ['RAY_ADDRESS']})", os.environ["RAY_ADDRESS"]
     target = _host_port(address)
     if target is None:
         return
@@ -105,7 +108,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         socket.create_connection(target, timeout=timeout).close()
     except OSError as err:
         why = err.strerror or str(err) or type(err).__name__
-        raise RayEngineError(f"--ray-address {address}: nothing answers at {target[0]}:{target[1]} ({why}); "
+        raise RayEngineError(f"--ray-address {given}: nothing answers at {target[0]}:{target[1]} ({why}); "
                              f"start the head there with `ray start --head --port {target[1]}`") from None
 
 
