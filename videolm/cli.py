@@ -18,7 +18,8 @@ from videolm.tokenize import cli as tokenize_cli
 from videolm.eval import cli as eval_cli
 from videolm.train import cli as train_cli
 
-from videolm.cliutil import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, CliError  # noqa: F401
+from videolm.cliutil import (EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED,  # noqa: F401
+                             EXIT_USAGE, CliError)
 from videolm.cliutil import Formatter as _Formatter
 
 def _shard(text: str) -> tuple[int, int]:
