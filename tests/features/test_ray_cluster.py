@@ -119,16 +119,19 @@ def test_weights_that_do_not_load_stop_the_run_from_the_actor_and_leave_no_store
                                "(Connection refused); start the head there with `ray start --head --port {port}`"),
     ("auto", "--ray-address auto (RAY_ADDRESS=127.0.0.1:{port}): nothing answers at 127.0.0.1:{port} "
              "(Connection refused); start the head there with `ray start --head --port {port}`"),
+    ("auto --ray-cpus 2", "--ray-cpus sizes the local Ray started without --ray-address; a cluster's CPUs are "
+                          "its nodes' (`ray start --num-cpus N`)"),
     ("head-node", "--ray-address must be auto, HOST:PORT or ray://HOST:PORT (e.g. 10.0.0.1:6379), got 'head-node'"),
     ("head-node:port", "--ray-address must be auto, HOST:PORT or ray://HOST:PORT (e.g. 10.0.0.1:6379), "
                        "got 'head-node:port'"),
 ])
-def test_an_address_where_no_ray_answers_is_one_line_at_once(media_dir, tmp_path, address, message):
-    """In a fresh interpreter with a time limit: without the check, ray.init would retry for minutes."""
+def test_an_address_that_cannot_work_is_one_line_at_once(media_dir, tmp_path, address, message):
+    """Nothing listens there, the address is malformed, or --ray-cpus comes with it. In a fresh interpreter
+    with a time limit: without the check, ray.init would retry a dead address for minutes."""
     port = free_port()  # bound and released: nothing listens there
     r = subprocess.run([sys.executable, "-m", "videolm.cli", "extract", str(media_dir / "bikes.mp4"),
                         "-o", str(tmp_path / "out"), *SMALL, "--engine", "ray",
-                        "--ray-address", address.format(port=port)], capture_output=True, text=True, timeout=60,
+                        "--ray-address", *address.format(port=port).split()], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"})  # what `auto` joins when set
     assert r.returncode == 2
     assert r.stderr.strip() == "error: " + message.format(port=port)

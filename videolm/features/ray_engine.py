@@ -80,6 +80,9 @@ class RayConfig:
             raise ValueError(f"--ray-gpus-per-actor must be > 0, got {self.gpus_per_actor}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ValueError(f"--ray-cpus must be >= 1, got {self.num_cpus}")
+        if self.address is not None and self.num_cpus is not None:
+            raise ValueError("--ray-cpus sizes the local Ray started without --ray-address; a cluster's CPUs are "
+                             "its nodes' (`ray start --num-cpus N`)")
         if self.address is not None and self.address != "auto" and _host_port(self.address) is None:
             raise ValueError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT (e.g. 10.0.0.1:6379), "
                              f"got {self.address!r}")
