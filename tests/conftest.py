@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 import pytest
 
 from videolm import samples
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _required(value, what: str):

@@ -22,18 +22,13 @@ import torch
 from videolm import samples
 from videolm.cli import main
 from videolm.features.store import FeatureStore
+from tests.conftest import free_port
 
 WEIGHTS = samples.mobilenet_v2_weights()
 SMALL = ["--backbone", "mobilenet_v2", "--weights", str(WEIGHTS), "--frames", "2", "--window", "1.0",
          "--short-side", "64", "--crop", "64", "--batch-size", "4", "-q"]
 DRIVER = ("import sys; from videolm.cli import main; rc = main(sys.argv[1:]); "
           "print('torch' in sys.modules, sys.modules['ray'].is_initialized()); sys.exit(rc)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answers(port: int) -> bool:
@@ -136,3 +131,4 @@ def test_an_address_that_cannot_work_is_one_line_at_once(media_dir, tmp_path, ad
     assert r.returncode == 2
     assert r.stderr.strip() == "error: " + message.format(port=port)
     assert not (tmp_path / "out").exists()
+

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,6 +19,8 @@ import torch.nn.functional as F
 from videolm.model.errors import ModelError
 from videolm.model.pretraining import VideoLMForPretraining
 from videolm.model.transformer import EncoderLayer
+
+from tests.conftest import free_port
 
 from .conftest import make_batch, one_line, tiny_config
 
@@ -280,12 +281,6 @@ def test_parameter_counts_by_hand():
 # ------------------------------------------------------------------ two gloo ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_module():
     spec = importlib.util.spec_from_file_location("videolm_tests_ddp_two_stream", os.path.join(HERE, "ddp_two_stream.py"))
     module = importlib.util.module_from_spec(spec)
@@ -297,7 +292,7 @@ def test_two_gloo_ranks_match_one_process_over_the_whole_batch(tmp_path):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+                          "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
                           os.path.join(HERE, "ddp_two_stream.py"), str(out)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import torch
 from videolm.cli import main as cli
 from videolm.train.config import load_config
 from videolm.train.loop import pretrain
+from tests.conftest import free_port
 
 
 def losses(run_dir) -> list[dict]:
@@ -96,12 +96,6 @@ def test_resume_after_sigkill_or_ctrl_c_gives_the_same_losses(tiny_config, tmp_p
     rerun = subprocess.run(cli_cmd("pretrain", path, *args, "-q"), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert losses(out) == losses(tmp_path / "ref")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_two_processes_match_one_process_over_the_whole_batch(tiny_config, tmp_path):
