@@ -132,3 +132,33 @@ def test_an_address_that_cannot_work_is_one_line_at_once(media_dir, tmp_path, ad
     assert r.stderr.strip() == "error: " + message.format(port=port)
     assert not (tmp_path / "out").exists()
 
+
+@pytest.mark.parametrize("auth_mode, hint", [
+    (None, "or, if it uses token authentication, set RAY_AUTH_MODE=token and give the head's token (RAY_AUTH_TOKEN, "
+           "or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)"),
+    ("token", "or check that RAY_AUTH_TOKEN (or ~/.ray/auth_token) holds the head's token "
+              "(`ray get-auth-token` on the head prints it)"),
+])
+def test_a_refused_driver_is_told_about_token_authentication(monkeypatch, auth_mode, hint):
+    """Something listens, but Ray refuses the driver: what a head with token authentication does to a driver
+    without its token (measured with a real head: about 20 s of Ray's InvalidAuthToken warnings, then this
+    ConnectionError). ray.init stands in here, to spare the suite those 20 s."""
+    from videolm.features.ray_engine import RayConfig, RayEngineError, _init
+
+    class RefusingRay:
+        @staticmethod
+        def init(**kwargs):
+            raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}.")
+
+    if auth_mode is None:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    else:
+        monkeypatch.setenv("RAY_AUTH_MODE", auth_mode)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        with pytest.raises(RayEngineError) as err:
+            _init(RefusingRay, RayConfig(address=address))
+    assert str(err.value) == (f"--ray-address {address}: cannot connect (Failed to connect to Ray cluster at "
+                              f"{address}.); start the cluster with `ray start --head`, {hint}")

@@ -285,12 +285,13 @@ def _init(ray, ray_cfg: RayConfig) -> None:
             # Ray 2.59+ starts a head with token authentication when ~/.ray/auth_token exists, and (so as not to
             # send the token anywhere) turns it on in a driver given an explicit address only on request; a refused
             # token shows as Ray's warnings above and this ConnectionError after about 20 s
-            if ray_cfg.address != "auto" and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-                hint += (", or, if it uses token authentication, set RAY_AUTH_MODE=token and give the head's "
-                         "token (RAY_AUTH_TOKEN, or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
-            elif ray_cfg.address != "auto":
-                hint += (", or check that RAY_AUTH_TOKEN (or ~/.ray/auth_token) holds the head's token "
-                         "(`ray get-auth-token` on the head prints it)")
+            if ray_cfg.address != "auto":
+                printed = "`ray get-auth-token` on the head prints it"
+                if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                    hint += (", or, if it uses token authentication, set RAY_AUTH_MODE=token and give the head's "
+                             f"token (RAY_AUTH_TOKEN, or ~/.ray/auth_token; {printed})")
+                else:
+                    hint += f", or check that RAY_AUTH_TOKEN (or ~/.ray/auth_token) holds the head's token ({printed})"
             raise RayEngineError(f"--ray-address {ray_cfg.address}: cannot connect ({str(err).splitlines()[0]}); "
                                  f"{hint}") from None
         return
