@@ -144,7 +144,7 @@ def run_evaluate(args) -> int:
     from videolm.eval.protocols import ProtocolError, load_protocol
 
     try:  # the usual mistakes (protocol, annotations, store) are one line before torch loads
-        load_protocol(args.protocol, args.annotations, args.split)
+        protocol = load_protocol(args.protocol, args.annotations, args.split)
     except ProtocolError as err:
         raise CliError(str(err)) from None
     _open_store(args.store)
@@ -160,7 +160,7 @@ def run_evaluate(args) -> int:
     factory, bars = _bars(args.quiet)
     cache = args.cache or (os.path.join(args.out, "cache") if args.out else None)
     try:
-        result = evaluate(args.model, args.store, cfg, args.out, cache, factory)
+        result = evaluate(args.model, args.store, cfg, args.out, cache, factory, protocol)
     except _errors() as err:
         raise CliError(str(err)) from None
     finally:

@@ -220,13 +220,17 @@ def evaluate_encoder(encoder: Encoder, protocol: Protocol, store, cfg: EvalConfi
 
 
 def evaluate(model_dir: str, store_dir: str, cfg: EvalConfig, out_dir: str | None = None,
-             cache_dir: str | None = None, progress: ProgressFactory | None = None) -> EvalResult:
-    """Load, check, evaluate, and (with ``out_dir``) write the report."""
+             cache_dir: str | None = None, progress: ProgressFactory | None = None,
+             protocol: Protocol | None = None) -> EvalResult:
+    """Load, check, evaluate, and (with ``out_dir``) write the report. ``protocol``:
+    cfg's protocol already loaded (the CLI loads it before torch, to report a bad
+    annotation file at once), so that its files are not parsed twice."""
     from videolm.eval.report import write_report
     from videolm.features.store import FeatureStore, StoreError
 
     cfg.validate()
-    protocol = load_protocol(cfg.protocol, cfg.annotations, cfg.split)
+    if protocol is None:
+        protocol = load_protocol(cfg.protocol, cfg.annotations, cfg.split)
     try:
         store = FeatureStore(store_dir)
     except StoreError as err:
