@@ -188,14 +188,14 @@ def engines(path: str, backbone: str, batch: int, workers: int, repeats: int) ->
 # starts it), Ray Data's planning and helper actors, a task and a pool actor that do nothing, Ray's stop.
 RAY_FLOOR = """
 import numpy as np
-from videolm.features.ray_engine import RayConfig, _init, import_ray
+from videolm.features.ray_engine import RayConfig, _init, actor_options, import_ray
 ray = import_ray()
 _init(ray, RayConfig())
 class Noop:
     def __call__(self, batch):
         return batch
 ds = (ray.data.from_items([{"x": 0}]).flat_map(lambda row: [row], num_cpus=1)
-      .map_batches(Noop, batch_size=4, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1))
+      .map_batches(Noop, batch_size=4, batch_format="numpy", **actor_options(ray, False, RayConfig())))
 print(sum(1 for _ in ds.iter_rows()))
 ray.shutdown()
 """

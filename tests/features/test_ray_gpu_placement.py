@@ -7,6 +7,7 @@ without enough GPUs and of a GPU node whose torch has no CUDA. The CUDA
 forward pass itself needs a real GPU and is not run here."""
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -35,24 +36,32 @@ def ray_with_two_gpus():
 
 
 class Where:
-    """A stand-in for the backbone actor: reports the process and the devices Ray gave it."""
+    """A stand-in for the backbone actor: reports the process and the devices Ray gave it, and
+    whether it is called in the thread that constructed it (the backbone's build and its forward
+    passes then share one OpenMP team: see actor_options)."""
+
+    def __init__(self):
+        self.built_in = threading.get_native_id()
 
     def __call__(self, batch):
         time.sleep(0.05)  # long enough that the pool's actors share the blocks
         n = len(batch["id"])
         gpus = ",".join(str(g) for g in sorted(ray.get_gpu_ids()))
         return {"pid": np.full(n, os.getpid()), "gpus": np.array([gpus] * n, dtype=object),
-                "visible": np.array([os.environ.get("CUDA_VISIBLE_DEVICES", "")] * n, dtype=object)}
+                "visible": np.array([os.environ.get("CUDA_VISIBLE_DEVICES", "")] * n, dtype=object),
+                "same_thread": np.full(n, threading.get_native_id() == self.built_in)}
 
 
 def placements(ray_cfg: RayConfig) -> dict[int, tuple[str, str]]:
     """pid -> (Ray's GPU ids, CUDA_VISIBLE_DEVICES) over a pool built with the engine's options."""
     ds = ray.data.range(24, override_num_blocks=24).map_batches(
         Where, batch_size=1, batch_format="numpy", **actor_options(ray, True, ray_cfg))
-    seen = {}
+    seen, threads = {}, set()
     for row in ds.iter_rows():
         seen.setdefault(int(row["pid"]), set()).add((row["gpus"], row["visible"]))
+        threads.add(bool(row["same_thread"]))
     assert all(len(v) == 1 for v in seen.values()), seen  # an actor keeps its devices
+    assert threads == {True}  # every call ran in the thread that built the actor's UDF
     return {pid: next(iter(v)) for pid, v in seen.items()}
 
 
