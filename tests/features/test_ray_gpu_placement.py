@@ -2,7 +2,8 @@
 declares 2 GPUs (Ray schedules on declared resources and hands each worker
 its devices through CUDA_VISIBLE_DEVICES; it does not look for hardware).
 What is checked is Ray's placement of the engine's own backbone-stage
-options, read back inside the actors, and the one-line errors of a cluster
+options, read back inside the actors (with the thread each call runs in),
+and the one-line errors of a cluster
 without enough GPUs and of a GPU node whose torch has no CUDA. The CUDA
 forward pass itself needs a real GPU and is not run here."""
 
