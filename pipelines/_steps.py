@@ -143,6 +143,15 @@ def source(kind: str, manifest: str, store: str, weight: float = 1.0) -> dict:
     return {"kind": kind, "manifest": manifest, "store": store, "weight": weight}
 
 
+def youcook2_word_lists() -> tuple[list[str], list[str]]:
+    """The verbs and nouns of the YouCook2 zero-shot classification (configs/data)."""
+    lists = []
+    for kind in ("verbs", "nouns"):
+        with open(os.path.join(CONFIGS, "data", f"youcook2_{kind}.txt")) as f:
+            lists.append(f.read().split())
+    return lists[0], lists[1]
+
+
 def cooking_data(args) -> dict[str, str]:
     """VideoBERT's and CBT's data: HowTo100M videos with their ASR for pre-training,
     YouCook2's validation videos for evaluation; manifests under OUT/data, stores under OUT/feats."""
@@ -164,8 +173,7 @@ def cooking_data(args) -> dict[str, str]:
         ids = {row["video_id"] for row in read_jsonl(p["youcook2_val_captions"])}
         convert.media_inputs(os.path.join(args.youcook2, "raw_videos"), p["youcook2_val_inputs"], ids)
     if not done(p["youcook2_zeroshot"]):
-        lists = [open(os.path.join(CONFIGS, "data", f"youcook2_{w}.txt")).read().split() for w in ("verbs", "nouns")]
-        convert.youcook2_zeroshot_truth(annotations, *lists, p["youcook2_zeroshot"])
+        convert.youcook2_zeroshot_truth(annotations, *youcook2_word_lists(), p["youcook2_zeroshot"])
     p["youcook2_annotations"] = annotations
     if args.prepare_only:
         return p

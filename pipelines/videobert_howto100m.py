@@ -42,9 +42,8 @@ def zeroshot(args, model: str, store: str, truth_path: str, out: str) -> dict:
         rows = read_jsonl(truth_path)
         truth = {r["id"]: r["words"] for r in rows}
         spans = {r["id"]: (r["video_id"], r["start"], r["end"]) for r in rows}
-        lists = [open(os.path.join(S.CONFIGS, "data", f"youcook2_{w}.txt")).read().split() for w in ("verbs", "nouns")]
         result = zeroshot_masked(Encoder.from_pretrained(model, args.device), FeatureStore(store), TEMPLATE, truth,
-                                 lists, spans)
+                                 list(S.youcook2_word_lists()), spans)
         S.write_json(out, {"model": model, "template": TEMPLATE, "segments": len(rows),
                                 "slots": dict(zip(("verb", "noun"), result.slots))})
     with open(out) as f:

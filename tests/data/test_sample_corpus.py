@@ -3,6 +3,7 @@ sample media, under the ids `make demo` gives them."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def test_sample_times_lie_inside_the_videos(sample_media_store):
     store = FeatureStore(os.path.join(sample_media_store, "store"))
     index = {video_id: store.entry(video_id) for video_id in store.ids()}
     for kind, path in SAMPLES.items():
-        for line in open(path):
+        for line in Path(path).read_text().splitlines():
             row = json.loads(line)
             entry = index[row.get("video_id", row.get("image_id"))]
             assert entry["kind"] == ("image" if kind == "image" else "video")

@@ -12,6 +12,7 @@ import os
 import shutil
 from collections import Counter
 from itertools import combinations
+from pathlib import Path
 
 import av
 import numpy as np
@@ -323,13 +324,13 @@ def test_rerun_skips_finished_files_and_redoes_missing_ones(tmp_path):
     assert first.written == total and calls[-1] == (total, total)
     stamps = {name: os.stat(os.path.join(out, name)).st_mtime_ns for name in files_of(out)}
     gone = os.path.join(first.videos, "test_v0003.mp4")
-    content = open(gone, "rb").read()
+    content = Path(gone).read_bytes()
     os.remove(gone)
     stale = os.path.join(first.videos, "test_v0004.mp4.tmp-4194305")  # a killed run's temporary
-    open(stale, "wb").write(b"partial")
+    Path(stale).write_bytes(b"partial")
     again = generate(out, TINY)
     assert (again.written, again.skipped) == (1, total - 1)
-    assert open(gone, "rb").read() == content and not os.path.exists(stale)
+    assert Path(gone).read_bytes() == content and not os.path.exists(stale)
     for name, stamp in stamps.items():
         if name.endswith((".mp4", ".png")) and name != "videos/test_v0003.mp4":
             assert os.stat(os.path.join(out, name)).st_mtime_ns == stamp

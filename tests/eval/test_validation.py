@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_validation_rows_best_and_plot(trainer, eval_corpus, tmp_path):
     val = [r for r in rows(run) if "val/t2v/R@1" in r]
     assert [r["step"] for r in val] == [10, 20]
     assert {"val/v2t/R@5", "val/t2i/MdR", "val/i2t/MnR", "val/mean/R@1"} <= set(val[0])
-    best = json.loads(open(os.path.join(run, "best", "validation.json")).read())
+    best = json.loads(Path(os.path.join(run, "best", "validation.json")).read_text())
     assert best["metric"] == "t2v/R@1" and best["value"] == max(r["val/t2v/R@1"] for r in val)
     assert best["step"] == next(r["step"] for r in val if r["val/t2v/R@1"] == best["value"])
     assert os.path.isfile(os.path.join(run, "best", "model.safetensors"))

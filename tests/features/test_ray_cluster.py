@@ -65,6 +65,8 @@ def head():
             proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        proc.stderr.close()
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -175,6 +175,7 @@ def test_a_lock_left_by_a_killed_writer_does_not_block(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
     assert (root / ".lock").read_text().strip() == str(proc.pid)  # the file stays; the kernel dropped the lock
     _write(root, ["a"], {"a": 1})
     assert FeatureStore(str(root)).ids() == ["a"]
@@ -222,7 +223,8 @@ def test_index_follows_each_committed_shard(tmp_path):
         w.add(_result(v, 1))
     del w  # killed: shard 0 (v0, v1) committed, v2 in .partial, index never finalised
     assert not (tmp_path / "s" / "index").exists()
-    on_disk = [json.loads(line)["video_id"] for line in open(tmp_path / "s" / "shards" / "00000.jsonl")]
+    shard = tmp_path / "s" / "shards" / "00000.jsonl"
+    on_disk = [json.loads(line)["video_id"] for line in shard.read_text().splitlines()]
     assert on_disk == ["v0", "v1"]  # plain json readers see the committed shard
     store = FeatureStore(str(tmp_path / "s"))
     assert store.ids() == ["v0", "v1"] and store.num_clips == 2

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def test_pickled_store_carries_its_path_not_its_index(tmp_path):
 def test_the_numpy_only_reader_of_the_docs(tmp_path):
     videos = _videos("v", 25)
     _write(tmp_path / "s", videos)
-    text = open(os.path.join(REPO, "docs", "formats.md")).read()
+    text = Path(os.path.join(REPO, "docs", "formats.md")).read_text()
     block = re.search(r"Plain numpy \(tests/features/test_store_index.py runs this block.*?```python\n(.*?)```",
                       text, re.S).group(1)
     scope = {}
@@ -128,7 +129,7 @@ def test_a_reader_during_a_killed_run_sees_the_index_and_the_shards_committed_si
     store = FeatureStore(str(tmp_path / "s"))
     assert store.ids() == list(first) + todo[:4]
     assert todo[5] not in store and np.array_equal(store.features(todo[3]), more[todo[3]][0].astype(np.float16))
-    assert json.load(open(tmp_path / "s" / "index" / "index.json"))["shards"] == 2
+    assert json.loads((tmp_path / "s" / "index" / "index.json").read_text())["shards"] == 2
     w = StoreWriter(str(tmp_path / "s"), dict(META), 4)  # the rerun takes the logged results up
     left = [v for v in todo if not w.is_done(v)]
     assert left == todo[4:]
@@ -181,7 +182,7 @@ def _write_v1(root, videos, failed=(), videos_per_shard=4):
     """A store as videolm wrote it before format 2, laid out by hand: shard
     jsonl rows with the clip lists and the shard name, index.jsonl, errors.jsonl."""
     os.makedirs(root / "shards")
-    json.dump({"format": "videolm-features", "format_version": 1, **META}, open(root / "meta.json", "w"))
+    (root / "meta.json").write_text(json.dumps({"format": "videolm-features", "format_version": 1, **META}))
     ids = list(videos) + list(failed)
     index, errors = [], []
     for number, start in enumerate(range(0, len(ids), videos_per_shard)):
@@ -248,8 +249,8 @@ def test_upgrade_carries_an_unfinished_format_1_run_over(tmp_path):
     v = "v4"  # finished by the killed run, its shard not written: format 1 kept it as HASH.npy + HASH.json
     key = hashlib.sha1(v.encode()).hexdigest()[:20]
     np.save(root / ".partial" / f"{key}.npy", videos[v][0].astype(np.float16))
-    json.dump({"video_id": v, "path": f"/m/{v}.mp4", "row": videos[v][1], "error": None, "warnings": [],
-               "time": "t"}, open(root / ".partial" / f"{key}.json", "w"))
+    partial = {"video_id": v, "path": f"/m/{v}.mp4", "row": videos[v][1], "error": None, "warnings": [], "time": "t"}
+    (root / ".partial" / f"{key}.json").write_text(json.dumps(partial))
     assert FeatureStore(str(root)).ids() == list(videos)[:4]  # read from the shards while .partial exists
     assert cli_main(["store", "upgrade", str(root)]) == 0
     w = StoreWriter(str(root), dict(META), 4)

@@ -15,13 +15,8 @@ FEATURE_DIM = 12
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster on a busy machine,
-    where two OpenMP threads wait for each other at every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """Every model test on one torch thread (tests/conftest.py's one_torch_thread)."""
 
 
 def tiny_config(mode: str, **overrides) -> ModelConfig:

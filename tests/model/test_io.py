@@ -78,7 +78,7 @@ def test_tokenizer_is_saved_with_the_model(tmp_path, minilm):
     VideoLMForPretraining(tiny_config("cbt")).save_pretrained(str(tmp_path / "m"), tokenizer=tokenizer)
     again = load_tokenizer(str(tmp_path / "m"))
     assert again("a cat")["input_ids"] == tokenizer("a cat")["input_ids"] == [101, 1037, 4937, 102]
-    assert json.load(open(tmp_path / "m" / "config.json"))["model_type"] == "videolm"
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "videolm"
 
 
 def test_not_a_model_dir_and_broken_files_are_one_line_errors(tmp_path, minilm):

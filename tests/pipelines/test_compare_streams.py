@@ -7,9 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CAPTIONS = {
@@ -37,8 +37,7 @@ def _jsonl(path, rows) -> str:
     return str(path)
 
 
-def test_compare_streams_tiny(sample_media_store, tmp_path):
-    torch.set_num_threads(1)
+def test_compare_streams_tiny(sample_media_store, tmp_path, one_torch_thread):
     captions = _jsonl(tmp_path / "captions.jsonl", [{"video_id": v, "captions": c} for v, c in CAPTIONS.items()])
     images = _jsonl(tmp_path / "images.jsonl", [{"image_id": i, "captions": c} for i, c in IMAGES.items()])
     attributes = _jsonl(tmp_path / "attributes.jsonl", [{"id": i, "split": "test", "colour": c} for i, c in COLOUR.items()])
@@ -49,11 +48,11 @@ def test_compare_streams_tiny(sample_media_store, tmp_path):
             "--attributes", attributes, "--attribute", "colour", "--out", str(out), "--preset", "tiny",
             "--rerank-k", "2", "--epoch-size", "16"]
     report = cs.main(argv)
-    text = open(report).read()
+    text = Path(report).read_text()
     assert os.path.getsize(out / "compare_streams.png") > 1000
     for heading in ("## videobert, matched depth: `single` vs `two`", "## cbt, matched parameters: `single_wide` vs `two`"):
         assert heading in text
-    summary = json.load(open(out / "results.json"))["comparison"]
+    summary = json.loads((out / "results.json").read_text())["comparison"]
     for mode in ("videobert", "cbt"):
         for setting, (a, b) in cs.SETTINGS.items():
             for d in ("t2v", "v2t", "t2i", "i2t"):

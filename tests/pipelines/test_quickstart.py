@@ -50,7 +50,7 @@ def test_report_files_and_rows(tiny_run):
     assert {"video/colour", "video/shape", "video/direction", "image/size"} <= set(zs)
     assert zs["video/colour"]["chance"] == pytest.approx(100 / 8, abs=1e-3)
     # the runs validated on the val split during training
-    metrics = [json.loads(line) for line in open(out / "runs" / "cbt" / "metrics.jsonl")]
+    metrics = [json.loads(line) for line in (out / "runs" / "cbt" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/t2v/R@1" in r for r in metrics)
 
 

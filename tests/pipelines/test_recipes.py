@@ -10,10 +10,11 @@ import importlib.util
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
-import torch
 
+from tests.conftest import torch_threads
 from videolm.fileio import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,18 +95,17 @@ def cooking_argv(cooking, out, mobilenet_weights) -> list[str]:
 @pytest.fixture(scope="module")
 def cbt_run(cooking, mobilenet_weights, tmp_path_factory):
     """pipelines/cbt_howto100m.py, tiny; its model starts the fine-tuning recipes."""
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("cbt_out")
     argv = cooking_argv(cooking, out, mobilenet_weights)
-    return {"out": out, "argv": argv, "results": recipe("cbt_howto100m").main(argv),
-            "model": str(out / "runs" / "cbt" / "model")}
+    with torch_threads(1):
+        results = recipe("cbt_howto100m").main(argv)
+    return {"out": out, "argv": argv, "results": results, "model": str(out / "runs" / "cbt" / "model")}
 
 
-def test_videobert_howto100m(cooking, mobilenet_weights, tmp_path):
-    torch.set_num_threads(1)
+def test_videobert_howto100m(cooking, mobilenet_weights, tmp_path, one_torch_thread):
     out = tmp_path / "out"
     argv = cooking_argv(cooking, out, mobilenet_weights)
-    results = json.load(open(recipe("videobert_howto100m").main(argv)))
+    results = json.loads(Path(recipe("videobert_howto100m").main(argv)).read_text())
 
     # ASR manifest: only videos that were downloaded, empty segments dropped
     asr = {r["video_id"]: [s["text"] for s in r["segments"]] for r in read_jsonl(out / "data" / "howto100m_asr.jsonl")}
@@ -117,13 +117,13 @@ def test_videobert_howto100m(cooking, mobilenet_weights, tmp_path):
 
     assert sorted(FeatureStore(str(out / "feats" / "howto100m")).ids()) == sorted(asr)
     assert sorted(FeatureStore(str(out / "feats" / "youcook2")).ids()) == ["0O4bxhpFX9o", "xHr8X2Wpmno"]
-    vocab = json.load(open(out / "vocab" / "meta.json"))
+    vocab = json.loads((out / "vocab" / "meta.json").read_text())
     assert (vocab["k"], vocab["depth"]) == (2, 2)
     # zero-shot: the verb and noun of each validation segment that has both in the word lists
     truth = {r["id"]: r["words"] for r in read_jsonl(out / "data" / "youcook2_zeroshot.jsonl")}
     assert truth == ZEROSHOT_TRUTH
-    verbs = open(os.path.join(CONFIG_DATA, "youcook2_verbs.txt")).read().split()
-    nouns = open(os.path.join(CONFIG_DATA, "youcook2_nouns.txt")).read().split()
+    verbs = Path(os.path.join(CONFIG_DATA, "youcook2_verbs.txt")).read_text().split()
+    nouns = Path(os.path.join(CONFIG_DATA, "youcook2_nouns.txt")).read_text().split()
     zs = results["youcook2_zeroshot"]
     assert zs["verb"]["candidates"] == len(verbs) and zs["noun"]["candidates"] == len(nouns)
     assert zs["verb"]["chance_top1"] == pytest.approx(100 / len(verbs), abs=1e-3)
@@ -142,8 +142,8 @@ def test_videobert_howto100m(cooking, mobilenet_weights, tmp_path):
 
 def test_cbt_howto100m(cbt_run):
     out = cbt_run["out"]
-    results = json.load(open(cbt_run["results"]))
-    config = json.load(open(os.path.join(cbt_run["model"], "config.json")))
+    results = json.loads(Path(cbt_run["results"]).read_text())
+    config = json.loads(Path(os.path.join(cbt_run["model"], "config.json")).read_text())
     assert (config["mode"], config["arch"], config["align_loss"], config["masked_context"]) == \
         ("cbt", "two_stream", "nce", "own")  # configs/cbt_paper_base.yaml, at the tiny size
     assert config["feature_dim"] == 1280  # MobileNetV2's features, raw
@@ -195,7 +195,7 @@ def test_msrvtt_finetune_from_the_cbt_model(cbt_run, msrvtt, mobilenet_weights, 
             "--weights", mobilenet_weights, "--tiny"]
     assert recipe("msrvtt_finetune").main(argv + ["--prepare-only"]) is None  # manifests only
     assert os.path.exists(out / "data" / "msrvtt_9k_inputs.jsonl") and not os.path.exists(out / "feats")
-    results = json.load(open(recipe("msrvtt_finetune").main(argv)))
+    results = json.loads(Path(recipe("msrvtt_finetune").main(argv)).read_text())
     # the 9k split: every video less the 1k-A test ones (video5, video6); 2 of them held out for validation
     train = {r["video_id"]: r["captions"] for r in read_jsonl(out / "data" / "msrvtt_9k_train.jsonl")}
     val = {r["video_id"]: r["captions"] for r in read_jsonl(out / "data" / "msrvtt_9k_val.jsonl")}
@@ -207,8 +207,8 @@ def test_msrvtt_finetune_from_the_cbt_model(cbt_run, msrvtt, mobilenet_weights, 
     assert sorted(FeatureStore(str(out / "feats" / "msrvtt")).ids()) == [f"video{i}" for i in range(7)]
     # fine-tuned from the CBT model: its architecture, this config's objectives, validation on the held-out videos
     run = out / "runs" / "msrvtt"
-    config = json.load(open(run / "model" / "config.json"))
-    saved = json.load(open(os.path.join(cbt_run["model"], "config.json")))
+    config = json.loads((run / "model" / "config.json").read_text())
+    saved = json.loads(Path(os.path.join(cbt_run["model"], "config.json")).read_text())
     assert config["init_from"] == cbt_run["model"]
     assert {k: config[k] for k in ("mode", "arch", "hidden_size", "feature_dim")} == \
         {k: saved[k] for k in ("mode", "arch", "hidden_size", "feature_dim")}
@@ -219,7 +219,7 @@ def test_msrvtt_finetune_from_the_cbt_model(cbt_run, msrvtt, mobilenet_weights, 
     # 1k-A: the best model picked on validation, 2 test videos with one sentence each
     assert results["model"] == str(run / "best")
     assert results["msrvtt_1ka"]["t2v"]["chance"]["R@1"] == pytest.approx(50.0)
-    metrics = json.load(open(out / "results" / "msrvtt_1ka" / "metrics.json"))
+    metrics = json.loads((out / "results" / "msrvtt_1ka" / "metrics.json").read_text())
     assert metrics["counts"]["video"] == {"items": 2, "captions": 2}
 
 
@@ -275,8 +275,8 @@ def stills(tmp_path, photos) -> dict[str, str]:
 def test_coco_flickr_finetuned_and_from_scratch(cbt_run, stills, mobilenet_weights, tmp_path):
     common = ["--backbone", "mobilenet_v2", "--weights", mobilenet_weights, "--tiny"]
     out = tmp_path / "coco"
-    results = json.load(open(recipe("coco_flickr").main(
-        ["--coco", stills["coco"], "--init-from", cbt_run["model"], "--out", str(out), *common])))
+    results = json.loads(Path(recipe("coco_flickr").main(
+        ["--coco", stills["coco"], "--init-from", cbt_run["model"], "--out", str(out), *common])).read_text())
     train = {r["image_id"]: r["captions"] for r in read_jsonl(out / "data" / "coco_train_images.jsonl")}
     assert train == {os.path.splitext(f)[0]: c for _, f, split, c in COCO if split in ("train", "restval")}
     from videolm.features.store import FeatureStore
@@ -288,13 +288,13 @@ def test_coco_flickr_finetuned_and_from_scratch(cbt_run, stills, mobilenet_weigh
     assert coco["model"] == str(out / "runs" / "coco" / "best")  # picked on the Karpathy val split
     assert coco["coco-5k"]["t2i"]["chance"]["R@1"] == pytest.approx(50.0)  # 2 test images
     assert set(coco["coco-5k"]) == {"t2i", "i2t"} and "reranked" in coco["coco-5k"]["i2t"]
-    assert json.load(open(out / "runs" / "coco" / "model" / "config.json"))["init_from"] == cbt_run["model"]
+    assert json.loads((out / "runs" / "coco" / "model" / "config.json").read_text())["init_from"] == cbt_run["model"]
 
     out = tmp_path / "flickr"
-    results = json.load(open(recipe("coco_flickr").main(["--flickr30k", stills["flickr30k"], "--out", str(out),
-                                                        *common])))
-    config = json.load(open(out / "runs" / "flickr30k" / "model" / "config.json"))
+    results = json.loads(Path(recipe("coco_flickr").main(["--flickr30k", stills["flickr30k"], "--out", str(out),
+                                                        *common])).read_text())
+    config = json.loads((out / "runs" / "flickr30k" / "model" / "config.json").read_text())
     assert (config["init_from"], config["mode"], config["hidden_size"]) == (None, "cbt", 32)
     assert results["flickr30k"]["flickr30k-1k"]["t2i"]["chance"]["R@1"] == pytest.approx(100 / 3, abs=1e-3)
-    metrics = json.load(open(out / "results" / "flickr30k" / "metrics.json"))
+    metrics = json.loads((out / "results" / "flickr30k" / "metrics.json").read_text())
     assert metrics["counts"]["image"] == {"items": 3, "captions": 6}

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_the_token_index_is_memory_mapped_and_format_1_still_reads(store, tmp_pa
             e = fs.entry(v)
             f.write(json.dumps({"video_id": v, "shard": e["shard"], "offset": e["offset"],
                                 "num_clips": e["num_clips"]}) + "\n")
-    meta = json.loads(open(os.path.join(out, "meta.json")).read())
+    meta = json.loads(Path(os.path.join(out, "meta.json")).read_text())
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(dict(meta, format_version=1), f)
     old = TokenStore(out)
@@ -124,6 +125,6 @@ def test_the_token_index_is_memory_mapped_and_format_1_still_reads(store, tmp_pa
     again = encode_store(store, vocab, out=out)  # rewrites the index in format 2, token files kept
     assert (again.shards_encoded, again.shards_skipped) == (0, 8)
     assert not os.path.exists(os.path.join(out, "index.jsonl"))
-    assert json.loads(open(os.path.join(out, "meta.json")).read())["format_version"] == 2
+    assert json.loads(Path(os.path.join(out, "meta.json")).read_text())["format_version"] == 2
     new = TokenStore(out)
     assert new.ids() == fs.ids() and all(np.array_equal(new.tokens(v), expected[v]) for v in fs.ids())

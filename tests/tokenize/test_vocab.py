@@ -2,6 +2,7 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,13 +87,13 @@ def test_encode_store_writes_ids_in_store_order_and_resumes(vocab, sample_store,
 
     # a killed run: one shard missing, a temp file left; the rerun redoes only that shard
     shard1 = os.path.join(result.out, "shards", "00001.npy")
-    before = open(shard1, "rb").read()
+    before = Path(shard1).read_bytes()
     os.remove(shard1)
-    open(os.path.join(result.out, "shards", "00001.npy.tmp-99.npy"), "wb").write(b"half")
+    Path(os.path.join(result.out, "shards", "00001.npy.tmp-99.npy")).write_bytes(b"half")
     again = encode_store(store_copy, vocab.path)
     in_shard1 = len(np.load(os.path.join(store_copy, "shards", "00001.npy"), mmap_mode="r"))
     assert (again.shards_encoded, again.shards_skipped, again.clips) == (1, 1, in_shard1)
-    assert open(shard1, "rb").read() == before
+    assert Path(shard1).read_bytes() == before
     assert sorted(os.listdir(os.path.join(result.out, "shards"))) == [
         "00000.dist.npy", "00000.npy", "00001.dist.npy", "00001.npy"]
 

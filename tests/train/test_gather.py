@@ -18,7 +18,7 @@ sys.path.insert(0, HERE)
 import ddp_equivalence as eq  # noqa: E402
 
 
-def test_two_gloo_ranks_match_one_process_over_the_whole_batch(tmp_path):
+def test_two_gloo_ranks_match_one_process_over_the_whole_batch(tmp_path, one_torch_thread):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -27,7 +27,6 @@ def test_two_gloo_ranks_match_one_process_over_the_whole_batch(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
-    torch.set_num_threads(1)
     for variant, (mode, _) in eq.VARIANTS.items():
         model = eq.build(variant)
         ref = eq.one_step(model, model, eq.global_batch(mode), None)
@@ -47,10 +46,9 @@ def test_two_gloo_ranks_match_one_process_over_the_whole_batch(tmp_path):
             torch.testing.assert_close(got["weights"][name], w, atol=1e-5, rtol=1e-5, msg=f"{variant} weight {name}")
 
 
-def test_one_process_is_not_the_two_halves_apart():
+def test_one_process_is_not_the_two_halves_apart(one_torch_thread):
     """The comparison above means something: each half alone (negatives from
     the micro-batch only, as before the gather) gives another InfoNCE loss."""
-    torch.set_num_threads(1)
     model = eq.build("cbt").eval()
     batch = eq.global_batch("cbt")
     g = torch.Generator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -48,7 +49,7 @@ def test_init_from_starts_from_every_saved_weight(mode, saved, tiny_config, tmp_
     mine = load_file(os.path.join(run.model_dir, "model.safetensors"))
     assert set(mine) == set(theirs)
     assert all((mine[k] == theirs[k]).all() for k in theirs)
-    config = json.load(open(os.path.join(run.model_dir, "config.json")))
+    config = json.loads(Path(os.path.join(run.model_dir, "config.json")).read_text())
     assert (config["mode"], config["hidden_size"], config["num_layers"], config["embed_dim"]) == (mode, 32, 2, 16)
     assert (config["mlm_weight"], config["visual_weight"], config["align_weight"]) == (0, 0, 1.0)
     # only the objectives the run switched on were trained

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,12 +242,12 @@ def test_user_mistakes_are_one_line(tiny_config, tmp_path, capsys):
 def test_rows_without_features_are_listed_and_skipped(corpus, tiny_config, tmp_path):
     path, overrides = tiny_config
     manifest = tmp_path / "captions.jsonl"
-    rows = open(corpus["captions"]).read() + '{"video_id": "not_extracted", "captions": ["a lost video"]}\n'
+    rows = Path(corpus["captions"]).read_text() + '{"video_id": "not_extracted", "captions": ["a lost video"]}\n'
     manifest.write_text(rows)
     out = tmp_path / "run"
     cfg = load_config(path, overrides(out, "cbt", steps=1, **{"data.sources.0.manifest": str(manifest)}))
     pretrain(cfg)
-    missing = [json.loads(line) for line in open(out / "missing.jsonl")]
+    missing = [json.loads(line) for line in (out / "missing.jsonl").read_text().splitlines()]
     assert [(m["id"], m["line"]) for m in missing] == [("not_extracted", 6)]
 
 

@@ -193,7 +193,8 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6
     path = tmp_path / "phone.jpg"
     Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=95, exif=exif)
-    assert Image.open(path).size == (120, 80)  # as stored: landscape
+    with Image.open(path) as stored_image:
+        assert stored_image.size == (120, 80)  # as stored: landscape
     frame, size = load_image(str(path))
     assert size == (80, 120) and frame.shape == (120, 80, 3)
     assert frame[10, 40, 0] > 200 and frame[10, 40, 2] < 50  # top is red
