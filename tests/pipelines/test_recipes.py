@@ -17,6 +17,9 @@ import pytest
 from tests.conftest import torch_threads
 from videolm.fileio import read_jsonl
 
+# every recipe trains a tiny model: one torch thread (restored after each test; cbt_run sets its own)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DATA = os.path.join(REPO, "configs", "data")
 
@@ -102,7 +105,7 @@ def cbt_run(cooking, mobilenet_weights, tmp_path_factory):
     return {"out": out, "argv": argv, "results": results, "model": str(out / "runs" / "cbt" / "model")}
 
 
-def test_videobert_howto100m(cooking, mobilenet_weights, tmp_path, one_torch_thread):
+def test_videobert_howto100m(cooking, mobilenet_weights, tmp_path):
     out = tmp_path / "out"
     argv = cooking_argv(cooking, out, mobilenet_weights)
     results = json.loads(Path(recipe("videobert_howto100m").main(argv)).read_text())
