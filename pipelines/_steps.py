@@ -143,13 +143,13 @@ def source(kind: str, manifest: str, store: str, weight: float = 1.0) -> dict:
     return {"kind": kind, "manifest": manifest, "store": store, "weight": weight}
 
 
-def youcook2_word_lists() -> tuple[list[str], list[str]]:
-    """The verbs and nouns of the YouCook2 zero-shot classification (configs/data)."""
+def youcook2_word_lists() -> list[list[str]]:
+    """[verbs, nouns] of the YouCook2 zero-shot classification (configs/data)."""
     lists = []
     for kind in ("verbs", "nouns"):
         with open(os.path.join(CONFIGS, "data", f"youcook2_{kind}.txt")) as f:
             lists.append(f.read().split())
-    return lists[0], lists[1]
+    return lists
 
 
 def cooking_data(args) -> dict[str, str]:

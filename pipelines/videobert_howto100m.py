@@ -43,7 +43,7 @@ def zeroshot(args, model: str, store: str, truth_path: str, out: str) -> dict:
         truth = {r["id"]: r["words"] for r in rows}
         spans = {r["id"]: (r["video_id"], r["start"], r["end"]) for r in rows}
         result = zeroshot_masked(Encoder.from_pretrained(model, args.device), FeatureStore(store), TEMPLATE, truth,
-                                 list(S.youcook2_word_lists()), spans)
+                                 S.youcook2_word_lists(), spans)
         S.write_json(out, {"model": model, "template": TEMPLATE, "segments": len(rows),
                                 "slots": dict(zip(("verb", "noun"), result.slots))})
     with open(out) as f:
