@@ -280,3 +280,34 @@ def test_alignment_on_the_masked_pass(mode):
     assert out.visual_logits.shape[0] == 7
     out.loss.backward()
     assert model.align_head.classifier.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch,align_loss", [("single_stream", "bce"), ("two_stream", "bce"),
+                                             ("single_stream", "listwise")])
+def test_alignment_pairs_embedded_once_per_video_give_the_indexed_pairs_loss_and_gradients(arch, align_loss):
+    # CBT's alignment pass embeds each distinct video once and repeats it (pair_visual); the
+    # reference indexes the raw features per pair, as every pass of the model did before
+    extra = {"text_layers": 1, "visual_layers": 1, "cross_layers": 1} if arch == "two_stream" else {}
+    cfg = tiny_config("cbt", arch=arch, align_loss=align_loss, **extra)
+    torch.manual_seed(0)
+    model = VideoLMForPretraining(cfg)
+    reference = VideoLMForPretraining(cfg)
+    reference.load_state_dict(model.state_dict())
+    reference.pair_visual = lambda visual, index: (visual[index], False)
+    calls = []
+    embed = model.transformer.visual_embeddings if arch == "single_stream" else model.transformer.visual.visual_embeddings
+    embed.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    batch = make_batch("cbt", groups=(0, 1, 2, 3))
+    ours = model(batch, generator=torch.Generator().manual_seed(5))
+    theirs = reference(batch, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours.align_logits, theirs.align_logits)
+    torch.testing.assert_close(ours.loss, theirs.loss)
+    ours.loss.backward()
+    theirs.loss.backward()
+    grads = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == (grads[name].grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads[name].grad, msg=name)
+    # the alignment pass embedded 4 videos, not one per pair
+    assert len(ours.align_logits) > 4 and 4 in calls

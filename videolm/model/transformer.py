@@ -163,12 +163,14 @@ class JointTransformer(nn.Module):
     def forward(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor | None = None,
                 visual_attention: torch.Tensor | None = None, visual_masked: torch.Tensor | None = None,
                 text_segment: int = 0, text_select: torch.Tensor | None = None,
-                visual_select: torch.Tensor | None = None) -> JointOutput:
+                visual_select: torch.Tensor | None = None, visual_embedded: bool = False) -> JointOutput:
         """text_ids, text_attention: (B, Tt), ``[CLS] .. [SEP]`` right-padded.
         visual: (B, Tv) word ids (VideoBERT) or (B, Tv, D) features (CBT), with
         visual_attention (B, Tv) bool; visual_masked (B, Tv) bool (CBT: replaced
         by the mask embedding). text_segment: the text side's segment id
-        (``encode_video`` runs ``[CLS]`` as segment 1).
+        (``encode_video`` runs ``[CLS]`` as segment 1). visual_embedded: ``visual``
+        is already the (B, Tv, H) output of ``visual_embeddings`` (the
+        alignment pass embeds each distinct video once, then repeats it).
 
         text_select (B, Tt) / visual_select (B, Tv) bool: the only positions
         whose final hidden states the caller reads (the masked ones, for the
@@ -183,10 +185,14 @@ class JointTransformer(nn.Module):
                              "must both be (batch, length)")
         B, Tt = text_ids.shape
         device = text_ids.device
-        embeds = [self.word_embeddings(text_ids)]  # (B, Tt, H)
+        Tv = 0 if visual is None else visual.shape[1]
+        if Tv:  # the closing [SEP] in the same lookup: one dense gradient of the word table per pass, not two
+            words = self.word_embeddings(torch.cat([text_ids, text_ids.new_full((B, 1), cfg.sep_token_id)], 1))
+        else:
+            words = self.word_embeddings(text_ids)
+        embeds = [words[:, :Tt]]  # (B, Tt, H)
         attention = [text_attention.bool()]
         segments = [torch.full((B, Tt), text_segment, dtype=torch.long, device=device)]
-        Tv = 0 if visual is None else visual.shape[1]
         if Tv and self.visual_embeddings is None:
             raise ModelError("this transformer is a text stack (no visual embeddings); pass text only")
         if Tv:
@@ -194,10 +200,9 @@ class JointTransformer(nn.Module):
                 raise ModelError(f"visual {tuple(visual.shape)} needs visual_attention of shape ({B}, {Tv}), "
                                  f"got {None if visual_attention is None else tuple(visual_attention.shape)}")
             visual_attention = visual_attention.bool()
-            embeds.append(self.visual_embeddings(visual, visual_masked))  # (B, Tv, H)
+            embeds.append(visual if visual_embedded else self.visual_embeddings(visual, visual_masked))  # (B, Tv, H)
             attention.append(visual_attention)
-            sep = self.word_embeddings.weight[cfg.sep_token_id]  # (H,) the closing [SEP]
-            embeds.append(sep.expand(B, 1, -1).to(embeds[-1].dtype))
+            embeds.append(words[:, Tt:].to(embeds[-1].dtype))  # (B, 1, H) the closing [SEP]
             attention.append(visual_attention.any(1, keepdim=True))  # (B, 1) only after a visual side
             segments.append(torch.ones((B, Tv + 1), dtype=torch.long, device=device))
         x = torch.cat(embeds, 1)  # (B, L, H)

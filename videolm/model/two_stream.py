@@ -69,8 +69,10 @@ class VisualStack(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.visual_layers))
 
     def forward(self, visual: torch.Tensor | None, visual_attention: torch.Tensor | None,
-                visual_masked: torch.Tensor | None = None, batch_size: int | None = None) -> JointOutput:
-        """visual: (B, Tv) ids or (B, Tv, D) features, or None (only [IMG]).
+                visual_masked: torch.Tensor | None = None, batch_size: int | None = None,
+                visual_embedded: bool = False) -> JointOutput:
+        """visual: (B, Tv) ids or (B, Tv, D) features, or None (only [IMG]);
+        with ``visual_embedded`` already ``visual_embeddings``' (B, Tv, H) output.
         Returns hidden (B, 1 + Tv, H), visual_hidden (B, Tv, H), cls = [IMG]."""
         cfg = self.config
         B = visual.shape[0] if visual is not None else batch_size
@@ -83,7 +85,7 @@ class VisualStack(nn.Module):
                 raise ModelError(f"visual {tuple(visual.shape)} needs visual_attention of shape "
                                  f"{tuple(visual.shape[:2])}, got "
                                  f"{None if visual_attention is None else tuple(visual_attention.shape)}")
-            v = self.visual_embeddings(visual, visual_masked)  # (B, Tv, H)
+            v = visual if visual_embedded else self.visual_embeddings(visual, visual_masked)  # (B, Tv, H)
             x = torch.cat([start.to(v.dtype), v], 1)  # (B, 1 + Tv, H)
             attention = torch.cat([torch.ones((B, 1), dtype=torch.bool, device=v.device),
                                    visual_attention.bool()], 1)  # [IMG] always attended
@@ -156,13 +158,13 @@ class TwoStreamTransformer(nn.Module):
     def forward(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor | None = None,
                 visual_attention: torch.Tensor | None = None, visual_masked: torch.Tensor | None = None,
                 text_segment: int = 0, text_select: torch.Tensor | None = None,
-                visual_select: torch.Tensor | None = None) -> JointOutput:
+                visual_select: torch.Tensor | None = None, visual_embedded: bool = False) -> JointOutput:
         """JointTransformer's call, through both stacks and the cross layers.
         ``text_segment`` is accepted for the common contract and unused (each
         stack holds one modality). With ``*_select`` the outputs at those
         positions only (computed in full here, then read)."""
         return self._run(True, text_ids, text_attention, visual, visual_attention, visual_masked,
-                         text_select, visual_select)
+                         text_select, visual_select, visual_embedded)
 
     def streams(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor | None = None,
                 visual_attention: torch.Tensor | None = None, visual_masked: torch.Tensor | None = None,
@@ -173,9 +175,10 @@ class TwoStreamTransformer(nn.Module):
                          text_select, visual_select)
 
     def _run(self, cross: bool, text_ids, text_attention, visual, visual_attention, visual_masked,
-             text_select, visual_select) -> JointOutput:
+             text_select, visual_select, visual_embedded: bool = False) -> JointOutput:
         text = self.text(text_ids, text_attention)  # text_hidden (B, Tt, H)
-        vis = self.visual(visual, visual_attention, visual_masked, batch_size=text_ids.shape[0])  # (B, 1 + Tv, H)
+        vis = self.visual(visual, visual_attention, visual_masked, batch_size=text_ids.shape[0],
+                          visual_embedded=visual_embedded)  # (B, 1 + Tv, H)
         t, v = text.text_hidden, vis.hidden
         if cross:
             t, v = self.fuse(t, text.attention, v, vis.attention)
