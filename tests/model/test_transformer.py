@@ -181,3 +181,26 @@ def test_selected_positions_equal_the_full_pass(mode):
     torch.testing.assert_close(g_sparse, g_full, atol=1e-5, rtol=1e-4)
     only_text = model(*args, text_select=text_select)
     assert only_text.visual_selected.shape == (0, 32)
+
+
+@pytest.mark.parametrize("mode", ["videobert", "cbt"])
+def test_cls_alone_equals_the_full_pass_at_column_0(mode):
+    """JointTransformer.cls (the last layer at [CLS] only) against a full pass
+    read at column 0: text alone, text + visual, padded rows, and gradients."""
+    torch.manual_seed(0)
+    model = JointTransformer(tiny_config(mode))
+    batch = make_batch(mode)
+    visual = batch.visual_ids if mode == "videobert" else batch.visual_feats
+    for args in [(batch.text_ids, batch.text_attention),
+                 (batch.text_ids, batch.text_attention, visual, batch.visual_attention)]:
+        full = model(*args).hidden[:, 0]
+        alone = model.cls(*args)
+        assert alone.shape == (4, 32)
+        torch.testing.assert_close(alone, full, atol=1e-5, rtol=0)
+        weight = model.layers[-1].ffn_in.weight
+        g_full = torch.autograd.grad(full.square().sum(), weight)[0]
+        g_alone = torch.autograd.grad(alone.square().sum(), weight)[0]
+        torch.testing.assert_close(g_alone, g_full, atol=1e-5, rtol=1e-4)
+    segment_1 = model(batch.text_ids, batch.text_attention, text_segment=1).hidden[:, 0]
+    torch.testing.assert_close(model.cls(batch.text_ids, batch.text_attention, text_segment=1), segment_1,
+                               atol=1e-5, rtol=0)

@@ -87,8 +87,8 @@ class VideoLMForPretraining(nn.Module):
         """``[CLS] text [SEP]`` (segment 0) -> (B, embed_dim), L2-normalised.
         Two-stream: the text stack alone."""
         if self.config.arch == "two_stream":
-            return self.text_projection(self.transformer.text(text_ids, text_attention).cls)
-        return self.text_projection(self.transformer(text_ids, text_attention).cls)
+            return self.text_projection(self.transformer.text.cls(text_ids, text_attention))
+        return self.text_projection(self.transformer.cls(text_ids, text_attention))
 
     def encode_video(self, visual: torch.Tensor, visual_attention: torch.Tensor) -> torch.Tensor:
         """``[CLS] visual [SEP]`` (segment 1) -> (B, embed_dim), L2-normalised.
@@ -99,16 +99,19 @@ class VideoLMForPretraining(nn.Module):
         B = visual.shape[0]
         cls = torch.full((B, 1), self.config.cls_token_id, dtype=torch.long, device=visual.device)
         cls_attention = torch.ones((B, 1), dtype=torch.bool, device=visual.device)
-        out = self.transformer(cls, cls_attention, visual, visual_attention, text_segment=1)
-        return self.video_projection(out.cls)
+        return self.video_projection(self.transformer.cls(cls, cls_attention, visual, visual_attention,
+                                                          text_segment=1))
 
     def alignment_score(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor,
                         visual_attention: torch.Tensor, visual_embedded: bool = False) -> torch.Tensor:
         """(B,) logits that row i's text and visual side belong together (joint pass, [CLS];
         two-stream: text [CLS] * visual [IMG] after the cross layers). ``visual_embedded``:
         ``visual`` is the visual embedding module's (B, Tv, H) output (``pair_visual``)."""
-        return self.align_head(self.transformer(text_ids, text_attention, visual, visual_attention,
-                                                visual_embedded=visual_embedded).cls)
+        if self.config.arch == "two_stream":  # joint_cls, after the cross layers
+            return self.align_head(self.transformer(text_ids, text_attention, visual, visual_attention,
+                                                    visual_embedded=visual_embedded).cls)
+        return self.align_head(self.transformer.cls(text_ids, text_attention, visual, visual_attention,
+                                                    visual_embedded=visual_embedded))
 
     def pair_visual(self, visual: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """The visual sides ``visual[index]`` of a list of pairs, for ``alignment_score``, and

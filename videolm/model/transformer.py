@@ -236,6 +236,18 @@ class JointTransformer(nn.Module):
         is_text = (torch.arange(x.shape[1], device=device) < Tt).expand(B, -1)[select]  # (M,)
         return JointOutput(attention, text_selected=selected[is_text], visual_selected=selected[~is_text])
 
+    def cls(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor | None = None,
+            visual_attention: torch.Tensor | None = None, text_segment: int = 0,
+            visual_embedded: bool = False) -> torch.Tensor:
+        """(B, H) the final hidden state of column 0 (``[CLS]``) alone, what the
+        alignment head and the projections read: ``forward(...).cls`` with the
+        last layer's output projection and feed-forward block run at that
+        column only (its keys and values still come from every token)."""
+        select = torch.zeros_like(text_attention, dtype=torch.bool)
+        select[:, 0] = True
+        return self(text_ids, text_attention, visual, visual_attention, text_segment=text_segment,
+                    text_select=select, visual_embedded=visual_embedded).text_selected
+
     # -- initialisation from elsewhere
 
     @torch.no_grad()
