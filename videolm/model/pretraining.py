@@ -107,9 +107,6 @@ class VideoLMForPretraining(nn.Module):
         """(B,) logits that row i's text and visual side belong together (joint pass, [CLS];
         two-stream: text [CLS] * visual [IMG] after the cross layers). ``visual_embedded``:
         ``visual`` is the visual embedding module's (B, Tv, H) output (``pair_visual``)."""
-        if self.config.arch == "two_stream":  # joint_cls, after the cross layers
-            return self.align_head(self.transformer(text_ids, text_attention, visual, visual_attention,
-                                                    visual_embedded=visual_embedded).cls)
         return self.align_head(self.transformer.cls(text_ids, text_attention, visual, visual_attention,
                                                     visual_embedded=visual_embedded))
 
@@ -124,8 +121,7 @@ class VideoLMForPretraining(nn.Module):
         themselves (a lookup is a copy)."""
         if self.config.mode != "cbt":
             return visual[index], False
-        module = (self.transformer.visual_embeddings if self.config.arch == "single_stream"
-                  else self.transformer.visual.visual_embeddings)
+        module = self.transformer.visual_embeddings  # two-stream: its visual stack's
         if index.device.type != "cpu":
             return module(visual)[index], True
         rows, where = torch.unique(index, return_inverse=True)

@@ -166,6 +166,14 @@ class TwoStreamTransformer(nn.Module):
         return self._run(True, text_ids, text_attention, visual, visual_attention, visual_masked,
                          text_select, visual_select, visual_embedded)
 
+    def cls(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor | None = None,
+            visual_attention: torch.Tensor | None = None, text_segment: int = 0,
+            visual_embedded: bool = False) -> torch.Tensor:
+        """(B, H) what the alignment head reads, as JointTransformer.cls: here
+        ``joint_cls`` after the cross layers (every layer runs in full)."""
+        return self(text_ids, text_attention, visual, visual_attention, text_segment=text_segment,
+                    visual_embedded=visual_embedded).cls
+
     def streams(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor | None = None,
                 visual_attention: torch.Tensor | None = None, visual_masked: torch.Tensor | None = None,
                 text_segment: int = 0, text_select: torch.Tensor | None = None,
