@@ -311,3 +311,24 @@ def test_alignment_pairs_embedded_once_per_video_give_the_indexed_pairs_loss_and
             torch.testing.assert_close(p.grad, grads[name].grad, msg=name)
     # the alignment pass embedded 4 videos, not one per pair
     assert len(ours.align_logits) > 4 and 4 in calls
+
+
+def test_pair_visual_gradients_are_the_same_bits_every_run():
+    # the repeat of each embedded video is an index_select (its backward an index_add, in order):
+    # a plain ``[where]`` index accumulates its repeated rows in whatever order two threads reach
+    # them, which made two runs of the same CBT training differ
+    from tests.conftest import torch_threads
+
+    torch.manual_seed(0)
+    model = VideoLMForPretraining(tiny_config("cbt", hidden_size=128, num_heads=2, feature_dim=256))
+    visual = torch.randn(64, 8, 256)
+    index = torch.randint(0, 64, (256,), generator=torch.Generator().manual_seed(1))
+    upstream = torch.randn(256, 8, 128)  # each pair's own gradient: the repeats of a video add different values
+    weight = model.transformer.visual_embeddings.projection.weight
+    grads = []
+    with torch_threads(2):
+        for _ in range(30):
+            rows, embedded = model.pair_visual(visual, index)
+            assert embedded and rows.shape == (256, 8, 128)
+            grads.append(torch.autograd.grad((rows * upstream).sum(), weight)[0])
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

@@ -122,10 +122,12 @@ class VideoLMForPretraining(nn.Module):
         if self.config.mode != "cbt":
             return visual[index], False
         module = self.transformer.visual_embeddings  # two-stream: its visual stack's
+        # index_select, not [...]: its backward adds a video's repeats in order (index_add), where an
+        # indexing's backward adds them in whatever order the threads reach them, a run-to-run difference
         if index.device.type != "cpu":
-            return module(visual)[index], True
+            return module(visual).index_select(0, index), True
         rows, where = torch.unique(index, return_inverse=True)
-        return module(visual[rows])[where], True
+        return module(visual[rows]).index_select(0, where), True
 
     def masked_text_logits(self, text_ids: torch.Tensor, text_attention: torch.Tensor, visual: torch.Tensor,
                            visual_attention: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
