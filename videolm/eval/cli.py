@@ -147,7 +147,7 @@ def run_evaluate(args) -> int:
         protocol = load_protocol(args.protocol, args.annotations, args.split)
     except ProtocolError as err:
         raise CliError(str(err)) from None
-    _open_store(args.store)
+    store = _open_store(args.store)
     from videolm.eval.evaluate import EvalConfig, evaluate
     from videolm.eval.report import ROW_LABELS
 
@@ -160,7 +160,7 @@ def run_evaluate(args) -> int:
     factory, bars = _bars(args.quiet)
     cache = args.cache or (os.path.join(args.out, "cache") if args.out else None)
     try:
-        result = evaluate(args.model, args.store, cfg, args.out, cache, factory, protocol)
+        result = evaluate(args.model, store, cfg, args.out, cache, factory, protocol)
     except _errors() as err:
         raise CliError(str(err)) from None
     finally:

@@ -219,12 +219,13 @@ def evaluate_encoder(encoder: Encoder, protocol: Protocol, store, cfg: EvalConfi
     return EvalResult(protocol, directions, resolved.dropped, counts, cfg, encoder.name, store.root, cached)
 
 
-def evaluate(model_dir: str, store_dir: str, cfg: EvalConfig, out_dir: str | None = None,
+def evaluate(model_dir: str, store_dir: "str | FeatureStore", cfg: EvalConfig, out_dir: str | None = None,
              cache_dir: str | None = None, progress: ProgressFactory | None = None,
              protocol: Protocol | None = None) -> EvalResult:
     """Load, check, evaluate, and (with ``out_dir``) write the report. ``protocol``:
     cfg's protocol already loaded (the CLI loads it before torch, to report a bad
-    annotation file at once), so that its files are not parsed twice."""
+    annotation file at once), so that its files are not parsed twice; ``store_dir``
+    may be an open ``FeatureStore`` for the same reason."""
     from videolm.eval.report import write_report
     from videolm.features.store import FeatureStore, StoreError
 
@@ -232,7 +233,7 @@ def evaluate(model_dir: str, store_dir: str, cfg: EvalConfig, out_dir: str | Non
     if protocol is None:
         protocol = load_protocol(cfg.protocol, cfg.annotations, cfg.split)
     try:
-        store = FeatureStore(store_dir)
+        store = store_dir if isinstance(store_dir, FeatureStore) else FeatureStore(store_dir)
     except StoreError as err:
         raise EvalError(str(err)) from None
     encoder = Encoder.from_pretrained(model_dir, cfg.device, batch_size=cfg.batch_size)
