@@ -55,6 +55,9 @@ def main(argv=None) -> str:
     p.add_argument("--config", default=os.path.join(S.CONFIGS, "videobert_base.yaml"))
     p.add_argument("--k", type=int, default=12, help="visual words: branching factor")
     p.add_argument("--depth", type=int, default=4, help="visual words: levels (k ** depth words)")
+    p.add_argument("--spherical", action="store_true",
+                   help="visual words by cosine k-means (the paper's is Euclidean; the quickstart's features "
+                        "gave VideoBERT mode much better words this way: docs/tokenizer.md)")
     args = p.parse_args(argv)
     if args.tiny:
         args.k, args.depth, args.rerank_k = 2, 2, 2
@@ -64,7 +67,8 @@ def main(argv=None) -> str:
 
     vocab = os.path.join(args.out, "vocab")
     if not S.done(os.path.join(vocab, "meta.json")):
-        S.cli("tokenize", "fit", data["howto100m_store"], "-o", vocab, "--k", args.k, "--depth", args.depth, "-q")
+        S.cli("tokenize", "fit", data["howto100m_store"], "-o", vocab, "--k", args.k, "--depth", args.depth,
+              *(["--spherical"] if args.spherical else []), "-q")
     S.encode(data["howto100m_store"], vocab)
 
     model = S.pretrain(args, args.config, os.path.join(args.out, "runs", "videobert"), {

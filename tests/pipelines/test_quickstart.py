@@ -83,3 +83,17 @@ def test_refuses_a_foreign_directory_and_a_broken_stage(tiny_run, tmp_path, caps
     assert cli(["demo", "--tiny", "--out", str(copy), "--results", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
     assert new_store in err
+
+
+def test_visual_words_are_spherical(tiny_run):
+    """The quickstart fits cosine k-means words (docs/tokenizer.md#euclidean-or-spherical):
+    the vocabulary says so, and every word's centroid has unit norm."""
+    import numpy as np
+
+    from videolm.tokenize.vocab import Vocabulary
+
+    out, _ = tiny_run
+    meta = json.loads((out / "vocab" / "meta.json").read_text())
+    assert meta["config"]["spherical"] is True
+    norms = np.linalg.norm(Vocabulary.from_pretrained(str(out / "vocab")).word_centroids(), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-4)

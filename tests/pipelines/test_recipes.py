@@ -122,6 +122,7 @@ def test_videobert_howto100m(cooking, mobilenet_weights, tmp_path):
     assert sorted(FeatureStore(str(out / "feats" / "youcook2")).ids()) == ["0O4bxhpFX9o", "xHr8X2Wpmno"]
     vocab = json.loads((out / "vocab" / "meta.json").read_text())
     assert (vocab["k"], vocab["depth"]) == (2, 2)
+    assert vocab["config"]["spherical"] is False  # the paper's Euclidean k-means unless --spherical
     # zero-shot: the verb and noun of each validation segment that has both in the word lists
     truth = {r["id"]: r["words"] for r in read_jsonl(out / "data" / "youcook2_zeroshot.jsonl")}
     assert truth == ZEROSHOT_TRUTH
