@@ -15,13 +15,19 @@ training:
 6. ``report``    RESULTS/report.md, results.json and PNGs (losses and validation, recall@K,
                  visual words, a retrieval sheet)
 
-Each stage records its output and time in ``OUT/stages.json`` and is skipped
-on a rerun when its output is still there, so an interrupted run loses only
-the stage in flight. OUT must be new, empty or an earlier quickstart's.
+Each stage records its output, its time and a key of its settings (and of
+the stages it reads) in ``OUT/stages.json``. A rerun skips a stage whose key
+is unchanged and whose output is still there, so an interrupted run loses
+only the stage in flight (and pre-training resumes from its checkpoint). A
+stage whose settings changed since the run that wrote it, or one written by
+a videolm that kept no key, is removed and redone, and so is every stage
+after it that reads it. OUT must be new, empty or an earlier quickstart's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -88,6 +94,7 @@ class Quickstart:
         self.started = time.perf_counter()
         self.stages_path = os.path.join(out, "stages.json")
         self.times: dict[str, float] = {}
+        self.keys: dict[str, str] = {}
 
     # -- directories and stages
 
@@ -113,23 +120,62 @@ class Quickstart:
         with open(self.stages_path) as f:
             return json.load(f)
 
-    def stage(self, name: str, fn: Callable, *args, always: bool = False):
-        """Run ``fn(*args)`` unless an earlier run finished it and its output is still there."""
+    def key(self, settings, after: tuple[str, ...] = ()) -> str:
+        """What a stage's output depends on: its settings (no absolute paths, so a copied OUT keeps
+        its keys) and the keys of the stages it reads."""
+        blob = json.dumps({"settings": settings, "after": {a: self.keys[a] for a in after}}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def stage(self, name: str, fn: Callable, *args, always: bool = False, settings=None,
+              after: tuple[str, ...] = (), paths: tuple[str, ...] = ()):
+        """Run ``fn(*args)`` unless an earlier run finished it under the same key and its output is
+        still there. ``paths`` (relative to OUT) are what the stage writes: removed before it is
+        redone under another key, kept when it is redone under the same one (a resume)."""
+        key = self.key(settings, after)
+        self.keys[name] = key
         done = self._stages()
-        if not always and name in done and _exists(done[name]["output"]):
-            self.times[name] = done[name]["seconds"]
-            print(f"== {name}: done earlier ({done[name]['seconds']:.0f} s), skipped", flush=True)
-            return done[name]["output"]
+        entry = done.get(name)
+        if (not always and entry and entry.get("key") == key and "seconds" in entry
+                and _exists(entry["output"])):
+            self.times[name] = entry["seconds"]
+            print(f"== {name}: done earlier ({entry['seconds']:.0f} s), skipped", flush=True)
+            return entry["output"]
+        stale = [os.path.join(self.out, p) for p in paths if os.path.lexists(os.path.join(self.out, p))]
+        if stale and (entry is None or entry.get("key") != key):
+            why = "its settings changed since the run that wrote it" if entry and "key" in entry else \
+                "no record of its settings (an earlier videolm's, or an unfinished stage)"
+            print(f"== {name}: {why}; removing {', '.join(stale)} and redoing it", flush=True)
+            for path in stale:
+                _remove(path)
         print(f"== {name}", flush=True)
+        done[name] = {"key": key}     # started: an interrupted stage resumes under the same key only
+        atomic_write_json(self.stages_path, done)
         t = time.perf_counter()
         output = fn(*args)
         seconds = time.perf_counter() - t
         self.times[name] = seconds
         done = self._stages()
-        done[name] = {"seconds": round(seconds, 2), "output": output}
+        done[name] = {"key": key, "seconds": round(seconds, 2), "output": output}
         atomic_write_json(self.stages_path, done)
         print(f"   {name}: {seconds:.0f} s", flush=True)
         return output
+
+    def settings(self, name: str, mode: str | None = None, data=None, store=None, vocab=None):
+        """Each stage's settings, for its key (paths under OUT written relative to it)."""
+        from videolm.datasets.synthetic import PRESETS
+
+        if name == "data":
+            return dataclasses.asdict(PRESETS["tiny" if self.tiny else "default"])
+        if name == "features":
+            return TINY_EXTRACT if self.tiny else EXTRACT
+        if name == "words":
+            return TINY_WORDS if self.tiny else WORDS
+        if name == "pretrain":
+            overrides = self.config_overrides(mode, data, store, vocab) + [self._sources_text(data)]
+            return [o.replace(os.path.abspath(self.out), "OUT").replace(self.out, "OUT") for o in overrides]
+        if name == "evaluate":
+            return {"rerank_k": RERANK_K, "rerank_score": RERANK_SCORE}
+        return None
 
     # -- 1. data
 
@@ -206,14 +252,17 @@ class Quickstart:
                            "model.freeze_visual_table": True})
         return [f"{k}={v}" for k, v in values.items()]
 
-    def sources_yaml(self, data: dict) -> str:
+    def _sources_text(self, data: dict) -> str:
         m = data["manifests"]
+        return ("# written by the quickstart: its training manifests\ndata:\n  sources:\n"
+                f"    - {{kind: caption, manifest: {m['train_captions']}, weight: 2.0}}\n"
+                f"    - {{kind: image, manifest: {m['train_images']}, weight: 1.0}}\n"
+                f"    - {{kind: asr, manifest: {m['train_asr']}, weight: 1.0}}\n")
+
+    def sources_yaml(self, data: dict) -> str:
         path = os.path.join(self.out, "sources.yaml")
         with open(path, "w") as f:
-            f.write("# written by the quickstart: its training manifests\ndata:\n  sources:\n"
-                    f"    - {{kind: caption, manifest: {m['train_captions']}, weight: 2.0}}\n"
-                    f"    - {{kind: image, manifest: {m['train_images']}, weight: 1.0}}\n"
-                    f"    - {{kind: asr, manifest: {m['train_asr']}, weight: 1.0}}\n")
+            f.write(self._sources_text(data))
         return path
 
     def pretrain(self, mode: str, data: dict, store: str, vocab: str) -> str:
@@ -299,6 +348,13 @@ def _exists(output) -> bool:
     return output is not None
 
 
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -317,15 +373,27 @@ def run(out: str, results: str, tiny: bool = False, compare_streams: bool = Fals
     q = Quickstart(out, results, tiny=tiny)
     try:
         q.check_directories()
-        data = q.stage("data", q.generate_data)
-        store = q.stage("features", q.extract_features, data)
-        vocab = q.stage("words", q.fit_words, store)
-        runs = {mode: q.stage(f"pretrain_{mode}", q.pretrain, mode, data, store, vocab) for mode in MODES}
-        results_dirs = {mode: q.stage(f"evaluate_{mode}", q.evaluate, mode, runs[mode], data, store)
+        data = q.stage("data", q.generate_data, settings=q.settings("data"), paths=("data",))
+        store = q.stage("features", q.extract_features, data, settings=q.settings("features"), after=("data",),
+                        paths=(os.path.join("features", "mobilenet_v2"),))
+        vocab = q.stage("words", q.fit_words, store, settings=q.settings("words"), after=("features",),
+                        paths=("vocab", os.path.join("features", "mobilenet_v2", "tokens", "vocab")))
+        runs = {mode: q.stage(f"pretrain_{mode}", q.pretrain, mode, data, store, vocab,
+                              settings=q.settings("pretrain", mode, data, store, vocab),
+                              after=("data", "features") + (("words",) if mode == "videobert" else ()),
+                              paths=(os.path.join("runs", mode),))
+                for mode in MODES}
+        results_dirs = {mode: q.stage(f"evaluate_{mode}", q.evaluate, mode, runs[mode], data, store,
+                                      settings=q.settings("evaluate"), after=(f"pretrain_{mode}",),
+                                      paths=(os.path.join("eval", mode),))
                         for mode in MODES}
-        zeroshot = {mode: q.stage(f"zeroshot_{mode}", q.zeroshot, runs[mode], data, store) for mode in MODES}
-        extra = q.stage("compare_streams", q.compare_streams, data, store, vocab) if compare_streams else None
-        report = q.stage("report", q.report, data, store, vocab, runs, results_dirs, zeroshot, extra, always=True)
+        zeroshot = {mode: q.stage(f"zeroshot_{mode}", q.zeroshot, runs[mode], data, store,
+                                  after=("data", f"pretrain_{mode}"))
+                    for mode in MODES}
+        extra = (q.stage("compare_streams", q.compare_streams, data, store, vocab, after=("words",),
+                         paths=("compare_streams",)) if compare_streams else None)
+        report = q.stage("report", q.report, data, store, vocab, runs, results_dirs, zeroshot, extra, always=True,
+                         after=tuple(q.keys))
     except QuickstartError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

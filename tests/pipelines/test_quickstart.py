@@ -62,6 +62,46 @@ def test_rerun_skips_every_stage(tiny_run, capsys):
         assert f"== {stage}: done earlier" in printed
 
 
+def test_changed_settings_redo_that_stage_and_the_stages_that_read_it(tiny_run, tmp_path, capsys, monkeypatch):
+    """Other visual words: the words and VideoBERT mode's stages are removed and redone; data,
+    features and every CBT stage (which reads no words) are kept. A stages.json from a videolm
+    that kept no keys is redone whole."""
+    import videolm.quickstart as quickstart
+
+    out, results = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    stages = json.loads((copy / "stages.json").read_text())
+    for stage in stages.values():
+        stage["output"] = json.loads(json.dumps(stage["output"]).replace(str(out), str(copy)))
+    (copy / "stages.json").write_text(json.dumps(stages))
+    old_vocab = json.loads((copy / "vocab" / "meta.json").read_text())
+    monkeypatch.setattr(quickstart, "TINY_WORDS", {"k": 2, "depth": 1, "spherical": False})
+    assert cli(["demo", "--tiny", "--out", str(copy), "--results", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("data", "features", "pretrain_cbt", "evaluate_cbt", "zeroshot_cbt"):
+        assert f"== {stage}: done earlier" in printed, stage
+    for stage in ("words", "pretrain_videobert", "evaluate_videobert"):
+        assert f"== {stage}: its settings changed since the run that wrote it; removing" in printed, stage
+    assert "== zeroshot_videobert\n" in printed and "== zeroshot_videobert: done earlier" not in printed
+    meta = json.loads((copy / "vocab" / "meta.json").read_text())
+    assert (meta["config"]["spherical"], old_vocab["config"]["spherical"]) == (False, True)
+    assert meta["config"]["k"] == 2
+    # the redone run trained from scratch on the new words: no step from the old checkpoint
+    assert "resumed" not in printed
+    # a record without keys (an earlier videolm's): every stage is redone
+    monkeypatch.undo()
+    stages = json.loads((copy / "stages.json").read_text())
+    for stage in stages.values():
+        stage.pop("key")
+    (copy / "stages.json").write_text(json.dumps(stages))
+    assert cli(["demo", "--tiny", "--out", str(copy), "--results", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "done earlier" not in printed
+    assert "== data: no record of its settings" in printed
+    assert json.loads((copy / "vocab" / "meta.json").read_text())["config"]["spherical"] is True
+
+
 def test_refuses_a_foreign_directory_and_a_broken_stage(tiny_run, tmp_path, capsys):
     foreign = tmp_path / "mine"
     foreign.mkdir()
