@@ -365,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.cmd](args)
     except CliError as err:
-        print(f"error: {err}", file=sys.stderr)
+        line = err.line()
+        if line is not None:
+            print(line, file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: finished work (inputs, checkpoints) is kept; rerun the same command to resume",

@@ -239,6 +239,19 @@ def test_user_mistakes_are_one_line(tiny_config, tmp_path, capsys):
         assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
 
 
+def test_torchrun_prints_a_config_mistake_once(tiny_config, tmp_path):
+    """Both ranks read the same bad key: one line from rank 0, not one per rank."""
+    path, overrides = tiny_config
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                          "-m", "videolm.cli", "pretrain", path, *overrides(tmp_path / "d", "cbt", **{"train.lrr": 1}),
+                          "-q"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=300)
+    assert run.returncode != 0
+    ours = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and "unknown key 'train.lrr'" in ours[0] and "rank" not in ours[0], run.stderr[-2000:]
+
+
 def test_rows_without_features_are_listed_and_skipped(corpus, tiny_config, tmp_path):
     path, overrides = tiny_config
     manifest = tmp_path / "captions.jsonl"

@@ -44,7 +44,7 @@ def run_pretrain(args) -> int:
     try:  # the config first, torch-free: a missing file or a bad key is one line in well under a second
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, DataError, ModelError, TextError, EvalError) as err:
-        raise CliError(str(err)) from None
+        raise CliError(str(err), same_on_every_rank=True) from None  # every rank reads the same files
     from videolm.train.checkpoint import CheckpointError
     from videolm.train.distributed import env_from_torchrun
     from videolm.train.loop import pretrain
