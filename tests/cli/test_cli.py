@@ -94,7 +94,9 @@ def test_impossible_settings_are_one_line_usage_errors(tmp_path, args, message):
     ("run.yaml", "model:\n  mode: cbt\n", ["model.nope=1"],
      "override 'model.nope=1': unknown key 'model.nope' (did you mean 'model.mode'?)"),
     ("run.yaml", "model:\n  mode: cbt\n", ["eval.every=5"],
-     "{path}: eval.every is set but eval.protocol is empty; name a protocol (e.g. captions)"),
+     "override 'eval.every=5': eval.every is set but eval.protocol is empty; name a protocol (e.g. captions)"),
+    ("run.yaml", "model:\n  mode: cbt\neval:\n  ties: worst\n", [],
+     "{path}: eval.ties must be one of pessimistic, optimistic, mean, not 'worst'"),
 ])
 def test_a_bad_pretrain_config_is_one_line_before_torch_loads(tmp_path, name, text, overrides, message):
     path = tmp_path / name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from videolm.train.config import ConfigError, config_differences, load_config
@@ -67,3 +69,32 @@ def test_config_differences_ignore_run_length_keys():
     a = load_config(None, ["train.steps=10"]).to_dict()
     b = load_config(None, ["train.steps=20", "train.lr=0.5", "model.hidden_size=64"]).to_dict()
     assert config_differences(a, b) == ["model.hidden_size", "train.lr"]
+
+
+def test_a_bad_value_is_reported_where_it_was_written(tmp_path):
+    path = write(tmp_path, "train:\n  steps: -3\n  lr: 1e-3\neval:\n  ties: worst\n")
+    # the file's own mistake names the file, even with unrelated overrides on top
+    with pytest.raises(ConfigError, match=r"^[^ ]*c\.yaml: train\.steps must be at least 1, not -3$"):
+        load_config(path, ["train.lr=0.1"])
+    # a value set on the command line names the override, not the file it overrides
+    with pytest.raises(ConfigError, match=r"^override 'train\.steps=0': train\.steps must be at least 1, not 0$"):
+        load_config(path, ["train.steps=0"])
+    with pytest.raises(ConfigError, match=r"^override 'train\.lr=abc': train\.lr must be a number, not 'abc'$"):
+        load_config(path, ["train.steps=5", "train.lr=abc"])
+    with pytest.raises(ConfigError, match=r"^override 'data\.sources=\[1\]': data\.sources\.0 must be a mapping"):
+        load_config(None, ["data.sources=[1]"])
+    with pytest.raises(ConfigError, match=r"c\.yaml: eval\.ties must be one of pessimistic, optimistic, mean, "
+                                          r"not 'worst'$"):
+        load_config(path, ["train.steps=5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.every=-1", "eval.every must be >= 0, not -1"),
+    ("eval.v2t_rule=max", "eval.v2t_rule must be one of best-caption, group-max, not 'max'"),
+    ("eval.ks=[0,5]", r"eval.ks must be numbers >= 1, not \[0, 5\]"),
+    ("eval.rerank_k=-2", "eval.rerank_k must be >= 0, not -2"),
+    ("eval.batch_size=0", "eval.batch_size must be >= 1, not 0"),
+])
+def test_validation_settings_are_checked_before_training(override, message):
+    with pytest.raises(ConfigError, match=f"^override '{re.escape(override)}': {message}$"):
+        load_config(None, [override])

@@ -34,10 +34,10 @@ from videolm.eval.metrics import (DEFAULT_KS, TIES, GroundTruth, Metrics, chance
                                   paired_recall_change, retrieval_metrics)
 from videolm.eval.protocols import Protocol, load_protocol, resolve
 from videolm.eval.rerank import SCORES, rerank
+from videolm.eval.validation_config import V2T_RULES
 
 log = logging.getLogger(__name__)
 
-V2T_RULES = ("best-caption", "group-max")
 DIRECTIONS = {"video": ("t2v", "v2t"), "image": ("t2i", "i2t")}
 PAIRED_ROWS = ("reranked", "dual+dsl")  # rows that re-score the dual encoder: compared with it query by query
 

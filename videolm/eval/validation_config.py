@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from videolm.eval.errors import EvalError
 
+V2T_RULES = ("best-caption", "group-max")   # item->text rules (videolm.eval.evaluate uses these)
+
 
 @dataclass
 class ValidationConfig:
@@ -30,10 +32,21 @@ class ValidationConfig:
         return bool(self.protocol) and self.every > 0
 
     def validate(self) -> None:
+        from videolm.eval.metrics import TIES
+
+        if self.every < 0:
+            raise EvalError(f"eval.every must be >= 0, not {self.every}")
         if not self.protocol and self.every:
             raise EvalError("eval.every is set but eval.protocol is empty; name a protocol (e.g. captions)")
-        if self.protocol and self.every < 0:
-            raise EvalError(f"eval.every must be >= 0, not {self.every}")
+        if self.ties not in TIES:
+            raise EvalError(f"eval.ties must be one of {', '.join(TIES)}, not {self.ties!r}")
+        if self.v2t_rule not in V2T_RULES:
+            raise EvalError(f"eval.v2t_rule must be one of {', '.join(V2T_RULES)}, not {self.v2t_rule!r}")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise EvalError(f"eval.ks must be numbers >= 1, not {self.ks}")
+        for name in ("rerank_k", "batch_size"):
+            if getattr(self, name) < (0 if name == "rerank_k" else 1):
+                raise EvalError(f"eval.{name} must be >= {0 if name == 'rerank_k' else 1}, not {getattr(self, name)}")
         if self.protocol and self.split == "test":
             raise EvalError("eval.split=test: validation picks checkpoints, and picking them on the test split "
                             "inflates the reported figure; hold out a validation split")
