@@ -141,22 +141,26 @@ def _open_store(path: str):
 
 
 def run_evaluate(args) -> int:
+    from videolm.eval.config import EvalConfig
+    from videolm.eval.errors import EvalError
     from videolm.eval.protocols import ProtocolError, load_protocol
 
-    try:  # the usual mistakes (protocol, annotations, store) are one line before torch loads
-        protocol = load_protocol(args.protocol, args.annotations, args.split)
-    except ProtocolError as err:
-        raise CliError(str(err)) from None
-    store = _open_store(args.store)
-    from videolm.eval.evaluate import EvalConfig, evaluate
-    from videolm.eval.report import ROW_LABELS
-
+    # the usual mistakes (settings, protocol, annotations, store) are one line before torch loads
     cfg = EvalConfig(protocol=args.protocol, annotations=args.annotations, split=args.split,
                      ks=tuple(args.ks) if args.ks else (1, 5, 10), ties=args.ties, v2t_rule=args.v2t_rule,
                      rerank_k=args.rerank_k, rerank_score=args.rerank_score, rerank_weight=args.rerank_weight,
                      dsl=args.dsl,
                      untrained=args.untrained, seed=args.seed, allow_missing=args.allow_missing,
                      batch_size=args.batch_size, device=args.device)
+    try:
+        cfg.validate()
+        protocol = load_protocol(args.protocol, args.annotations, args.split)
+    except (EvalError, ProtocolError) as err:
+        raise CliError(str(err)) from None
+    store = _open_store(args.store)
+    from videolm.eval.evaluate import evaluate
+    from videolm.eval.report import ROW_LABELS
+
     factory, bars = _bars(args.quiet)
     cache = args.cache or (os.path.join(args.out, "cache") if args.out else None)
     try:

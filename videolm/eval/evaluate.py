@@ -23,69 +23,23 @@ on a few hundred queries is often a split of ten against twenty).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 
 from videolm import __version__
 from videolm.eval.embeddings import Embedded, Encoder, EvalError, embed
-from videolm.eval.metrics import (DEFAULT_KS, TIES, GroundTruth, Metrics, chance_metrics, dual_softmax, group_max,
-                                  paired_recall_change, retrieval_metrics)
+from videolm.eval.metrics import (GroundTruth, Metrics, chance_metrics, dual_softmax, group_max, paired_recall_change,
+                                  retrieval_metrics)
 from videolm.eval.protocols import Protocol, load_protocol, resolve
-from videolm.eval.rerank import SCORES, rerank
-from videolm.eval.validation_config import V2T_RULES
+from videolm.eval.config import EvalConfig
+from videolm.eval.rerank import rerank
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = {"video": ("t2v", "v2t"), "image": ("t2i", "i2t")}
 PAIRED_ROWS = ("reranked", "dual+dsl")  # rows that re-score the dual encoder: compared with it query by query
-
-
-@dataclass
-class EvalConfig:
-    protocol: str = "captions"
-    annotations: list[str] = field(default_factory=list)
-    split: str | None = None
-    ks: tuple[int, ...] = DEFAULT_KS
-    ties: str = "pessimistic"
-    v2t_rule: str = "best-caption"
-    rerank_k: int = 0                 # 0: dual encoder only
-    rerank_score: str = "align"       # align | align+dual (logit + cos/τ) | align+cosine (BLIP)
-    rerank_weight: float = 1.0        # the alignment logit's weight in align+dual / align+cosine
-    rerank_batch: int = 64            # pairs per joint pass
-    dsl: bool = False
-    dsl_temperature: float = 100.0
-    untrained: bool = False
-    seed: int = 0
-    allow_missing: bool = False
-    batch_size: int = 64
-    device: str = "cpu"
-
-    def validate(self) -> "EvalConfig":
-        if self.ties not in TIES:
-            raise EvalError(f"--ties must be one of {', '.join(TIES)}, not {self.ties!r}")
-        if self.v2t_rule not in V2T_RULES:
-            raise EvalError(f"--v2t-rule must be one of {', '.join(V2T_RULES)}, not {self.v2t_rule!r}")
-        if self.rerank_score not in SCORES:
-            raise EvalError(f"--rerank-score must be one of {', '.join(SCORES)}, not {self.rerank_score!r}")
-        if not self.rerank_weight > 0:
-            raise EvalError(f"--rerank-weight must be > 0, not {self.rerank_weight}")
-        if self.rerank_k < 0 or self.batch_size < 1 or self.rerank_batch < 1:
-            raise EvalError("--rerank-k must be >= 0 and the batch sizes >= 1")
-        if not self.ks or any(k < 1 for k in self.ks):
-            raise EvalError(f"--k values must be >= 1, not {list(self.ks)}")
-        return self
-
-    def conventions(self) -> dict:
-        return {"ties": self.ties, "v2t_rule": self.v2t_rule, "ks": list(self.ks),
-                "rerank": {"k": self.rerank_k, "score": self.rerank_score, "weight": self.rerank_weight}
-                if self.rerank_k else None,
-                # (align+dual adds the dual cosine times the model's contrastive scale 1/tau; see rerank.py)
-                "dsl": {"temperature": self.dsl_temperature} if self.dsl else None,
-                "similarity": "cosine of L2-normalised dual-encoder embeddings",
-                "clip_selection": "all clips of an item (a timed span: the clips it overlaps), thinned to "
-                                  "max_visual_len by taking the middle clip of each equal run"}
 
 
 @dataclass

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from videolm.eval.config import V2T_RULES
 from videolm.eval.errors import EvalError
-
-V2T_RULES = ("best-caption", "group-max")   # item->text rules (videolm.eval.evaluate uses these)
+from videolm.eval.metrics import TIES
 
 
 @dataclass
@@ -32,8 +32,6 @@ class ValidationConfig:
         return bool(self.protocol) and self.every > 0
 
     def validate(self) -> None:
-        from videolm.eval.metrics import TIES
-
         if self.every < 0:
             raise EvalError(f"eval.every must be >= 0, not {self.every}")
         if not self.protocol and self.every:
