@@ -110,19 +110,23 @@ def test_nan_clips_and_unreadable_sources_exit_1(nan_store, sample_store, tmp_pa
     assert "2 clips in 2 video(s) have NaN/Inf features: their token is -1" in capsys.readouterr().out
 
     # a source that moved away: its tiles are grey, the rest is drawn
-    store = tmp_path / "moved"
     src = FeatureStore(sample_store)  # the same store, written again with the sources of all but 'bikes' gone
-    writer = StoreWriter(str(store), {k: v for k, v in src.meta.items() if k not in ("format", "format_version")})
-    writer.plan(src.ids())
-    for video_id in src.ids():
-        e = src.entry(video_id)
-        row = {k: v for k, v in e.items() if k not in ("video_id", "path", "shard", "offset", "num_clips", "status")}
-        path = e["path"] if video_id == "bikes" else str(tmp_path / "gone" / os.path.basename(e["path"]))
-        writer.add(Finished(video_id, path, np.asarray(src.features(video_id)), row))
-    writer.finalize()
-    png = tmp_path / "g.png"
-    assert run_cli("tokenize", "gallery", store, "--vocab", vocab, "-o", png, "--size", 32, "-q") == 1
-    out = capsys.readouterr().out
-    assert "source(s) could not be read (grey tiles)" in out and "gone" in out
-    with Image.open(png) as img:
-        assert img.format == "PNG" and img.width > 100
+    for name, gone in (("moved", str(tmp_path / "gone")), ("relative", "gone")):
+        store = tmp_path / name
+        writer = StoreWriter(str(store), {k: v for k, v in src.meta.items() if k not in ("format", "format_version")})
+        writer.plan(src.ids())
+        for video_id in src.ids():
+            e = src.entry(video_id)
+            row = {k: v for k, v in e.items()
+                   if k not in ("video_id", "path", "shard", "offset", "num_clips", "status")}
+            path = e["path"] if video_id == "bikes" else os.path.join(gone, os.path.basename(e["path"]))
+            writer.add(Finished(video_id, path, np.asarray(src.features(video_id)), row))
+        writer.finalize()
+        png = tmp_path / f"{name}.png"
+        assert run_cli("tokenize", "gallery", store, "--vocab", vocab, "-o", png, "--size", 32, "-q") == 1
+        out = capsys.readouterr().out
+        assert "source(s) could not be read (grey tiles)" in out and "gone" in out
+        # a relative path that is not there: the line says it is read from the current directory
+        assert ("run the gallery from the directory extraction ran in" in out) == (name == "relative")
+        with Image.open(png) as img:
+            assert img.format == "PNG" and img.width > 100

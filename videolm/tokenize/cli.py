@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -225,6 +226,9 @@ def _gallery(args) -> bool:
     shown = ", ".join(f"{w} ({c} clips)" for w, c in zip(result.words, result.counts))
     print(f"videolm tokenize gallery: words {shown} -> {args.out}")
     if result.missing:
-        print(f"{len(result.missing)} source(s) could not be read (grey tiles): {', '.join(result.missing[:3])}")
+        relative = [p for p in result.missing if not os.path.isabs(p) and not os.path.exists(p)]
+        print(f"{len(result.missing)} source(s) could not be read (grey tiles): {', '.join(result.missing[:3])}"
+              + ("; the store keeps each source's path as extraction was given it, so run the gallery from the "
+                 "directory extraction ran in" if relative else ""))
         return False
     return True
