@@ -15,18 +15,20 @@ training:
 6. ``report``    RESULTS/report.md, results.json and PNGs (losses and validation, recall@K,
                  visual words, a retrieval sheet)
 
-Each stage records its output, its time and a key of its settings (and of
-the stages it reads) in ``OUT/stages.json``. A rerun skips a stage whose key
-is unchanged and whose output is still there, so an interrupted run loses
-only the stage in flight (and pre-training resumes from its checkpoint). A
-stage whose settings changed since the run that wrote it, or one written by
-a videolm that kept no key, is removed and redone, and so is every stage
+Each stage records its output, its time and a key of its settings, of the
+source of the videolm subpackages it runs (``CODE``) and of the stages it
+reads in ``OUT/stages.json``. A rerun skips a stage whose key is unchanged
+and whose output is still there, so an interrupted run loses only the stage
+in flight (and pre-training resumes from its checkpoint). A stage whose
+settings or code changed since the run that wrote it, or one written by a
+videolm that kept no key, is removed and redone, and so is every stage
 after it that reads it. OUT must be new, empty or an earlier quickstart's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -57,6 +59,10 @@ STEPS = {"videobert": 750, "cbt": 1000}
 # -5.4 points in 3 of 4 directions), at 2 it raised or kept every direction (docs/results.md)
 MODE_MODEL = {"videobert": {}, "cbt": {"align_weight": 2.0}}
 EVAL_EVERY = 250
+# the videolm subpackages each stage runs: a change to their source (an upgrade) redoes the stage
+CODE = {"data": ("datasets",), "features": ("features", "video"), "words": ("tokenize",),
+        "pretrain": ("model", "train", "data", "text"), "evaluate": ("eval",), "zeroshot": ("eval",),
+        "compare_streams": ("model", "train", "data", "text", "eval")}
 RERANK_K = 16
 RERANK_SCORE = "align+dual"
 EXTRACT = ["--backbone", "mobilenet_v2", "--window", "0.5", "--frames", "2", "--temporal", "mean+flow",
@@ -120,18 +126,22 @@ class Quickstart:
         with open(self.stages_path) as f:
             return json.load(f)
 
-    def key(self, settings, after: tuple[str, ...] = ()) -> str:
+    def key(self, settings, after: tuple[str, ...] = (), code: str = "") -> str:
         """What a stage's output depends on: its settings (no absolute paths, so a copied OUT keeps
-        its keys) and the keys of the stages it reads."""
-        blob = json.dumps({"settings": settings, "after": {a: self.keys[a] for a in after}}, sort_keys=True)
+        its keys), the videolm code it runs, and the keys of the stages it reads."""
+        blob = json.dumps({"settings": settings, "after": {a: self.keys[a] for a in after}, "code": code},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage(self, name: str, fn: Callable, *args, always: bool = False, settings=None,
-              after: tuple[str, ...] = (), paths: tuple[str, ...] = ()):
+              after: tuple[str, ...] = (), paths: tuple[str, ...] = (), code: tuple[str, ...] = ()):
         """Run ``fn(*args)`` unless an earlier run finished it under the same key and its output is
         still there. ``paths`` (relative to OUT) are what the stage writes: removed before it is
-        redone under another key, kept when it is redone under the same one (a resume)."""
-        key = self.key(settings, after)
+        redone under another key, kept when it is redone under the same one (a resume). ``code``:
+        the videolm subpackages whose source the stage's output depends on."""
+        fingerprint = code_fingerprint(code) if code else ""
+        reads = {a: self.keys[a] for a in after}
+        key = self.key(settings, after, fingerprint)
         self.keys[name] = key
         done = self._stages()
         entry = done.get(name)
@@ -142,20 +152,20 @@ class Quickstart:
             return entry["output"]
         stale = [os.path.join(self.out, p) for p in paths if os.path.lexists(os.path.join(self.out, p))]
         if stale and (entry is None or entry.get("key") != key):
-            why = "its settings changed since the run that wrote it" if entry and "key" in entry else \
-                "no record of its settings (an earlier videolm's, or an unfinished stage)"
-            print(f"== {name}: {why}; removing {', '.join(stale)} and redoing it", flush=True)
+            print(f"== {name}: {_why_redo(entry, fingerprint, code, reads)}; removing {', '.join(stale)} and "
+                  "redoing it", flush=True)
             for path in stale:
                 _remove(path)
         print(f"== {name}", flush=True)
-        done[name] = {"key": key}     # started: an interrupted stage resumes under the same key only
+        record = {"key": key, "code": fingerprint, "reads": reads}
+        done[name] = record      # started: an interrupted stage resumes under the same key only
         atomic_write_json(self.stages_path, done)
         t = time.perf_counter()
         output = fn(*args)
         seconds = time.perf_counter() - t
         self.times[name] = seconds
         done = self._stages()
-        done[name] = {"key": key, "seconds": round(seconds, 2), "output": output}
+        done[name] = {**record, "seconds": round(seconds, 2), "output": output}
         atomic_write_json(self.stages_path, done)
         print(f"   {name}: {seconds:.0f} s", flush=True)
         return output
@@ -348,6 +358,40 @@ def _exists(output) -> bool:
     return output is not None
 
 
+def code_fingerprint(parts: tuple[str, ...]) -> str:
+    """A hash of the Python source of these videolm subpackages (``train``, ``model``, ...): a
+    stage redone after an upgrade of videolm, not only after a change of its settings."""
+    return _fingerprint(tuple(sorted(parts)), os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=None)
+def _fingerprint(parts: tuple[str, ...], root: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, part)):
+            dirnames.sort()
+            for filename in sorted(f for f in filenames if f.endswith(".py")):
+                path = os.path.join(dirpath, filename)
+                h.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as f:
+                    h.update(f.read() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _why_redo(entry: dict | None, fingerprint: str, code: tuple[str, ...], reads: dict) -> str:
+    """Why a stage's outputs are stale, in a few words."""
+    if not entry or "key" not in entry:
+        return "no record of its settings (an earlier videolm's, or an unfinished stage)"
+    if "code" not in entry:
+        return "no record of the videolm code that wrote it (an earlier videolm's)"
+    if entry["code"] != fingerprint:
+        return f"videolm's code for it ({', '.join(f'videolm/{c}' for c in code)}) changed since the run that wrote it"
+    changed = [a for a, k in reads.items() if entry.get("reads", {}).get(a) != k]
+    if changed:
+        return f"{' and '.join(changed)}, which it reads, {'was' if len(changed) == 1 else 'were'} redone"
+    return "its settings changed since the run that wrote it"
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -373,25 +417,27 @@ def run(out: str, results: str, tiny: bool = False, compare_streams: bool = Fals
     q = Quickstart(out, results, tiny=tiny)
     try:
         q.check_directories()
-        data = q.stage("data", q.generate_data, settings=q.settings("data"), paths=("data",))
+        data = q.stage("data", q.generate_data, settings=q.settings("data"), paths=("data",),
+                       code=CODE["data"])
         store = q.stage("features", q.extract_features, data, settings=q.settings("features"), after=("data",),
-                        paths=(os.path.join("features", "mobilenet_v2"),))
+                        paths=(os.path.join("features", "mobilenet_v2"),), code=CODE["features"])
         vocab = q.stage("words", q.fit_words, store, settings=q.settings("words"), after=("features",),
-                        paths=("vocab", os.path.join("features", "mobilenet_v2", "tokens", "vocab")))
+                        paths=("vocab", os.path.join("features", "mobilenet_v2", "tokens", "vocab")),
+                        code=CODE["words"])
         runs = {mode: q.stage(f"pretrain_{mode}", q.pretrain, mode, data, store, vocab,
                               settings=q.settings("pretrain", mode, data, store, vocab),
                               after=("data", "features") + (("words",) if mode == "videobert" else ()),
-                              paths=(os.path.join("runs", mode),))
+                              paths=(os.path.join("runs", mode),), code=CODE["pretrain"])
                 for mode in MODES}
         results_dirs = {mode: q.stage(f"evaluate_{mode}", q.evaluate, mode, runs[mode], data, store,
                                       settings=q.settings("evaluate"), after=(f"pretrain_{mode}",),
-                                      paths=(os.path.join("eval", mode),))
+                                      paths=(os.path.join("eval", mode),), code=CODE["evaluate"])
                         for mode in MODES}
         zeroshot = {mode: q.stage(f"zeroshot_{mode}", q.zeroshot, runs[mode], data, store,
-                                  after=("data", f"pretrain_{mode}"))
+                                  after=("data", f"pretrain_{mode}"), code=CODE["zeroshot"])
                     for mode in MODES}
         extra = (q.stage("compare_streams", q.compare_streams, data, store, vocab, after=("words",),
-                         paths=("compare_streams",)) if compare_streams else None)
+                         paths=("compare_streams",), code=CODE["compare_streams"]) if compare_streams else None)
         report = q.stage("report", q.report, data, store, vocab, runs, results_dirs, zeroshot, extra, always=True,
                          after=tuple(q.keys))
     except QuickstartError as err:

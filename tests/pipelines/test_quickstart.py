@@ -81,14 +81,26 @@ def test_changed_settings_redo_that_stage_and_the_stages_that_read_it(tiny_run, 
     printed = capsys.readouterr().out
     for stage in ("data", "features", "pretrain_cbt", "evaluate_cbt", "zeroshot_cbt"):
         assert f"== {stage}: done earlier" in printed, stage
-    for stage in ("words", "pretrain_videobert", "evaluate_videobert"):
-        assert f"== {stage}: its settings changed since the run that wrote it; removing" in printed, stage
+    assert "== words: its settings changed since the run that wrote it; removing" in printed
+    assert "== pretrain_videobert: words, which it reads, was redone; removing" in printed
+    assert "== evaluate_videobert: pretrain_videobert, which it reads, was redone; removing" in printed
     assert "== zeroshot_videobert\n" in printed and "== zeroshot_videobert: done earlier" not in printed
     meta = json.loads((copy / "vocab" / "meta.json").read_text())
     assert (meta["config"]["spherical"], old_vocab["config"]["spherical"]) == (False, True)
     assert meta["config"]["k"] == 2
     # the redone run trained from scratch on the new words: no step from the old checkpoint
     assert "resumed" not in printed
+    # another version of the tokenizer's code (an upgrade of videolm): the same stages are redone
+    real = quickstart.code_fingerprint
+    monkeypatch.setattr(quickstart, "code_fingerprint",
+                        lambda parts: real(parts) + ("-upgraded" if "tokenize" in parts else ""))
+    assert cli(["demo", "--tiny", "--out", str(copy), "--results", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "== words: videolm's code for it (videolm/tokenize) changed since the run that wrote it" in printed
+    assert "== pretrain_videobert: words, which it reads, was redone; removing" in printed
+    for stage in ("data", "features", "pretrain_cbt", "evaluate_cbt", "zeroshot_cbt"):
+        assert f"== {stage}: done earlier" in printed, stage
+    assert real(("eval", "model")) == real(("model", "eval"))
     # a record without keys (an earlier videolm's): every stage is redone
     monkeypatch.undo()
     stages = json.loads((copy / "stages.json").read_text())
@@ -137,3 +149,23 @@ def test_visual_words_are_spherical(tiny_run):
     assert meta["config"]["spherical"] is True
     norms = np.linalg.norm(Vocabulary.from_pretrained(str(out / "vocab")).word_centroids(), axis=1)
     assert np.allclose(norms, 1.0, atol=1e-4)
+
+
+def test_the_code_fingerprint_follows_the_python_source(tmp_path):
+    """A copy of videolm/tokenize: one changed byte of a .py file changes its fingerprint, a new
+    file that is not Python does not, and the same source elsewhere gives the same one."""
+    from videolm.quickstart import _fingerprint
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__import__("videolm").__file__)))
+    for name in ("a", "b"):
+        shutil.copytree(os.path.join(package, "videolm", "tokenize"), tmp_path / name / "tokenize",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    first = _fingerprint(("tokenize",), str(tmp_path / "a"))
+    assert _fingerprint(("tokenize",), str(tmp_path / "b")) == first
+    (tmp_path / "b" / "tokenize" / "notes.txt").write_text("not code")
+    _fingerprint.cache_clear()
+    assert _fingerprint(("tokenize",), str(tmp_path / "b")) == first
+    kmeans = tmp_path / "b" / "tokenize" / "kmeans.py"
+    kmeans.write_bytes(kmeans.read_bytes() + b"#")
+    _fingerprint.cache_clear()
+    assert _fingerprint(("tokenize",), str(tmp_path / "b")) != first
