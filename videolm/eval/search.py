@@ -137,7 +137,7 @@ def example_features(path: str, store) -> np.ndarray:
                         window_s=spec.get("window_s"), stride_s=spec.get("stride_s"), frames=spec.get("frames"),
                         short_side=spec.get("short_side"), crop=spec.get("crop"),
                         drop_short=bool(spec.get("drop_short", False)), dtype=meta.get("dtype", "float16"),
-                        workers=0)
+                        temporal=meta.get("temporal", "mean"), workers=0)
     tmp = tempfile.mkdtemp(prefix="videolm-query-")
     try:
         items, _ = collect_inputs([path])
@@ -146,6 +146,10 @@ def example_features(path: str, store) -> np.ndarray:
             reason = result.errors[0]["reason"] if result.errors else "no features"
             raise EvalError(f"{path}: cannot extract features ({reason})")
         query_store = FeatureStore(os.path.join(tmp, "store"))
+        for what in ("dim", "temporal", "clip_spec"):   # a setting the store records that this could not repeat
+            if query_store.meta.get(what) != meta.get(what):
+                raise EvalError(f"{path}: its features cannot be extracted as {store.root}'s were ({what} "
+                                f"{query_store.meta.get(what)} against the store's {meta.get(what)})")
         return np.asarray(query_store.features(query_store.ids()[0]), dtype=np.float32)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
