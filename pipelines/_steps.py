@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -49,6 +50,27 @@ def arguments(doc: str) -> argparse.ArgumentParser:
 def log_to_stderr() -> None:
     """`python pipelines/X.py`: the library's INFO lines on stderr (videolm's CLI sets its own up too)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+
+
+def run_recipe(main) -> None:
+    """`python pipelines/X.py ...`: a user's mistake the library names (a missing media folder, a bad
+    annotation file, a store that does not open) is one line on stderr and exit status 2."""
+    from videolm.data.errors import DataError
+    from videolm.datasets.convert import ConvertError
+    from videolm.errors import first_line
+    from videolm.eval.errors import EvalError
+    from videolm.eval.protocols import ProtocolError
+    from videolm.features.store import StoreError
+    from videolm.tokenize.vocab import TokenizeError
+    from videolm.train.config import ConfigError
+
+    log_to_stderr()
+    try:
+        main()
+    except (ConvertError, DataError, EvalError, ProtocolError, StoreError, TokenizeError, ConfigError,
+            FileNotFoundError) as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cli(*argv, ok=(0,)) -> None:

@@ -52,5 +52,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    S.log_to_stderr()
-    main()
+    S.run_recipe(main)

@@ -302,3 +302,24 @@ def test_coco_flickr_finetuned_and_from_scratch(cbt_run, stills, mobilenet_weigh
     assert results["flickr30k"]["flickr30k-1k"]["t2i"]["chance"]["R@1"] == pytest.approx(100 / 3, abs=1e-3)
     metrics = json.loads((out / "results" / "flickr30k" / "metrics.json").read_text())
     assert metrics["counts"]["image"] == {"items": 3, "captions": 6}
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("videobert_howto100m", ["--howto100m", "DATA/howto100m", "--youcook2", "DATA/youcook2"],
+     "DATA/howto100m/videos: no such media folder"),
+    ("cbt_howto100m", ["--howto100m", "DATA/howto100m", "--youcook2", "DATA/youcook2"],
+     "DATA/howto100m/videos: no such media folder"),
+    ("msrvtt_finetune", ["--msrvtt", "DATA/msrvtt", "--init", "runs/x/model"],
+     "DATA/msrvtt/train_val_videodatainfo.json: no such annotation file"),
+    ("coco_flickr", ["--coco", "DATA/coco"], "DATA/coco/dataset_coco.json: no such annotation file"),
+])
+def test_a_recipe_run_on_data_that_is_not_there_is_one_line(tmp_path, name, args, message):
+    """`python pipelines/X.py` as docs/recipes.md writes it, before the data is downloaded: exit 2
+    and one line naming the missing path, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, os.path.join(REPO, "pipelines", f"{name}.py"), *args,
+                        "--out", str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: {message}")
+    assert not (tmp_path / "run").exists()
