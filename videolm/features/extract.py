@@ -34,7 +34,7 @@ from videolm.features.inputs import InputError, InputItem
 # the engine-independent half of a run lives torch-free (the Ray driver's); re-exported here
 from videolm.features.runplan import (SOURCE_FPS, ExtractResult, Run, _count, _Video, begin_run,  # noqa: F401
                                       clip_spec_for, store_meta, warn_random_weights)
-from videolm.features.store import StoreWriter
+from videolm.features.store import StoreWriter, remove_new_store
 from videolm.progress import Progress
 from videolm.video.sampling import ClipSpec
 from videolm.video.transforms import normalize_clips
@@ -80,8 +80,21 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     backbone = backbone.to(device).eval()
     check_input_size(backbone, spec)
     dim = backbone.dim
-    with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
-        return _extract(items, writer, cfg, spec, device, backbone, dim, list(input_errors), progress, t0)
+    fresh, existed = not os.path.exists(os.path.join(out, "meta.json")), os.path.isdir(out)
+    abandon = False
+    try:
+        with StoreWriter(out, store_meta(cfg, spec, dim), cfg.videos_per_shard) as writer:
+            run = begin_run(items, writer, cfg, list(input_errors), progress, dim)
+            try:
+                return _extract(run, cfg, spec, device, backbone, dim, progress, t0)
+            except DegenerateOutput:
+                # a store this run created and recorded nothing in goes, so that the rerun with real
+                # weights the message asks for is not refused as "another setting"
+                abandon = fresh and not (run.result.ok or run.result.failed)
+                raise
+    finally:
+        if abandon:
+            remove_new_store(out, existed)
 
 
 def embed_clips(backbone: torch.nn.Module, clips: torch.Tensor, spec: ClipSpec, cfg: ExtractConfig, device,
@@ -102,9 +115,8 @@ def embed_clips(backbone: torch.nn.Module, clips: torch.Tensor, spec: ClipSpec, 
     return out[:n].cpu().numpy()
 
 
-def _extract(items, writer: StoreWriter, cfg: ExtractConfig, spec: ClipSpec, device, backbone, dim: int,
-             input_errors: list[InputError], progress: Progress, t0: float) -> ExtractResult:
-    run = begin_run(items, writer, cfg, input_errors, progress, dim)
+def _extract(run, cfg: ExtractConfig, spec: ClipSpec, device, backbone, dim: int, progress: Progress,
+             t0: float) -> ExtractResult:
     decode, result = run.decode, run.result
     stream = ClipStream(decode, spec, cfg.reader, cfg.decode_threads)
     workers = min(cfg.workers, len(decode))
@@ -156,6 +168,9 @@ class DegenerateOutput(BackboneError):
     """The backbone gives the same vector (or zeros) for clips that differ."""
 
 
+NO_CHECK = "--no-output-check (ExtractConfig.check_output=False)"
+
+
 class OutputCheck:
     """Stops a run whose backbone output carries no information, before a
     store fills with it: random-init MobileNetV2 gives all-zero vectors, and
@@ -178,7 +193,8 @@ class OutputCheck:
             self.first = False
             if feats.abs().max().item() < 1e-6:
                 raise DegenerateOutput(f"{self.what}: every feature of the first batch is 0: this network gives no "
-                                       "information with these weights; use real weights (--weights, see docs/backbones.md)")
+                                       "information with these weights; use real weights (--weights, see "
+                                       f"docs/backbones.md), or {NO_CHECK} to store it anyway")
         if feats.shape[0] < 2:
             return
         xc = _cosine(x.flatten(1).double())
@@ -191,7 +207,7 @@ class OutputCheck:
         if closest > self.SAME_OUTPUT:
             raise DegenerateOutput(f"{self.what}: clips that differ get the same vector (cosine >= {closest:.4f}): "
                                    "this network gives no information with these weights; use real weights "
-                                   "(--weights, see docs/backbones.md), or check_output=False to store it anyway")
+                                   f"(--weights, see docs/backbones.md), or {NO_CHECK} to store it anyway")
 
 
 def _cosine(v: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +45,7 @@ from videolm.features.decoding import decode_rows
 from videolm.features.inputs import InputError, InputItem
 from videolm.features.registry import BackboneError, feature_dim, weights_path
 from videolm.features.runplan import ExtractResult, _Video, begin_run, clip_spec_for, store_meta, warn_random_weights
-from videolm.features.store import StoreWriter
+from videolm.features.store import StoreWriter, remove_new_store
 from videolm.progress import Progress
 from videolm.video.sampling import ClipSpec
 
@@ -258,21 +257,7 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
             if started:
                 ray.shutdown()
             if abandon:
-                _remove_new_store(out, existed)
-
-
-def _remove_new_store(out: str, existed: bool) -> None:
-    """Undo a new store that holds nothing (its meta, empty folders, its
-    lock): the folder was empty or absent before (StoreWriter refuses any
-    other that is not a store)."""
-    for name in os.listdir(out):
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
-    if not existed:
-        os.rmdir(out)
+                remove_new_store(out, existed)
 
 
 def _init(ray, ray_cfg: RayConfig) -> None:

@@ -755,6 +755,21 @@ class PartialLog:
         return out, None, None
 
 
+def remove_new_store(out: str, existed: bool) -> None:
+    """Undo a new store that holds nothing (its meta, empty folders, its
+    lock), after a run that could not compute a feature: the folder was empty
+    or absent before (``existed``; StoreWriter refuses any other that is not
+    a store)."""
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    if not existed:
+        os.rmdir(out)
+
+
 class StoreWriter:
     """Write a store shard by shard (see the module doc for the protocol)."""
 
