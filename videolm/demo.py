@@ -33,10 +33,15 @@ def sample_inputs() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from videolm.cli import main as cli
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    train = "--train" in args
-    args = [a for a in args if a != "--train"]
-    root = (args or ["demo_out"])[0]
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m videolm.demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("root", nargs="?", default="demo_out", help="output folder (store/, vocab/, words.png)")
+    p.add_argument("--train", action="store_true",
+                   help="also pre-train tiny VideoBERT and CBT models on the sample captions, evaluate and search")
+    parsed = p.parse_args(sys.argv[1:] if argv is None else argv)
+    train, root = parsed.train, parsed.root
     out, vocab, gallery = os.path.join(root, "store"), os.path.join(root, "vocab"), os.path.join(root, "words.png")
     inputs = sample_inputs()
     if not inputs:

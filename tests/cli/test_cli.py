@@ -148,3 +148,11 @@ def test_a_reader_that_goes_away_is_no_traceback(sample_store):
     with proc.stderr:
         err = proc.stderr.read()
     assert proc.wait(timeout=60) == 141 and err == ""
+
+
+def test_the_sanity_set_has_its_own_usage():
+    """`python -m videolm.demo --help` describes the sanity set (it once printed extract's usage)."""
+    r = subprocess.run([sys.executable, "-m", "videolm.demo", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m videolm.demo [-h] [--train] [root]")
+    r = subprocess.run([sys.executable, "-m", "videolm.demo", "--bogus"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().endswith("error: unrecognized arguments: --bogus")
