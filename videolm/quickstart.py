@@ -237,9 +237,16 @@ class Quickstart:
             _cli("tokenize", "fit", store, "-o", vocab, "--k", words["k"], "--depth", words["depth"],
                  *(["--spherical"] if words["spherical"] else []), "-q")
         _cli("tokenize", "encode", store, "--vocab", vocab, "-q")
-        os.makedirs(self.results, exist_ok=True)
-        _cli("tokenize", "gallery", store, "--vocab", vocab, "-o", os.path.join(self.results, "words.png"), "-q")
+        self.draw_words(store, vocab)
         return vocab
+
+    def draw_words(self, store: str, vocab: str, ok=(0,)) -> str:
+        """RESULTS/words.png: the most frequent words' clips (also drawn by the report when a rerun into
+        another RESULTS skipped the words stage)."""
+        os.makedirs(self.results, exist_ok=True)
+        path = os.path.join(self.results, "words.png")
+        _cli("tokenize", "gallery", store, "--vocab", vocab, "-o", path, "-q", ok=ok)
+        return path
 
     # -- 4. pre-training
 

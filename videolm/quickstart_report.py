@@ -110,6 +110,8 @@ def write_report(q, data, store, vocab, runs, results, zeroshot, extra) -> str:
 
     # PNGs
     pngs = {"words": os.path.join(q.results, "words.png")}
+    if not os.path.isfile(pngs["words"]):  # a rerun into another RESULTS: the words stage was skipped
+        q.draw_words(store, vocab, ok=(0, 1))
     for mode in MODES:
         pngs[f"loss_{mode}"] = copy(os.path.join(runs[mode], "loss.png"), os.path.join(q.results, f"loss_{mode}.png"))
         pngs[f"recall_{mode}"] = copy(os.path.join(results[mode], "recall.png"),

@@ -54,12 +54,18 @@ def test_report_files_and_rows(tiny_run):
     assert any("val/t2v/R@1" in r for r in metrics)
 
 
-def test_rerun_skips_every_stage(tiny_run, capsys):
+def test_rerun_skips_every_stage(tiny_run, tmp_path, capsys):
     out, results = tiny_run
     assert cli(["demo", "--tiny", "--out", str(out), "--results", str(results)]) == 0
     printed = capsys.readouterr().out
     for stage in ("data", "features", "words", "pretrain_videobert", "pretrain_cbt", "evaluate_cbt", "zeroshot_cbt"):
         assert f"== {stage}: done earlier" in printed
+    # into another results folder: the stages are skipped, and every picture the report lists is there
+    other = tmp_path / "other"
+    assert cli(["demo", "--tiny", "--out", str(out), "--results", str(other)]) == 0
+    assert "== words: done earlier" in capsys.readouterr().out
+    pngs = json.loads((other / "results.json").read_text())["pngs"]
+    assert "words" in pngs and all(os.path.isfile(p) for p in pngs.values())
 
 
 def test_changed_settings_redo_that_stage_and_the_stages_that_read_it(tiny_run, tmp_path, capsys, monkeypatch):
