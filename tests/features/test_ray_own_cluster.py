@@ -71,4 +71,6 @@ def test_an_actor_pool_that_leaves_no_cpu_to_decode_is_one_line(media_dir, tmp_p
     assert code != 0 and "Traceback" not in err
     assert ("--ray-actors 2 needs 3 CPUs (one CPU per backbone actor and one to decode); the Ray cluster has 2 CPUs: "
             "use fewer --ray-actors or more --ray-cpus") in err
-    assert not ray.is_initialized()  # stopped again
+    assert not ray.is_initialized()  # never started: the local Ray's CPUs are known before it starts
+    assert not (tmp_path / "out").exists()  # and no store begun
+    assert err.strip().splitlines()[-1].startswith("error: --ray-actors 2 needs 3 CPUs")

@@ -215,6 +215,10 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
     if cfg.device.startswith("cuda:"):
         raise RayEngineError(f"--device {cfg.device}: with --engine ray, Ray gives each actor its GPU; "
                              "use --device cuda")
+    if ray_cfg.address is None and not ray.is_initialized():  # a local Ray of ours: its CPUs are known now
+        short = _pool_shortfall(ray_cfg, ray_cfg.num_cpus or os.cpu_count() or 1, 0, cuda=False)
+        if short:  # said before Ray starts or the store is begun
+            raise RayEngineError(f"{short}: use fewer --ray-actors or more --ray-cpus")
     warn_random_weights(cfg)
     # The driver builds no network, nor imports torch (5-6 s on 2 cores, and a head node may have none): the
     # store's dim is the registry's, and the actors load the weights. What can be checked here is, at once: an
@@ -290,6 +294,18 @@ def _init(ray, ray_cfg: RayConfig) -> None:
              _system_config={"worker_niceness": 0})
 
 
+def _pool_shortfall(ray_cfg: RayConfig, cpus: float, gpus: float, cuda: bool) -> str:
+    """What the actor pool needs that the cluster lacks ("" when nothing): the pool holds its
+    resources for the whole run, so without a CPU left over no decode task ever starts."""
+    need_cpus = ray_cfg.actors * ACTOR_CPUS + 1
+    need_gpus = ray_cfg.actors * ray_cfg.gpus_per_actor if cuda else 0
+    if cpus >= need_cpus and gpus >= need_gpus:
+        return ""
+    gpu_need, gpu_have = (f" and {need_gpus:g} GPUs", f" and {gpus:g} GPUs") if cuda else ("", "")
+    return (f"--ray-actors {ray_cfg.actors} needs {need_cpus:g} CPUs{gpu_need} (one CPU per backbone actor and "
+            f"one to decode); the Ray cluster has {cpus:g} CPUs{gpu_have}")
+
+
 def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, decode_nice: int, own: bool) -> None:
     """Decode on CPU tasks, embed on the actor pool, write here. ``own``: the
     Ray is a local one started for this run (its resources cannot grow)."""
@@ -299,13 +315,8 @@ def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, dec
     if cuda and gpus < ray_cfg.gpus_per_actor:
         raise RayEngineError(f"--device cuda: the Ray cluster has {gpus:g} GPUs "
                              f"(each actor takes {ray_cfg.gpus_per_actor:g}); start GPU nodes or use --device cpu")
-    # the pool holds its resources for the whole run: without a CPU left over, no decode task ever starts
-    need_cpus = ray_cfg.actors * ACTOR_CPUS + 1
-    need_gpus = ray_cfg.actors * ray_cfg.gpus_per_actor if cuda else 0
-    if cpus < need_cpus or gpus < need_gpus:
-        gpu_need, gpu_have = (f" and {need_gpus:g} GPUs", f" and {gpus:g} GPUs") if cuda else ("", "")
-        line = (f"--ray-actors {ray_cfg.actors} needs {need_cpus:g} CPUs{gpu_need} (one CPU per backbone actor and "
-                f"one to decode); the Ray cluster has {cpus:g} CPUs{gpu_have}")
+    line = _pool_shortfall(ray_cfg, cpus, gpus, cuda)
+    if line:
         if own:
             raise RayEngineError(f"{line}: use fewer --ray-actors or more --ray-cpus")
         log.warning("%s: the run waits until the cluster has them", line)
