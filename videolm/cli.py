@@ -21,6 +21,7 @@ from videolm.train import cli as train_cli
 from videolm.cliutil import (EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED,  # noqa: F401
                              EXIT_USAGE, CliError)
 from videolm.cliutil import Formatter as _Formatter
+from videolm.errors import first_line
 
 def _shard(text: str) -> tuple[int, int]:
     try:
@@ -362,12 +363,17 @@ def main(argv: list[str] | None = None) -> int:
                 "pretrain": train_cli.run_pretrain, "plot": train_cli.run_plot,
                 "evaluate": eval_cli.run_evaluate, "search": eval_cli.run_search, "zeroshot": eval_cli.run_zeroshot,
                 "demo": _cmd_demo}
+    from videolm.features.store import StoreError
+
     try:
         return commands[args.cmd](args)
     except CliError as err:
         line = err.line()
         if line is not None:
             print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as err:  # a damaged store met mid-command (a shard cut short): its one line, not a traceback
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: finished work (inputs, checkpoints) is kept; rerun the same command to resume",

@@ -46,6 +46,13 @@ def test_embeddings_match_a_hand_built_forward(tiny_models, eval_corpus, mode, t
     texts = ["a rabbit", "people ride bikes along a long long street in the sun", "blue"]
     out = embed(enc, store, items, texts, str(tmp_path))
     assert not out.cached and embed(enc, store, items, texts, str(tmp_path)).cached
+    # a cache file cut short (a full disk, a copy that stopped): recomputed, the same values, and rewritten
+    (cached,) = [p for p in os.listdir(tmp_path) if p.startswith("embeddings-")]
+    data = (tmp_path / cached).read_bytes()
+    (tmp_path / cached).write_bytes(data[: len(data) // 2])
+    again = embed(enc, store, items, texts, str(tmp_path))
+    assert not again.cached and np.array_equal(again.visual, out.visual) and np.array_equal(again.text, out.text)
+    assert embed(enc, store, items, texts, str(tmp_path)).cached
 
     model = VideoLMForPretraining.from_pretrained(tiny_models[mode])
     tok = AutoTokenizer.from_pretrained(tiny_models[mode])

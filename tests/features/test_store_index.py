@@ -175,6 +175,66 @@ def test_merge_refuses_an_id_in_two_parts_naming_both(tmp_path, capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
+def test_merge_refuses_a_part_whose_run_did_not_finish_or_is_running(tmp_path):
+    """A part killed mid-run (rows in .partial/, no index) or held by a live writer: merging it
+    would leave inputs out without a word, so merge refuses it, naming it; finished, it merges."""
+    _write(tmp_path / "p0", _videos("a", 5))
+    videos = _videos("b", 9)
+    writer = _write(tmp_path / "p1", dict(list(videos.items())[:6]), finalize=False)  # running
+    with pytest.raises(StoreError, match=re.escape(f"{tmp_path / 'p1'}: another process (pid {os.getpid()}) is "
+                                                   "writing this store; merge it when that run has finished")):
+        merge_stores(str(tmp_path / "m"), [str(tmp_path / "p0"), str(tmp_path / "p1")])
+    writer.close()  # killed: its lock is gone, its rows are not all in shards
+    with pytest.raises(StoreError, match=re.escape(f"{tmp_path / 'p1'}: its last run did not finish")):
+        merge_stores(str(tmp_path / "m"), [str(tmp_path / "p0"), str(tmp_path / "p1")])
+    assert not (tmp_path / "m").exists()
+    _write(tmp_path / "p1", videos)  # the rerun finishes it
+    merged = merge_stores(str(tmp_path / "m"), [str(tmp_path / "p0"), str(tmp_path / "p1")])
+    assert merged.ids() == list(_videos("a", 5)) + list(videos)
+
+
+def test_a_damaged_store_file_is_one_line_naming_it(tmp_path, capsys):
+    """meta.json, index/index.json, a shard's rows, an index array or a feature shard cut short:
+    every command says which file, in one line, instead of a traceback or a wrong hint."""
+    import shutil
+
+    _write(tmp_path / "s", _videos("v", 9))
+    cases = {
+        "meta.json": ("meta.json", r"meta\.json: damaged \(not valid JSON at line \d+: "),
+        "index.json": (os.path.join("index", "index.json"), r"index/index\.json: damaged \(not valid JSON at line \d+: "),
+        "offset.npy": (os.path.join("index", "offset.npy"), r"index/offset\.npy: cannot be read \(.*\); remove "
+                                                           r".*/index to read the store from its shards"),
+        "shard rows": (os.path.join("shards", "00001.jsonl"), r"shards/00001\.jsonl:1: damaged \(not valid JSON"),
+    }
+    for name, (rel, pattern) in cases.items():
+        root = tmp_path / name.replace(" ", "_")
+        shutil.copytree(tmp_path / "s", root)
+        path = root / rel
+        if rel.endswith(".jsonl"):
+            shutil.rmtree(root / "index")  # as a killed run leaves it: the rows are read from the shards
+        path.write_bytes(path.read_bytes()[:20])
+        assert cli_main(["store", "info", str(root)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and re.fullmatch(f"error: {re.escape(str(root))}/{pattern}.*", err), (name, err)
+    # the index's remedy holds: without index/ the store reads from its shards, whole
+    shutil.rmtree(tmp_path / "offset.npy" / "index")
+    assert FeatureStore(str(tmp_path / "offset.npy")).ids() == FeatureStore(str(tmp_path / "s")).ids()
+    # a feature shard cut short: reading its features names it
+    root = tmp_path / "npy"
+    shutil.copytree(tmp_path / "s", root)
+    path = root / "shards" / "00000.npy"
+    path.write_bytes(path.read_bytes()[:90])
+    store = FeatureStore(str(root))
+    with pytest.raises(StoreError, match=re.escape(f"{path}: damaged feature shard (")):
+        store.features(store.ids()[0])
+    # met in the middle of a command (here fitting words, which reads every shard): the same one line
+    capsys.readouterr()
+    assert cli_main(["tokenize", "fit", str(root), "-o", str(tmp_path / "vocab"), "--k", "2", "--depth", "1",
+                     "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: damaged feature shard (") and "\n" not in err
+
+
 # ---------------------------------------------------------------- format 1
 
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -303,7 +304,7 @@ def embed(encoder: Encoder, store, items, texts: list[str], cache_dir: str | Non
                 if len(text) == len(texts) and len(visual) == len(items):
                     log.info("embeddings from the cache %s", path)
                     return Embedded(text_inputs, visual_inputs, text, visual, True)
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # cut short, or not an npz
                 log.warning("%s: unreadable cache file; recomputing", path)
     bar = progress("texts", len(text_inputs)) if progress and texts else None
     text = encoder.embed_texts(text_inputs, bar) if texts else np.zeros((0, encoder.config.embed_dim), np.float32)

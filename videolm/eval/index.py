@@ -105,9 +105,10 @@ def load_index(directory: str, name: str = "index") -> SearchIndex | None:
         with open(meta_path) as f:
             meta = json.load(f)
         index = faiss.read_index(path)
-    except (OSError, ValueError, RuntimeError):
+        config = IndexConfig(**meta["config"])
+        size, dim = int(meta["size"]), int(meta["dim"])
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError):  # damaged: the caller builds it again
         return None
-    config = IndexConfig(**meta["config"])
     if config.kind == "hnsw":
         index.hnsw.efSearch = config.hnsw_ef_search
-    return SearchIndex(index, config, int(meta["size"]), int(meta["dim"]))
+    return SearchIndex(index, config, size, dim)

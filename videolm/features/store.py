@@ -83,6 +83,14 @@ class StoreError(Exception):
     """A store that cannot be opened or written as asked; one-line message."""
 
 
+class UnreadableIndex(ValueError):
+    """An index array that is there but cannot be read (truncated, not .npy)."""
+
+
+# what a damaged JSON file's line adds
+DAMAGED = "; the store is damaged: restore the file, or extract its inputs again into a new store"
+
+
 def shard_name(number: int) -> str:
     return f"shards/{number:05d}.npy"
 
@@ -161,8 +169,18 @@ class StoreIndex:
 
     @classmethod
     def load(cls, directory: str) -> "StoreIndex":
-        return cls(**{name: np.load(os.path.join(directory, name + ".npy"), mmap_mode="r")
-                      for name in INDEX_ARRAYS})
+        """index/'s arrays, memory-mapped; a file that is there but cannot be read raises
+        ``UnreadableIndex`` naming it."""
+        arrays = {}
+        for name in INDEX_ARRAYS:
+            path = os.path.join(directory, name + ".npy")
+            try:
+                arrays[name] = np.load(path, mmap_mode="r")
+            except FileNotFoundError:
+                raise
+            except (ValueError, OSError, EOFError) as err:
+                raise UnreadableIndex(f"{path}: cannot be read ({first_line(err)})") from None
+        return cls(**arrays)
 
     def save(self, directory: str) -> None:
         for name in INDEX_ARRAYS:
@@ -339,8 +357,26 @@ def _row_times(row: dict, n: int) -> np.ndarray | None:
     return times
 
 
+def _read_json(path: str) -> dict:
+    """A store's JSON file, or a one-line StoreError naming it when it is damaged."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{path}: damaged (not valid JSON at line {err.lineno}: {err.msg}){DAMAGED}") from None
+
+
 def _shard_rows(root: str, number: int) -> list[dict]:
-    return read_jsonl(_shard_files(root, number)[1])
+    path = _shard_files(root, number)[1]
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise StoreError(f"{path}:{n}: damaged (not valid JSON: {err.msg}){DAMAGED}") from None
+    return rows
 
 
 def _add_shard(builder: IndexBuilder, root: str, number: int) -> None:
@@ -361,8 +397,7 @@ def read_index_info(root: str) -> dict | None:
     path = os.path.join(root, INDEX_DIR, "index.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        info = json.load(f)
+    info = _read_json(path)
     if info.get("format") != INDEX_FORMAT:
         raise StoreError(f"{path}: not a videolm store index (format={info.get('format')!r})")
     return info
@@ -371,12 +406,16 @@ def read_index_info(root: str) -> dict | None:
 def open_index(root: str) -> tuple[StoreIndex, dict | None, list[int]]:
     """(index of every committed shard, index/index.json or None, the shards
     read from their jsonl because the index did not cover them yet)."""
+    unreadable: list[str] = []
     for _ in range(3):  # a writer may swap index/ for a new one while it is being opened: open it again
         info = read_index_info(root)
-        base = _load_index(root, info) if info else None
+        base = _load_index(root, info, unreadable) if info else None
         if info is None or base is not None:
             break
     else:
+        if unreadable:  # the same file failed each time: not a writer's swap but a damaged file
+            raise StoreError(f"{unreadable[-1]}; remove {os.path.join(root, INDEX_DIR)} to read the store from its "
+                             "shards (the next `videolm extract` into it writes the index again)")
         raise StoreError(f"{os.path.join(root, INDEX_DIR)}: changed while being read, three times; try again")
     covered = info["shards"] if info else 0
     tail = [n for n in committed_shards(root) if n >= covered]
@@ -388,11 +427,16 @@ def open_index(root: str) -> tuple[StoreIndex, dict | None, list[int]]:
     return keep_latest(concat_indexes([base, builder.build()])), info, tail
 
 
-def _load_index(root: str, info: dict) -> StoreIndex | None:
-    """index/'s arrays, or None when they do not match ``info`` (replaced meanwhile)."""
+def _load_index(root: str, info: dict, unreadable: list[str] | None = None) -> StoreIndex | None:
+    """index/'s arrays, or None when they do not match ``info`` (replaced meanwhile, or unreadable:
+    then ``unreadable`` gets a line naming the file)."""
     try:
         index = StoreIndex.load(os.path.join(root, INDEX_DIR))
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
+        return None
+    except UnreadableIndex as err:
+        if unreadable is not None:
+            unreadable.append(str(err))
         return None
     if (len(index), len(index.clip_start)) != (info["videos"], info["clips"]) or read_index_info(root) != info:
         return None
@@ -475,7 +519,12 @@ class MappedFiles:
     def __call__(self, name: str) -> np.ndarray:
         array = self._open.get(name)
         if array is None:
-            array = np.load(os.path.join(self.root, name), mmap_mode="r")
+            path = os.path.join(self.root, name)
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (ValueError, OSError, EOFError) as err:
+                raise StoreError(f"{path}: damaged feature shard ({first_line(err)}); extract its inputs again "
+                                 "into a new store") from None
             self._open[name] = array
             if len(self._open) > self.limit:
                 self._open.popitem(last=False)
@@ -522,8 +571,7 @@ class FeatureStore:
         meta_path = os.path.join(root, "meta.json")
         if not os.path.isfile(meta_path):
             raise StoreError(f"{root}: not a feature store (no meta.json)")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
+        self.meta = _read_json(meta_path)
         if self.meta.get("format") != FORMAT:
             raise StoreError(f"{meta_path}: not a videolm feature store (format={self.meta.get('format')!r})")
         self.format_version = int(self.meta.get("format_version", 1))
@@ -789,8 +837,7 @@ class StoreWriter:
         self._lock()
         try:
             if os.path.isfile(meta_path):
-                with open(meta_path) as f:
-                    old = json.load(f)
+                old = _read_json(meta_path)
                 if old.get("format") != FORMAT:
                     raise StoreError(f"{root}: exists and is not a videolm feature store")
                 if int(old.get("format_version", 1)) != FORMAT_VERSION:
@@ -1242,6 +1289,8 @@ def merge_stores(out: str, parts: list[str], link: bool = True) -> FeatureStore:
     if not parts:
         raise StoreError("merge: no part stores given")
     stores = [FeatureStore(p) for p in parts]
+    for store in stores:
+        _check_finished(store.root, store.format_version)
     first = stores[0]
     for store in stores[1:]:
         diff = describe_mismatch(first.meta, store.meta)
@@ -1274,6 +1323,26 @@ def merge_stores(out: str, parts: list[str], link: bool = True) -> FeatureStore:
     write_index_dir(out, merged, next_number, errors)
     atomic_write_json(os.path.join(out, "meta.json"), dict(first.meta, format_version=FORMAT_VERSION))
     return FeatureStore(out)
+
+
+def _check_finished(root: str, format_version: int) -> None:
+    """A part store whose last run finished (index/index.json, no .partial/ beside it) and that no
+    process is writing; else a one-line StoreError: merging it would silently leave inputs out."""
+    path = os.path.join(root, LOCK_FILE)
+    if os.path.isfile(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise StoreError(f"{root}: another process (pid {holder}) is writing this store; merge it when that "
+                             "run has finished") from None
+        finally:
+            os.close(fd)
+    index = os.path.isfile(os.path.join(root, "index.jsonl")) if format_version == 1 else read_index_info(root)
+    if os.path.isdir(os.path.join(root, ".partial")) or not index:
+        raise StoreError(f"{root}: its last run did not finish (killed, or stopped by an error); rerun the same "
+                         "`videolm extract` into it to finish it, then merge")
 
 
 def _check_unique(stores: list[FeatureStore], failed: list[list[str]]) -> None:
