@@ -279,11 +279,14 @@ def _cmd_extract(args) -> int:
     finally:
         bars.close()
     failed = result.failed + len(input_errors)
-    print(f"videolm extract: {result.ok} ok, {failed} failed, {result.skipped} already done; "
+    earlier = (f" ({result.skipped_failed} of them failed in an earlier run; --retry-failed tries them again)"
+               if result.skipped_failed else "")
+    print(f"videolm extract: {result.ok} ok, {failed} failed, {result.skipped} already done{earlier}; "
           f"{result.clips} clips in {result.seconds:.1f} s ({result.clips_per_s:.2f} clips/s) -> {out}")
     if launched is not None and args.shard is None:
         print(f"when every rank has finished: videolm store merge MERGED {args.out}/part-*")
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    # 1 as long as the store holds a failed input of this run's list: a rerun does not turn it into success
+    return EXIT_SOME_FAILED if failed or result.skipped_failed else EXIT_OK
 
 
 def _ray_config(args):

@@ -78,6 +78,14 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(media_dir, bad_files, tmp_p
         assert line.startswith("error: ") and reason in line
     assert errors[str(media_dir / "blue.mpg")]["level"] == "warning"
     assert "Traceback" not in err
+    # a rerun skips the inputs that failed, and still exits 1: the store holds them as failed
+    bad_dir = os.path.dirname(bad_files["empty.mp4"])
+    assert run_cli("extract", bad_dir, "-o", out, *SMALL, "--workers", "1") == 1
+    assert ("0 ok, 0 failed, 5 already done (5 of them failed in an earlier run; --retry-failed tries them again)"
+            in capsys.readouterr().out)
+    assert run_cli("extract", media_dir / "carphone.mp4", "-o", tmp_path / "ok", *SMALL) == 0
+    assert run_cli("extract", media_dir / "carphone.mp4", "-o", tmp_path / "ok", *SMALL) == 0  # done, no failure
+    assert "0 ok, 0 failed, 1 already done;" in capsys.readouterr().out
 
 
 def test_usage_errors_exit_2(tmp_path, media_dir, capsys):

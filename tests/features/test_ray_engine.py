@@ -95,8 +95,8 @@ def test_ray_resumes_a_local_run_and_a_rerun_adds_nothing(inputs, tmp_path, caps
     assert "3 ok, 1 failed, 3 already done" in capsys.readouterr().out
     assert_same_store(str(on_local), str(on_ray))
     shards = sorted(os.listdir(on_ray / "shards"))
-    assert run_cli("extract", inputs, "-o", on_ray, *SMALL, *RAY) == 0
-    assert "0 ok, 0 failed, 7 already done" in capsys.readouterr().out
+    assert run_cli("extract", inputs, "-o", on_ray, *SMALL, *RAY) == 1  # the two bad files stay failed
+    assert "0 ok, 0 failed, 7 already done (2 of them failed in an earlier run;" in capsys.readouterr().out
     assert sorted(os.listdir(on_ray / "shards")) == shards
     assert_same_store(str(on_local), str(on_ray))
 

@@ -72,6 +72,7 @@ class ExtractResult:
     ok: int = 0
     failed: int = 0
     skipped: int = 0  # already in the store from an earlier run
+    skipped_failed: int = 0  # of those, inputs an earlier run could not extract (kept failed: no --retry-failed)
     clips: int = 0
     seconds: float = 0.0
     errors: list[dict] = field(default_factory=list)  # this run's failures and warnings
@@ -158,6 +159,9 @@ def begin_run(items: list[InputItem], writer: StoreWriter, cfg: ExtractConfig, i
     result.errors += input_rows
     todo = [it for it in items if not writer.is_done(it.video_id, cfg.retry_failed)]
     result.skipped = len(items) - len(todo)
+    planned = {it.video_id for it in todo}
+    result.skipped_failed = sum(1 for it in items if it.video_id not in planned
+                                and (writer.committed.get(it.video_id) or {}).get("status") == "failed")
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
     writer.plan([it.video_id for it in todo])
