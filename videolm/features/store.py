@@ -803,6 +803,16 @@ class PartialLog:
         return out, None, None
 
 
+def _flock_or_refuse(fd: int, how: int, root: str, then: str) -> None:
+    """Take ``how`` (LOCK_EX / LOCK_SH) on the store's lock file without waiting, or a one-line
+    StoreError naming the writer's pid and what to do (``then``); the caller closes ``fd``."""
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        raise StoreError(f"{root}: another process (pid {holder}) is writing this store; {then}") from None
+
+
 def remove_new_store(out: str, existed: bool) -> None:
     """Undo a new store that holds nothing (its meta, empty folders, its
     lock), after a run that could not compute a feature: the folder was empty
@@ -880,12 +890,10 @@ class StoreWriter:
         path = os.path.join(self.root, LOCK_FILE)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            _flock_or_refuse(fd, fcntl.LOCK_EX, self.root, "wait for it to finish, or write to another directory")
+        except StoreError:
             os.close(fd)
-            raise StoreError(f"{self.root}: another process (pid {holder}) is writing this store; "
-                             "wait for it to finish, or write to another directory") from None
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -1220,8 +1228,7 @@ def upgrade_store(root: str) -> bool:
     meta_path = os.path.join(root, "meta.json")
     if not os.path.isfile(meta_path):
         raise StoreError(f"{root}: not a feature store (no meta.json)")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = _read_json(meta_path)
     if meta.get("format") != FORMAT:
         raise StoreError(f"{meta_path}: not a videolm feature store (format={meta.get('format')!r})")
     version = int(meta.get("format_version", 1))
@@ -1231,12 +1238,7 @@ def upgrade_store(root: str) -> bool:
         raise StoreError(f"{meta_path}: format {version}, written by a newer videolm")
     lock = os.open(os.path.join(root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(lock, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreError(f"{root}: another process (pid {holder}) is writing this store; "
-                             "wait for it to finish") from None
+        _flock_or_refuse(lock, fcntl.LOCK_EX, root, "wait for it to finish")
         with atomic_directory(root) as tmp:
             for sub in ("shards", TIMES_DIR):
                 os.makedirs(os.path.join(tmp, sub))
@@ -1332,11 +1334,7 @@ def _check_finished(root: str, format_version: int) -> None:
     if os.path.isfile(path):
         fd = os.open(path, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreError(f"{root}: another process (pid {holder}) is writing this store; merge it when that "
-                             "run has finished") from None
+            _flock_or_refuse(fd, fcntl.LOCK_SH, root, "merge it when that run has finished")
         finally:
             os.close(fd)
     index = os.path.isfile(os.path.join(root, "index.jsonl")) if format_version == 1 else read_index_info(root)
