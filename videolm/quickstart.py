@@ -126,11 +126,12 @@ class Quickstart:
         with open(self.stages_path) as f:
             return json.load(f)
 
-    def key(self, settings, after: tuple[str, ...] = (), code: str = "") -> str:
+    @staticmethod
+    def key(settings, reads: dict[str, str], code: str) -> str:
         """What a stage's output depends on: its settings (no absolute paths, so a copied OUT keeps
-        its keys), the videolm code it runs, and the keys of the stages it reads."""
-        blob = json.dumps({"settings": settings, "after": {a: self.keys[a] for a in after}, "code": code},
-                          sort_keys=True)
+        its keys), the videolm code it runs (``code_fingerprint``), and the keys of the stages it
+        reads (``reads``: stage -> key)."""
+        blob = json.dumps({"settings": settings, "after": reads, "code": code}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage(self, name: str, fn: Callable, *args, always: bool = False, settings=None,
@@ -141,7 +142,7 @@ class Quickstart:
         the videolm subpackages whose source the stage's output depends on."""
         fingerprint = code_fingerprint(code) if code else ""
         reads = {a: self.keys[a] for a in after}
-        key = self.key(settings, after, fingerprint)
+        key = self.key(settings, reads, fingerprint)
         self.keys[name] = key
         done = self._stages()
         entry = done.get(name)

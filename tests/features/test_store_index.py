@@ -200,11 +200,13 @@ def test_a_damaged_store_file_is_one_line_naming_it(tmp_path, capsys):
 
     _write(tmp_path / "s", _videos("v", 9))
     cases = {
-        "meta.json": ("meta.json", r"meta\.json: damaged \(not valid JSON at line \d+: "),
-        "index.json": (os.path.join("index", "index.json"), r"index/index\.json: damaged \(not valid JSON at line \d+: "),
+        "meta.json": ("meta.json", r"meta\.json:\d+: not valid JSON \(.*\); the store is damaged: restore the file"),
+        "index.json": (os.path.join("index", "index.json"),
+                       r"index/index\.json:\d+: not valid JSON \(.*\); the store is damaged: restore the file"),
         "offset.npy": (os.path.join("index", "offset.npy"), r"index/offset\.npy: cannot be read \(.*\); remove "
                                                            r".*/index to read the store from its shards"),
-        "shard rows": (os.path.join("shards", "00001.jsonl"), r"shards/00001\.jsonl:1: damaged \(not valid JSON"),
+        "shard rows": (os.path.join("shards", "00001.jsonl"),
+                       r"shards/00001\.jsonl:1: not valid JSON \(.*\); the store is damaged: restore the file"),
     }
     for name, (rel, pattern) in cases.items():
         root = tmp_path / name.replace(" ", "_")

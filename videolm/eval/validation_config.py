@@ -42,9 +42,10 @@ class ValidationConfig:
             raise EvalError(f"eval.v2t_rule must be one of {', '.join(V2T_RULES)}, not {self.v2t_rule!r}")
         if not self.ks or any(k < 1 for k in self.ks):
             raise EvalError(f"eval.ks must be numbers >= 1, not {self.ks}")
-        for name in ("rerank_k", "batch_size"):
-            if getattr(self, name) < (0 if name == "rerank_k" else 1):
-                raise EvalError(f"eval.{name} must be >= {0 if name == 'rerank_k' else 1}, not {getattr(self, name)}")
+        if self.rerank_k < 0:
+            raise EvalError(f"eval.rerank_k must be >= 0, not {self.rerank_k}")
+        if self.batch_size < 1:
+            raise EvalError(f"eval.batch_size must be >= 1, not {self.batch_size}")
         if self.protocol and self.split == "test":
             raise EvalError("eval.split=test: validation picks checkpoints, and picking them on the test split "
                             "inflates the reported figure; hold out a validation split")

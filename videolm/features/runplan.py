@@ -159,9 +159,8 @@ def begin_run(items: list[InputItem], writer: StoreWriter, cfg: ExtractConfig, i
     result.errors += input_rows
     todo = [it for it in items if not writer.is_done(it.video_id, cfg.retry_failed)]
     result.skipped = len(items) - len(todo)
-    planned = {it.video_id for it in todo}
-    result.skipped_failed = sum(1 for it in items if it.video_id not in planned
-                                and (writer.committed.get(it.video_id) or {}).get("status") == "failed")
+    if not cfg.retry_failed:  # with it, no failed input is skipped
+        result.skipped_failed = sum(writer.committed_status(it.video_id) == "failed" for it in items)
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
     writer.plan([it.video_id for it in todo])

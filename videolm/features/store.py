@@ -61,7 +61,7 @@ import numpy as np
 
 from videolm.errors import first_line
 from videolm.fileio import (atomic_directory, atomic_save_npy, atomic_write_json, atomic_write_jsonl,  # noqa: F401
-                            fsync_directory, now_iso, read_jsonl)
+                            fsync_directory, iter_jsonl, now_iso, read_json_file, read_jsonl)
 
 log = logging.getLogger(__name__)
 
@@ -357,26 +357,21 @@ def _row_times(row: dict, n: int) -> np.ndarray | None:
     return times
 
 
+class _Damaged(StoreError):
+    """fileio's one line for a file that does not parse ("PATH:LINE: not valid JSON (...)"), with
+    what to do about a damaged store."""
+
+    def __init__(self, message: str):
+        super().__init__(message + DAMAGED)
+
+
 def _read_json(path: str) -> dict:
-    """A store's JSON file, or a one-line StoreError naming it when it is damaged."""
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{path}: damaged (not valid JSON at line {err.lineno}: {err.msg}){DAMAGED}") from None
+    """A store's JSON file, or a one-line StoreError naming it (and the line) when it is damaged."""
+    return read_json_file(path, _Damaged)
 
 
 def _shard_rows(root: str, number: int) -> list[dict]:
-    path = _shard_files(root, number)[1]
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise StoreError(f"{path}:{n}: damaged (not valid JSON: {err.msg}){DAMAGED}") from None
-    return rows
+    return [row for _, row in iter_jsonl(_shard_files(root, number)[1], _Damaged, "shard rows file")]
 
 
 def _add_shard(builder: IndexBuilder, root: str, number: int) -> None:
@@ -939,16 +934,23 @@ class StoreWriter:
         """video id -> its latest committed row (``.get``, ``in``)."""
         return CommittedRows(self)
 
-    def _committed_row(self, video_id: str) -> dict | None:
+    def _locate(self, video_id: str) -> tuple[str, "dict | int | None"]:
+        """Where the latest committed row of an id is: ("new", row) committed by this writer,
+        ("stored", index row) an ok row of the store it opened, ("failed", row) a failure recorded
+        after any ok row, or ("", None)."""
         row = self._new.get(video_id)
         if row is not None:
-            return row
+            return "new", row
         failed = self._failed.get(video_id)
         if self._stored is not None:
             r = self._stored.index.find_one(video_id)
             if r >= 0 and (failed is None or int(self._stored.index.shard[r]) > failed[0]):
-                return dict(self._stored.entry_at(r), status="ok")
-        return failed[1] if failed is not None else None
+                return "stored", r
+        return ("failed", failed[1]) if failed is not None else ("", None)
+
+    def _committed_row(self, video_id: str) -> dict | None:
+        where, found = self._locate(video_id)
+        return dict(self._stored.entry_at(found), status="ok") if where == "stored" else found
 
     def conflict(self, video_id: str, path: str) -> str | None:
         """Why ``path`` cannot go under ``video_id``, when a committed row of
@@ -976,11 +978,17 @@ class StoreWriter:
         return (f"id {video_id!r} is already stored from {old}, another file; "
                 "give this one another id (a manifest's video_id column) or write to another store")
 
+    def committed_status(self, video_id: str) -> str | None:
+        """"ok" or "failed" for the latest committed row of an id, None when there is none; cheap
+        (no row is built): what a run asks of every input."""
+        where, found = self._locate(video_id)
+        if where == "stored":
+            return "ok"
+        return found.get("status") if found is not None else None
+
     def is_done(self, video_id: str, retry_failed: bool = False) -> bool:
-        row = self._committed_row(video_id)
-        if row is None:
-            return False
-        return not (retry_failed and row.get("status") == "failed")
+        status = self.committed_status(video_id)
+        return status is not None and not (retry_failed and status == "failed")
 
     def plan(self, video_ids: list[str]) -> None:
         """Cut the inputs still to do (in input order) into this run's shards,

@@ -130,14 +130,10 @@ class _Sources:
         return self.default
 
 
-def _at(source: "str | _Sources", dotted: str) -> str:
-    return source.of(dotted) if isinstance(source, _Sources) else source
-
-
-def _build(cls, data, where: str, source: "str | _Sources"):
+def _build(cls, data, where: str, source: _Sources):
     """A dataclass instance from a (partial) dict; unknown keys are errors."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{_at(source, where)}: {where or 'the file'} must be a mapping, not {type(data).__name__}")
+        raise ConfigError(f"{source.of(where)}: {where or 'the file'} must be a mapping, not {type(data).__name__}")
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -145,12 +141,12 @@ def _build(cls, data, where: str, source: "str | _Sources"):
         dotted = f"{where}.{key}" if where else str(key)
         if key not in names:
             full = [f"{where}.{n}" if where else n for n in names]
-            raise ConfigError(f"{_at(source, dotted)}: unknown key {dotted!r}{_suggest(dotted, full)}")
+            raise ConfigError(f"{source.of(dotted)}: unknown key {dotted!r}{_suggest(dotted, full)}")
         kwargs[key] = _coerce(hints[key], value, dotted, source)
     return cls(**kwargs)
 
 
-def _coerce(tp, value, where: str, source: "str | _Sources"):
+def _coerce(tp, value, where: str, source: _Sources):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -162,19 +158,19 @@ def _coerce(tp, value, where: str, source: "str | _Sources"):
     if origin is list:
         (item,) = typing.get_args(tp) or (object,)
         if not isinstance(value, list):
-            raise ConfigError(f"{_at(source, where)}: {where} must be a list, not {value!r}")
+            raise ConfigError(f"{source.of(where)}: {where} must be a list, not {value!r}")
         return [_coerce(item, v, f"{where}.{i}", source) for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{_at(source, where)}: {where} must be a mapping, not {value!r}")
+            raise ConfigError(f"{source.of(where)}: {where} must be a mapping, not {value!r}")
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{_at(source, where)}: {where} must be true or false, not {value!r}")
+            raise ConfigError(f"{source.of(where)}: {where} must be true or false, not {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{_at(source, where)}: {where} must be an integer, not {value!r}")
+            raise ConfigError(f"{source.of(where)}: {where} must be an integer, not {value!r}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -183,11 +179,11 @@ def _coerce(tp, value, where: str, source: "str | _Sources"):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{_at(source, where)}: {where} must be a number, not {value!r}")
+            raise ConfigError(f"{source.of(where)}: {where} must be a number, not {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{_at(source, where)}: {where} must be a string, not {value!r}")
+            raise ConfigError(f"{source.of(where)}: {where} must be a string, not {value!r}")
         return str(value)
     return value
 
@@ -265,18 +261,5 @@ def load_config(path: str | None, overrides: list[str] = ()) -> PretrainConfig:
         cfg.train.validate()
         cfg.eval.validate()
     except (ConfigError, EvalError) as err:   # "train.steps must be ...": name where that key was set
-        key = str(err).split(" ", 1)[0]
-        raise ConfigError(f"{sources.of(key) if key in _leaves(tree) else source}: {err}") from None
+        raise ConfigError(f"{sources.of(str(err).split(' ', 1)[0])}: {err}") from None
     return cfg
-
-
-def _leaves(tree, prefix: str = "") -> set[str]:
-    """Every dotted key the merged config tree sets."""
-    out = set()
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
-    for k, v in items:
-        dotted = f"{prefix}.{k}" if prefix else str(k)
-        out.add(dotted)
-        out |= _leaves(v, dotted)
-    return out
-
