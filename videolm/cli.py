@@ -374,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         line = err.line()
         if line is not None:
             print(line, file=sys.stderr)
+        else:  # a silent rank: torchrun stops the others when one exits, so give rank 0 time to print first
+            import time
+
+            time.sleep(2.0)
         return EXIT_USAGE
     except StoreError as err:  # a damaged store met mid-command (a shard cut short): its one line, not a traceback
         print(f"error: {first_line(err)}", file=sys.stderr)
