@@ -44,15 +44,21 @@ class DataConfig:
         if not self.sources:
             raise DataError("data.sources is empty; list at least one manifest (see docs/formats.md)")
         for i, src in enumerate(self.sources):
+            if not (src.store or self.store):
+                raise DataError(f"data.sources.{i} ({src.manifest}) has no store; set data.store "
+                                f"or data.sources.{i}.store")
+        self.check_values()
+
+    def check_values(self) -> None:
+        """The checks that need no complete config (load_config runs them
+        before torch loads, so that a mistyped value costs no start-up)."""
+        for i, src in enumerate(self.sources):
             if src.kind not in KINDS:
                 raise DataError(f"data.sources.{i}.kind must be one of {', '.join(KINDS)}, not {src.kind!r}")
             if not src.manifest:
                 raise DataError(f"data.sources.{i}.manifest is not set")
             if not src.weight > 0:
                 raise DataError(f"data.sources.{i}.weight must be positive, not {src.weight}")
-            if not (src.store or self.store):
-                raise DataError(f"data.sources.{i} ({src.manifest}) has no store; set data.store "
-                                f"or data.sources.{i}.store")
         if self.max_text_len < 3:
             raise DataError(f"data.max_text_len must be at least 3 ([CLS] text [SEP]), not {self.max_text_len}")
         if self.max_visual_len < 1:

@@ -133,6 +133,19 @@ class ModelConfig:
     def enabled(self, weight_name: str) -> bool:
         return getattr(self, weight_name) > 0
 
+    def check_settings(self) -> None:
+        """validate() on the keys a config file sets, before the data fills in
+        the sizes it gives (DATA_KEYS, which the trainer takes from the
+        tokenizer and the store whatever the file says): load_config runs it
+        so that a mistyped model key is reported before torch and the corpus
+        load. A config with model.init_from is checked after the saved
+        model's architecture is merged in, as before."""
+        if self.init_from:
+            return
+        placeholders = {key: getattr(ModelConfig(), key) for key in DATA_KEYS}
+        placeholders.update(visual_vocab_size=3, visual_pad_id=0, visual_mask_id=1, feature_dim=1)
+        dataclasses.replace(self, **placeholders).validate()
+
     def validate(self) -> "ModelConfig":
         """Raise a one-line ModelError naming the first bad key; return self."""
         if self.mode not in MODES:

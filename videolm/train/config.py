@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from dataclasses import dataclass, field
 import yaml
 
 from videolm.data.config import DataConfig
+from videolm.data.errors import DataError
 from videolm.eval.errors import EvalError
 from videolm.eval.validation_config import ValidationConfig
 from videolm.model.config import ModelConfig
+from videolm.model.errors import ModelError
 
 
 class ConfigError(Exception):
@@ -128,6 +131,15 @@ class _Sources:
             if item is not None:
                 return f"override {item!r}"
         return self.default
+
+    def of_message(self, message: str) -> str:
+        """Where a check's message comes from: the first key it names that an
+        override set ("model.hidden_size=32 is not divisible by
+        model.num_heads=5" after model.num_heads=5 on the command line names
+        that override), else the first key's own source."""
+        keys = re.findall(r"\b(?:train|eval|data|model)\.[\w.]*\w", message)
+        named = [self.of(key) for key in keys]
+        return next((where for where in named if where != self.default), named[0] if named else self.default)
 
 
 def _build(cls, data, where: str, source: _Sources):
@@ -260,6 +272,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> PretrainConfig:
     try:
         cfg.train.validate()
         cfg.eval.validate()
-    except (ConfigError, EvalError) as err:   # "train.steps must be ...": name where that key was set
-        raise ConfigError(f"{sources.of(str(err).split(' ', 1)[0])}: {err}") from None
+        cfg.data.check_values()
+        cfg.model.check_settings()
+    except (ConfigError, EvalError, DataError, ModelError) as err:   # "train.steps must be ...": name where that key was set
+        raise ConfigError(f"{sources.of_message(str(err))}: {err}") from None
     return cfg
