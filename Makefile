@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python pipelines/quickstart.py
 	$(BIN)/python -m videolm.demo demo_out
+	$(BIN)/python pipelines/quickstart.py --sanity demo_out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

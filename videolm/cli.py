@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tiny", action="store_true", help="a tiny set and model: the same path in seconds")
     demo.add_argument("--compare-streams", action="store_true",
                       help="also compare single- and two-stream models on the set (a source checkout)")
+    demo.add_argument("--sanity", metavar="DIR", help="the sanity set's folder (python -m videolm.demo DIR, run "
+                      "before): the report's time goal adds its recorded seconds")
     return parser
 
 
@@ -355,7 +357,7 @@ def _cmd_store(args) -> int:
 def _cmd_demo(args) -> int:
     from videolm.quickstart import run
 
-    return run(args.out, args.results, args.tiny, args.compare_streams)
+    return run(args.out, args.results, args.tiny, args.compare_streams, args.sanity)
 
 
 def main(argv: list[str] | None = None) -> int:

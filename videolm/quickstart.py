@@ -101,6 +101,7 @@ class Quickstart:
         self.stages_path = os.path.join(out, "stages.json")
         self.times: dict[str, float] = {}
         self.keys: dict[str, str] = {}
+        self.sanity: str | None = None   # the sanity set's folder, for the report's time goal
 
     # -- directories and stages
 
@@ -416,13 +417,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a tiny set and model: the same path in seconds (tests)")
     p.add_argument("--compare-streams", action="store_true",
                    help="also compare single- and two-stream models (pipelines/compare_streams.py) on the set")
+    p.add_argument("--sanity", metavar="DIR",
+                   help="the sanity set's folder (python -m videolm.demo DIR, run before): the report's time goal "
+                        "adds its recorded seconds (make demo passes demo_out)")
     args = p.parse_args(argv)
-    return run(args.out, args.results, args.tiny, args.compare_streams)
+    return run(args.out, args.results, args.tiny, args.compare_streams, args.sanity)
 
 
-def run(out: str, results: str, tiny: bool = False, compare_streams: bool = False) -> int:
+def run(out: str, results: str, tiny: bool = False, compare_streams: bool = False, sanity: str | None = None) -> int:
     """The stages in order; 0 when the report is written, 2 for a refused directory or stage."""
     q = Quickstart(out, results, tiny=tiny)
+    q.sanity = sanity
     try:
         q.check_directories()
         data = q.stage("data", q.generate_data, settings=q.settings("data"), paths=("data",),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+from videolm.demo import SECONDS_FILE
 from videolm.fileio import atomic_write_bytes, atomic_write_json
 
 GOAL_BEST, GOAL_OTHER, GOAL_EVERY = 50.0, 10.0, 10.0  # x chance R@1
@@ -52,6 +53,27 @@ def _png_sheet(q, mode: str, eval_dir: str, store: str, data: dict) -> str:
     return retrieval_sheet(os.path.join(eval_dir, "similarity.npz"), FeatureStore(store), out, "t2v", "dual",
                            n_queries=6, k=5, captions=captions,
                            title=f"{mode}: held-out text queries, top 5 test videos (dual encoder); correct framed green")
+
+
+def _time_goal(stages: float, sanity: str | None) -> dict:
+    """make demo's time after set-up: the quickstart's stages (a skipped
+    stage counts the seconds of the run that made it) plus the sanity set's
+    recorded seconds, measured by python -m videolm.demo on its fresh run."""
+    goal = "make demo under 10 minutes after set-up (2 cores)"
+    recorded = None
+    if sanity is not None:
+        try:
+            with open(os.path.join(sanity, SECONDS_FILE)) as f:
+                recorded = float(json.load(f)["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = None
+    if recorded is None:
+        where = "--sanity not given" if sanity is None else f"no {os.path.join(sanity, SECONDS_FILE)}"
+        return {"goal": goal, "met": stages < 600,
+                "measured": f"{stages:.0f} s in the quickstart's stages; the sanity set not counted ({where})"}
+    total = stages + recorded
+    return {"goal": goal, "met": total < 600,
+            "measured": f"{total:.0f} s: {stages:.0f} s in the quickstart's stages + {recorded:.0f} s the sanity set"}
 
 
 def write_report(q, data, store, vocab, runs, results, zeroshot, extra) -> str:
@@ -103,9 +125,7 @@ def write_report(q, data, store, vocab, runs, results, zeroshot, extra) -> str:
         {"goal": "zero-shot above chance for every attribute", "measured": "; ".join(
             f"{m} {k}: {v['top1']:.1f} % (chance {v['chance']:.1f} %)" for m, k, v in below) or "all above",
          "met": not below},
-        {"goal": "make demo under 10 minutes after set-up (2 cores)",
-         "measured": f"{demo_seconds:.0f} s in the quickstart's stages (the sanity set adds ~30 s)",
-         "met": demo_seconds + 30 < 600},
+        _time_goal(demo_seconds, q.sanity),
     ]
 
     # PNGs

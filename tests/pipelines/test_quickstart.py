@@ -68,6 +68,24 @@ def test_rerun_skips_every_stage(tiny_run, tmp_path, capsys):
     assert "words" in pngs and all(os.path.isfile(p) for p in pngs.values())
 
 
+def test_the_time_goal_adds_the_sanity_sets_recorded_seconds(tiny_run, tmp_path):
+    out, results = tiny_run
+    sanity = tmp_path / "sanity"
+    sanity.mkdir()
+    assert cli(["demo", "--tiny", "--out", str(out), "--results", str(tmp_path / "r0"), "--sanity", str(sanity)]) == 0
+    goal = json.loads((tmp_path / "r0" / "results.json").read_text())["goals"][-1]
+    # every stage was skipped: each counts the seconds its first run recorded
+    stages = sum(v["seconds"] for k, v in json.loads((out / "stages.json").read_text()).items() if k != "report")
+    assert goal["measured"].endswith(f"the sanity set not counted (no {sanity / 'seconds.json'})")
+    (sanity / "seconds.json").write_text(json.dumps({"seconds": 587.5, "inputs": 8}))
+    assert cli(["demo", "--tiny", "--out", str(out), "--results", str(tmp_path / "r1"), "--sanity", str(sanity)]) == 0
+    goal = json.loads((tmp_path / "r1" / "results.json").read_text())["goals"][-1]
+    # the tiny stages take seconds: with 587.5 s of sanity set the sum is over 600 s exactly when they take > 12.5 s
+    assert goal["measured"] == (f"{stages + 587.5:.0f} s: {stages:.0f} s in the quickstart's stages + 588 s "
+                                f"the sanity set")
+    assert goal["met"] == (stages + 587.5 < 600)
+
+
 def test_changed_settings_redo_that_stage_and_the_stages_that_read_it(tiny_run, tmp_path, capsys, monkeypatch):
     """Other visual words: the words and VideoBERT mode's stages are removed and redone; data,
     features and every CBT stage (which reads no words) are kept. A stages.json from a videolm
