@@ -16,11 +16,12 @@ training:
                  visual words, a retrieval sheet)
 
 Each stage records its output, its time and a key of its settings, of the
-source of the videolm subpackages it runs (``CODE``) and of the stages it
-reads in ``OUT/stages.json``. A rerun skips a stage whose key is unchanged
+source of the videolm subpackages it runs (``CODE``), of the versions of the
+packages its numbers depend on (``PACKAGES``) and of the stages it reads in
+``OUT/stages.json``. A rerun skips a stage whose key is unchanged
 and whose output is still there, so an interrupted run loses only the stage
 in flight (and pre-training resumes from its checkpoint). A stage whose
-settings or code changed since the run that wrote it, or one written by a
+settings, code or packages changed since the run that wrote it, or one written by a
 videolm that kept no key, is removed and redone, and so is every stage
 after it that reads it. OUT must be new, empty or an earlier quickstart's.
 """
@@ -59,10 +60,18 @@ STEPS = {"videobert": 750, "cbt": 1000}
 # -5.4 points in 3 of 4 directions), at 2 it raised or kept every direction (docs/results.md)
 MODE_MODEL = {"videobert": {}, "cbt": {"align_weight": 2.0}}
 EVAL_EVERY = 250
-# the videolm subpackages each stage runs: a change to their source (an upgrade) redoes the stage
+# the videolm subpackages each stage runs (paths under videolm/): a change to their source (an upgrade) redoes
+# the stage; compare_streams also runs the source checkout's pipelines/compare_streams.py
 CODE = {"data": ("datasets",), "features": ("features", "video"), "words": ("tokenize",),
         "pretrain": ("model", "train", "data", "text"), "evaluate": ("eval",), "zeroshot": ("eval",),
-        "compare_streams": ("model", "train", "data", "text", "eval")}
+        "compare_streams": ("model", "train", "data", "text", "eval", "../pipelines/compare_streams.py")}
+# the installed packages whose numbers each stage's output depends on: another version redoes it
+PACKAGES = {"data": ("numpy", "av", "pillow"),
+            "features": ("torch", "torchvision", "pytorchvideo", "numpy", "av", "decord", "pillow"),
+            "words": ("faiss-cpu", "numpy"), "pretrain": ("torch", "numpy", "transformers"),
+            "evaluate": ("torch", "numpy", "faiss-cpu", "scipy", "transformers"),
+            "zeroshot": ("torch", "numpy", "transformers"),
+            "compare_streams": ("torch", "numpy", "faiss-cpu", "scipy", "transformers")}
 RERANK_K = 16
 RERANK_SCORE = "align+dual"
 EXTRACT = ["--backbone", "mobilenet_v2", "--window", "0.5", "--frames", "2", "--temporal", "mean+flow",
@@ -136,12 +145,15 @@ class Quickstart:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage(self, name: str, fn: Callable, *args, always: bool = False, settings=None,
-              after: tuple[str, ...] = (), paths: tuple[str, ...] = (), code: tuple[str, ...] = ()):
+              after: tuple[str, ...] = (), paths: tuple[str, ...] = (), code: tuple[str, ...] = (),
+              packages: tuple[str, ...] = ()):
         """Run ``fn(*args)`` unless an earlier run finished it under the same key and its output is
         still there. ``paths`` (relative to OUT) are what the stage writes: removed before it is
         redone under another key, kept when it is redone under the same one (a resume). ``code``:
-        the videolm subpackages whose source the stage's output depends on."""
-        fingerprint = code_fingerprint(code) if code else ""
+        the videolm subpackages whose source the stage's output depends on; ``packages``: the
+        installed distributions whose versions it depends on."""
+        versions = package_versions(packages)
+        fingerprint = (code_fingerprint(code) if code else "") + (_versions_hash(versions) if versions else "")
         reads = {a: self.keys[a] for a in after}
         key = self.key(settings, reads, fingerprint)
         self.keys[name] = key
@@ -154,12 +166,12 @@ class Quickstart:
             return entry["output"]
         stale = [os.path.join(self.out, p) for p in paths if os.path.lexists(os.path.join(self.out, p))]
         if stale and (entry is None or entry.get("key") != key):
-            print(f"== {name}: {_why_redo(entry, fingerprint, code, reads)}; removing {', '.join(stale)} and "
-                  "redoing it", flush=True)
+            print(f"== {name}: {_why_redo(entry, fingerprint, code, reads, versions)}; removing "
+                  f"{', '.join(stale)} and redoing it", flush=True)
             for path in stale:
                 _remove(path)
         print(f"== {name}", flush=True)
-        record = {"key": key, "code": fingerprint, "reads": reads}
+        record = {"key": key, "code": fingerprint, "reads": reads, "versions": versions}
         done[name] = record      # started: an interrupted stage resumes under the same key only
         atomic_write_json(self.stages_path, done)
         t = time.perf_counter()
@@ -373,10 +385,32 @@ def code_fingerprint(parts: tuple[str, ...]) -> str:
     return _fingerprint(tuple(sorted(parts)), os.path.dirname(os.path.abspath(__file__)))
 
 
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed version of each distribution (None: not installed), read from its metadata
+    (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _versions_hash(versions: dict[str, str | None]) -> str:
+    return "+" + hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:8]
+
+
 @functools.lru_cache(maxsize=None)
 def _fingerprint(parts: tuple[str, ...], root: str) -> str:
     h = hashlib.sha256()
     for part in parts:
+        if os.path.isfile(os.path.join(root, part)):   # one file (pipelines/compare_streams.py)
+            with open(os.path.join(root, part), "rb") as f:
+                h.update(os.path.normpath(part).encode() + b"\0" + f.read() + b"\0")
+            continue
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, part)):
             dirnames.sort()
             for filename in sorted(f for f in filenames if f.endswith(".py")):
@@ -387,14 +421,22 @@ def _fingerprint(parts: tuple[str, ...], root: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _why_redo(entry: dict | None, fingerprint: str, code: tuple[str, ...], reads: dict) -> str:
+def _why_redo(entry: dict | None, fingerprint: str, code: tuple[str, ...], reads: dict,
+              versions: dict | None = None) -> str:
     """Why a stage's outputs are stale, in a few words."""
     if not entry or "key" not in entry:
         return "no record of its settings (an earlier videolm's, or an unfinished stage)"
     if "code" not in entry:
         return "no record of the videolm code that wrote it (an earlier videolm's)"
+    if versions and "versions" not in entry:
+        return "no record of the package versions that wrote it (an earlier videolm's)"
+    moved = [f"{n} {entry['versions'].get(n) or 'absent'} -> {v or 'absent'}" for n, v in (versions or {}).items()
+             if entry["versions"].get(n) != v]
+    if moved:
+        return f"{', '.join(moved)} since the run that wrote it"
     if entry["code"] != fingerprint:
-        return f"videolm's code for it ({', '.join(f'videolm/{c}' for c in code)}) changed since the run that wrote it"
+        shown = ", ".join(os.path.normpath(f"videolm/{c}") for c in code)
+        return f"videolm's code for it ({shown}) changed since the run that wrote it"
     changed = [a for a, k in reads.items() if entry.get("reads", {}).get(a) != k]
     if changed:
         return f"{' and '.join(changed)}, which it reads, {'was' if len(changed) == 1 else 'were'} redone"
@@ -431,26 +473,26 @@ def run(out: str, results: str, tiny: bool = False, compare_streams: bool = Fals
     try:
         q.check_directories()
         data = q.stage("data", q.generate_data, settings=q.settings("data"), paths=("data",),
-                       code=CODE["data"])
+                       code=CODE["data"], packages=PACKAGES["data"])
         store = q.stage("features", q.extract_features, data, settings=q.settings("features"), after=("data",),
-                        paths=(os.path.join("features", "mobilenet_v2"),), code=CODE["features"])
+                        paths=(os.path.join("features", "mobilenet_v2"),), code=CODE["features"], packages=PACKAGES["features"])
         vocab = q.stage("words", q.fit_words, store, settings=q.settings("words"), after=("features",),
                         paths=("vocab", os.path.join("features", "mobilenet_v2", "tokens", "vocab")),
-                        code=CODE["words"])
+                        code=CODE["words"], packages=PACKAGES["words"])
         runs = {mode: q.stage(f"pretrain_{mode}", q.pretrain, mode, data, store, vocab,
                               settings=q.settings("pretrain", mode, data, store, vocab),
                               after=("data", "features") + (("words",) if mode == "videobert" else ()),
-                              paths=(os.path.join("runs", mode),), code=CODE["pretrain"])
+                              paths=(os.path.join("runs", mode),), code=CODE["pretrain"], packages=PACKAGES["pretrain"])
                 for mode in MODES}
         results_dirs = {mode: q.stage(f"evaluate_{mode}", q.evaluate, mode, runs[mode], data, store,
                                       settings=q.settings("evaluate"), after=(f"pretrain_{mode}",),
-                                      paths=(os.path.join("eval", mode),), code=CODE["evaluate"])
+                                      paths=(os.path.join("eval", mode),), code=CODE["evaluate"], packages=PACKAGES["evaluate"])
                         for mode in MODES}
         zeroshot = {mode: q.stage(f"zeroshot_{mode}", q.zeroshot, runs[mode], data, store,
-                                  after=("data", f"pretrain_{mode}"), code=CODE["zeroshot"])
+                                  after=("data", f"pretrain_{mode}"), code=CODE["zeroshot"], packages=PACKAGES["zeroshot"])
                     for mode in MODES}
         extra = (q.stage("compare_streams", q.compare_streams, data, store, vocab, after=("words",),
-                         paths=("compare_streams",), code=CODE["compare_streams"]) if compare_streams else None)
+                         paths=("compare_streams",), code=CODE["compare_streams"], packages=PACKAGES["compare_streams"]) if compare_streams else None)
         report = q.stage("report", q.report, data, store, vocab, runs, results_dirs, zeroshot, extra, always=True,
                          after=tuple(q.keys))
     except QuickstartError as err:

@@ -125,6 +125,19 @@ def test_changed_settings_redo_that_stage_and_the_stages_that_read_it(tiny_run, 
     for stage in ("data", "features", "pretrain_cbt", "evaluate_cbt", "zeroshot_cbt"):
         assert f"== {stage}: done earlier" in printed, stage
     assert real(("eval", "model")) == real(("model", "eval"))
+    # another installed version of a package the words read (faiss-cpu): those stages are redone, named
+    monkeypatch.undo()
+    from importlib.metadata import version
+
+    installed = quickstart.package_versions
+    monkeypatch.setattr(quickstart, "package_versions", lambda names: {
+        **installed(names), **({"faiss-cpu": "0.0.1"} if "faiss-cpu" in names else {})})
+    assert cli(["demo", "--tiny", "--out", str(copy), "--results", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert f"== words: faiss-cpu {version('faiss-cpu')} -> 0.0.1 since the run that wrote it; removing" in printed
+    assert f"== evaluate_cbt: faiss-cpu {version('faiss-cpu')} -> 0.0.1 since the run that wrote it" in printed
+    for stage in ("data", "features", "pretrain_cbt", "zeroshot_cbt"):
+        assert f"== {stage}: done earlier" in printed, stage
     # a record without keys (an earlier videolm's): every stage is redone
     monkeypatch.undo()
     stages = json.loads((copy / "stages.json").read_text())
