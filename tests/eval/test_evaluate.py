@@ -278,3 +278,76 @@ def test_search_by_example_image(tiny_models, eval_corpus, tmp_path, capsys):
     own = next(h for h in hits if h.id == "chelsea")
     assert own.score == pytest.approx(max(h.score for h in hits), abs=1e-5)
     assert own.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_retrieval_examples_show_each_querys_top_items(tiny_models, eval_corpus, tmp_path, capsys, monkeypatch):
+    """examples_t2v/t2i.png: the drawn tiles are each query's top 5 by the re-ranked scores of
+    similarity.npz, under its own caption; sources that cannot be read are grey tiles and a line."""
+    from PIL import Image
+
+    from videolm.eval import sheet
+
+    drawn = {}
+    real = sheet._draw
+
+    def spy(queries, k, title, out, size):
+        drawn[os.path.basename(out)] = queries
+        return real(queries, k, title, out, size)
+
+    monkeypatch.setattr(sheet, "_draw", spy)
+    out = tmp_path / "out"
+    args = ["evaluate", tiny_models["cbt"], "--protocol", "captions", "--store", eval_corpus["store"],
+            "--annotations", eval_corpus["captions"], "--annotations", eval_corpus["images"], "--rerank-k", "2",
+            "--examples", "3", "-q"]
+    assert cli(args + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"examples {out / 'examples_t2v.png'}" in printed and "could not be read" not in printed
+    report = (out / "report.md").read_text()
+    assert "![t2v](examples_t2v.png)" in report and "![t2i](examples_t2i.png)" in report
+    captions = {}   # item id -> its captions, from the manifests the protocol read
+    for path, key in ((eval_corpus["captions"], "video_id"), (eval_corpus["images"], "image_id")):
+        for line in open(path):
+            row = json.loads(line)
+            captions[row[key]] = row["captions"]
+    with np.load(out / "similarity.npz") as npz:
+        for d in ("t2v", "t2i"):
+            queries = drawn[f"examples_{d}.png"]
+            assert len(queries) == 3
+            with Image.open(out / f"examples_{d}.png") as img:
+                assert img.format == "PNG"
+            query_ids = [str(q) for q in npz[f"{d}/query_ids"]]
+            gallery = [str(g) for g in npz[f"{d}/gallery_ids"]]
+            for text, tiles in queries:
+                # the query id of this caption, from the hand-written manifests
+                (qid,) = [f"{i}#{j}" for i, cs in captions.items() for j, c in enumerate(cs) if c == text]
+                row = npz[f"{d}/reranked"][query_ids.index(qid)]
+                top = [gallery[g] for g in np.argsort(-row, kind="stable")[:5]]
+                assert [label for _, label, _ in tiles] == top
+                assert [hit for _, _, hit in tiles] == [g == qid.split("#")[0] for g in top]
+                assert all(frame.shape == (96, 96, 3) and frame.dtype == np.uint8 for frame, _, _ in tiles)
+
+    # the sources' prefix mapped to an empty directory: every tile grey, one line with the hint
+    store = FeatureStore(eval_corpus["store"])
+    sources = [os.path.abspath(store.entry(v)["path"]) for v in store.ids()]
+    prefix = os.path.commonpath(sources)
+    (tmp_path / "empty").mkdir()
+    drawn.clear()
+    assert cli(args + ["--out", str(tmp_path / "moved"), "--media-root", f"{prefix}={tmp_path / 'empty'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "source(s) could not be read for the examples (grey tiles)" in printed
+    assert f"(--media-root {prefix}={tmp_path / 'empty'} gave these paths)" in printed
+    assert all(frame is None for q in drawn.values() for _, tiles in q for frame, _, _ in tiles)
+    # ... and to a mirror of where they are: every tile drawn again
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for top in {os.path.relpath(p, prefix).split(os.sep)[0] for p in sources}:
+        os.symlink(os.path.join(prefix, top), mirror / top)
+    drawn.clear()
+    assert cli(args + ["--out", str(tmp_path / "mirrored"), "--media-root", f"{prefix}={mirror}"]) == 0
+    assert "could not be read" not in capsys.readouterr().out
+    assert all(frame is not None for q in drawn.values() for _, tiles in q for frame, _, _ in tiles)
+    # a bad root and a negative count: one line each, before the model loads
+    assert cli(args + ["--out", str(tmp_path / "x"), "--media-root", str(tmp_path / "nowhere")]) == 2
+    assert "--media-root" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert cli(args[:-3] + ["--examples", "-1", "--out", str(tmp_path / "y")]) == 2
+    assert "--examples must be >= 0, not -1" in capsys.readouterr().err

@@ -126,7 +126,26 @@ def test_nan_clips_and_unreadable_sources_exit_1(nan_store, sample_store, tmp_pa
         assert run_cli("tokenize", "gallery", store, "--vocab", vocab, "-o", png, "--size", 32, "-q") == 1
         out = capsys.readouterr().out
         assert "source(s) could not be read (grey tiles)" in out and "gone" in out
-        # a relative path that is not there: the line says it is read from the current directory
-        assert ("run the gallery from the directory extraction ran in" in out) == (name == "relative")
+        # the line says how to point at the sources; a relative one is relative to extraction's directory
+        assert "--media-root DIR or OLD=NEW says where they are now" in out
+        assert ("relative paths: relative to the directory extraction ran in" in out) == (name == "relative")
         with Image.open(png) as img:
             assert img.format == "PNG" and img.width > 100
+
+    # --media-root: the sources, found where they are now, draw with no grey tile
+    now = tmp_path / "now"
+    now.mkdir()
+    for video_id in src.ids():
+        os.symlink(os.path.abspath(src.entry(video_id)["path"]), now / os.path.basename(src.entry(video_id)["path"]))
+    (tmp_path / "base").mkdir()
+    os.symlink(now, tmp_path / "base" / "gone")
+    for name, root in (("moved", f"{tmp_path / 'gone'}={now}"), ("relative", str(tmp_path / "base"))):
+        png = tmp_path / f"{name}-found.png"
+        assert run_cli("tokenize", "gallery", tmp_path / name, "--vocab", vocab, "-o", png, "--size", 32, "-q",
+                       "--media-root", root) == 0, name
+        assert "could not be read" not in capsys.readouterr().out
+    # a root that names no directory: one line, before any work
+    assert run_cli("tokenize", "gallery", tmp_path / "moved", "--vocab", vocab, "-o", tmp_path / "x.png",
+                   "--media-root", str(tmp_path / "nowhere")) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --media-root {tmp_path / 'nowhere'}: no such directory "
+                                               "(give DIR, or OLD=NEW to replace the stored paths' prefix OLD)")

@@ -12,7 +12,8 @@ EVALUATE = """\
 Retrieval figures of a saved model on a protocol, in every direction it applies
 to (t2v, v2t for videos; t2i, i2t for images): chance, dual encoder, and with
 --rerank-k the alignment head's re-ranking, side by side. Writes OUT/metrics.json,
-OUT/report.md, OUT/recall.png and OUT/similarity.npz (every score matrix).
+OUT/report.md, OUT/recall.png, OUT/similarity.npz (every score matrix) and
+retrieval examples (OUT/examples_t2v.png, examples_t2i.png).
 Never pick a checkpoint on a test split.
 
   videolm evaluate runs/cbt/model --protocol captions --store demo_out/store \\
@@ -68,6 +69,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--cache", default=None, help="embedding cache directory (default: OUT/cache)")
+    p.add_argument("--examples", type=int, default=6, metavar="N",
+                   help="OUT/examples_t2v.png / examples_t2i.png: N random text queries with their top 5 (re-ranked "
+                        "where --rerank-k is given), frames read from the sources; 0: none")
+    p.add_argument("--media-root", default=None, metavar="DIR|OLD=NEW",
+                   help="where the sources are now, for the examples' frames: relative stored paths under DIR, or "
+                        "stored paths under OLD found under NEW")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     s = subparsers.add_parser("search", formatter_class=_Formatter, help="search a store with a model",
@@ -152,10 +159,15 @@ def run_evaluate(args) -> int:
                      dsl=args.dsl,
                      untrained=args.untrained, seed=args.seed, allow_missing=args.allow_missing,
                      batch_size=args.batch_size, device=args.device)
+    from videolm.features.media_root import MediaRoot, MediaRootError
+
     try:
         cfg.validate()
+        if args.examples < 0:
+            raise EvalError(f"--examples must be >= 0, not {args.examples}")
+        media_root = MediaRoot(args.media_root)
         protocol = load_protocol(args.protocol, args.annotations, args.split)
-    except (EvalError, ProtocolError) as err:
+    except (EvalError, ProtocolError, MediaRootError) as err:
         raise CliError(str(err)) from None
     store = _open_store(args.store)
     from videolm.eval.evaluate import evaluate
@@ -164,7 +176,7 @@ def run_evaluate(args) -> int:
     factory, bars = _bars(args.quiet)
     cache = args.cache or (os.path.join(args.out, "cache") if args.out else None)
     try:
-        result = evaluate(args.model, store, cfg, args.out, cache, factory, protocol)
+        result = evaluate(args.model, store, cfg, args.out, cache, factory, protocol, args.examples, media_root)
     except _errors() as err:
         raise CliError(str(err)) from None
     finally:
@@ -181,7 +193,11 @@ def run_evaluate(args) -> int:
     print(f"  ties {cfg.ties}, v2t rule {cfg.v2t_rule}"
           + (f", re-rank top {cfg.rerank_k} by {cfg.rerank_score}" if cfg.rerank_k else ""))
     if args.out:
-        print(f"  report {os.path.join(args.out, 'report.md')}")
+        print(f"  report {os.path.join(args.out, 'report.md')}"
+              + "".join(f"; examples {png}" for png in result.examples.values()))
+    if result.examples_missing:
+        print(f"  {len(result.examples_missing)} source(s) could not be read for the examples (grey tiles): "
+              f"{', '.join(result.examples_missing[:3])}; {media_root.hint(result.examples_missing)}")
     return EXIT_OK
 
 

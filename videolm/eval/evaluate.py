@@ -23,7 +23,7 @@ on a few hundred queries is often a split of ten against twenty).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -64,6 +64,8 @@ class EvalResult:
     model: str
     store: str
     embeddings_cached: bool = False
+    examples: dict[str, str] = field(default_factory=dict)   # direction -> retrieval examples PNG (write_report)
+    examples_missing: list[str] = field(default_factory=list)  # sources the examples could not read
 
     def table(self) -> dict:
         return {name: {row: m.as_dict() for row, m in d.metrics.items()} for name, d in self.directions.items()}
@@ -175,11 +177,13 @@ def evaluate_encoder(encoder: Encoder, protocol: Protocol, store, cfg: EvalConfi
 
 def evaluate(model_dir: str, store_dir: "str | FeatureStore", cfg: EvalConfig, out_dir: str | None = None,
              cache_dir: str | None = None, progress: ProgressFactory | None = None,
-             protocol: Protocol | None = None) -> EvalResult:
+             protocol: Protocol | None = None, examples: int = 6, media_root=None) -> EvalResult:
     """Load, check, evaluate, and (with ``out_dir``) write the report. ``protocol``:
     cfg's protocol already loaded (the CLI loads it before torch, to report a bad
     annotation file at once), so that its files are not parsed twice; ``store_dir``
-    may be an open ``FeatureStore`` for the same reason."""
+    may be an open ``FeatureStore`` for the same reason. ``examples``: random
+    text queries per retrieval examples PNG (0: none), their frames read from
+    the sources found through ``media_root`` (``videolm.features.media_root``)."""
     from videolm.eval.report import write_report
     from videolm.features.store import FeatureStore, StoreError
 
@@ -195,7 +199,7 @@ def evaluate(model_dir: str, store_dir: "str | FeatureStore", cfg: EvalConfig, o
                  if cfg.untrained else None)
     result = evaluate_encoder(encoder, protocol, store, cfg, cache_dir, progress, untrained)
     if out_dir:
-        write_report(result, out_dir)
+        write_report(result, out_dir, store, examples, media_root)
     return result
 
 

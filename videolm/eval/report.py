@@ -1,4 +1,5 @@
-"""The files of an evaluation: metrics.json, report.md, recall.png, similarity.npz.
+"""The files of an evaluation: metrics.json, report.md, recall.png, similarity.npz
+(and the retrieval examples, examples_t2v.png / examples_t2i.png).
 
 ``similarity.npz`` holds, per direction, the query ids, gallery ids, the
 ground truth (CSR ``indptr``/``indices``) and every score matrix (dual
@@ -53,6 +54,13 @@ def markdown(result) -> str:
                                                      str(m["gallery"])]
             lines.append(f"| {name} | {ROW_LABELS.get(row, row)} | " + " | ".join(cells) + " |")
     lines += ["", "R@K in percent; MdR / MnR 1-based; `similarity.npz` holds every score matrix.", ""]
+    if result.examples:
+        lines += ["## Retrieval examples", ""]
+        lines += [f"![{name}]({os.path.basename(png)})" for name, png in result.examples.items()]
+        if result.examples_missing:
+            lines += ["", f"{len(result.examples_missing)} source(s) could not be read (grey tiles), e.g. "
+                          f"`{result.examples_missing[0]}`"]
+        lines.append("")
     if s["paired"]:
         lines += ["## Against the dual encoder, query by query", "",
                   "Queries each row gets within the top K that the dual encoder misses (gained) and the other way "
@@ -102,10 +110,17 @@ def plot_recall(result, path: str, max_k: int = 50) -> str:
     return path
 
 
-def write_report(result, out_dir: str) -> dict[str, str]:
+def write_report(result, out_dir: str, store=None, examples: int = 0, media_root=None) -> dict[str, str]:
+    """The files above; with ``examples`` > 0 (and the open ``store``) also
+    examples_{t2v,t2i}.png, that many random text queries each (``videolm.eval.sheet``)."""
     from videolm.eval.evaluate import summary
 
     os.makedirs(out_dir, exist_ok=True)
+    if examples and store is not None:
+        from videolm.eval.sheet import write_examples
+
+        result.examples, result.examples_missing = write_examples(result, store, out_dir, examples,
+                                                                  media_root=media_root)
     arrays = {}
     for name, d in result.directions.items():
         arrays[f"{name}/query_ids"] = np.array(d.query_ids)
@@ -120,4 +135,4 @@ def write_report(result, out_dir: str) -> dict[str, str]:
     plot_recall(result, paths["recall"])
     atomic_write_bytes(paths["report"], markdown(result).encode())
     atomic_write_json(paths["metrics"], summary(result))
-    return paths
+    return {**paths, **{f"examples_{name}": png for name, png in result.examples.items()}}

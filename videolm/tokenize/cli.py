@@ -89,6 +89,9 @@ def add_parser(subparsers) -> None:
     gal.add_argument("--num-words", type=int, default=g.num_words, help="how many of the most frequent words")
     gal.add_argument("--per-word", type=int, default=g.per_word, help="clips per word")
     gal.add_argument("--size", type=int, default=g.size, help="thumbnail size in pixels")
+    gal.add_argument("--media-root", default=None, metavar="DIR|OLD=NEW",
+                     help="where the sources are now: relative stored paths under DIR, or stored paths under OLD "
+                          "found under NEW (the store keeps paths as extraction was given them)")
     gal.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -214,21 +217,22 @@ def _gallery(args) -> bool:
     from videolm.tokenize.gallery import GalleryConfig, draw_gallery
     from videolm.tokenize.vocab import TokenizeError
 
+    from videolm.features.media_root import MediaRoot
+
     try:
         config = GalleryConfig(words=args.words, num_words=args.num_words, per_word=args.per_word, size=args.size)
-    except ValueError as err:
+        media_root = MediaRoot(args.media_root)
+    except ValueError as err:   # MediaRootError too
         raise TokenizeError(str(err)) from None
     bars = _bars(args.quiet)
     try:
-        result = draw_gallery(args.store, args.vocab, args.out, config, progress=bars)
+        result = draw_gallery(args.store, args.vocab, args.out, config, progress=bars, media_root=media_root)
     finally:
         bars.close()
     shown = ", ".join(f"{w} ({c} clips)" for w, c in zip(result.words, result.counts))
     print(f"videolm tokenize gallery: words {shown} -> {args.out}")
     if result.missing:
-        relative = [p for p in result.missing if not os.path.isabs(p) and not os.path.exists(p)]
-        print(f"{len(result.missing)} source(s) could not be read (grey tiles): {', '.join(result.missing[:3])}"
-              + ("; the store keeps each source's path as extraction was given it, so run the gallery from the "
-                 "directory extraction ran in" if relative else ""))
+        print(f"{len(result.missing)} source(s) could not be read (grey tiles): {', '.join(result.missing[:3])}; "
+              + media_root.hint(result.missing))
         return False
     return True

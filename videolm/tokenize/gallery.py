@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from videolm.features.media_root import MediaRoot
 from videolm.features.store import FeatureStore
 from videolm.tokenize.kmeans import Progress
 from videolm.tokenize.vocab import TokenizeError, Vocabulary, open_for_encoding
@@ -47,10 +48,12 @@ class _Clip:
 
 
 def draw_gallery(store: FeatureStore | str, vocab: Vocabulary | str, out: str,
-                 config: GalleryConfig | None = None, progress: Progress | None = None) -> GalleryResult:
+                 config: GalleryConfig | None = None, progress: Progress | None = None,
+                 media_root: MediaRoot | None = None) -> GalleryResult:
     """Encode every clip of the store, pick the words, read the middle frame
-    of each word's nearest clips from the sources, and write the PNG
-    (atomically). Unreadable sources become grey tiles and are listed."""
+    of each word's nearest clips from the sources (found through
+    ``media_root``), and write the PNG (atomically). Unreadable sources
+    become grey tiles and are listed, by the path tried."""
     config = config or GalleryConfig()
     progress = progress or Progress()
     store, vocab = open_for_encoding(store, vocab)
@@ -72,7 +75,8 @@ def draw_gallery(store: FeatureStore | str, vocab: Vocabulary | str, out: str,
         nearest = members[np.argsort(dist[members], kind="stable")[: config.per_word]]
         chosen.append([_Clip(int(video[i]), int(clip[i])) for i in nearest])
 
-    frames, missing = _read_middle_frames(store, [c for row in chosen for c in row], config.size, progress)
+    frames, missing = _read_middle_frames(store, [c for row in chosen for c in row], config.size, progress,
+                                          media_root or MediaRoot())
     _draw(store, vocab, words, counts, chosen, frames, config, out)
     return GalleryResult(out, words, [int(counts[w]) for w in words], missing)
 
@@ -96,8 +100,8 @@ def middle_frame(row: dict, clip: int) -> int:
     return min(max(int(np.floor(mid * row["fps"])), 0), last)
 
 
-def _read_middle_frames(store: FeatureStore, clips: list[_Clip], size: int,
-                        progress: Progress) -> tuple[dict[tuple[int, int], np.ndarray], list[str]]:
+def _read_middle_frames(store: FeatureStore, clips: list[_Clip], size: int, progress: Progress,
+                        media_root: MediaRoot) -> tuple[dict[tuple[int, int], np.ndarray], list[str]]:
     """(video row, clip) -> (size, size, 3) uint8, one decode pass per video."""
     wanted: dict[int, dict[int, list[int]]] = {}  # video row -> frame index -> clips
     for c in clips:
@@ -108,6 +112,7 @@ def _read_middle_frames(store: FeatureStore, clips: list[_Clip], size: int,
     progress.start("frames", len(wanted))
     for v, by_index in wanted.items():
         row = store.rows[v]
+        row = {**row, "path": media_root(row["path"])}
         try:
             got = _decode(row, sorted(by_index), size)
         except DecodeError as err:
