@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -290,9 +291,9 @@ def test_retrieval_examples_show_each_querys_top_items(tiny_models, eval_corpus,
     drawn = {}
     real = sheet._draw
 
-    def spy(queries, k, title, out, size):
+    def spy(queries, k, title, out, size, numbered=True):
         drawn[os.path.basename(out)] = queries
-        return real(queries, k, title, out, size)
+        return real(queries, k, title, out, size, numbered)
 
     monkeypatch.setattr(sheet, "_draw", spy)
     out = tmp_path / "out"
@@ -317,7 +318,8 @@ def test_retrieval_examples_show_each_querys_top_items(tiny_models, eval_corpus,
                 assert img.format == "PNG"
             query_ids = [str(q) for q in npz[f"{d}/query_ids"]]
             gallery = [str(g) for g in npz[f"{d}/gallery_ids"]]
-            for text, tiles in queries:
+            for quoted, tiles in queries:
+                text = quoted.strip("“”")
                 # the query id of this caption, from the hand-written manifests
                 (qid,) = [f"{i}#{j}" for i, cs in captions.items() for j, c in enumerate(cs) if c == text]
                 row = npz[f"{d}/reranked"][query_ids.index(qid)]
@@ -351,3 +353,48 @@ def test_retrieval_examples_show_each_querys_top_items(tiny_models, eval_corpus,
     assert "--media-root" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert cli(args[:-3] + ["--examples", "-1", "--out", str(tmp_path / "y")]) == 2
     assert "--examples must be >= 0, not -1" in capsys.readouterr().err
+
+
+def test_search_draws_its_hits(tiny_models, eval_corpus, tmp_path, capsys, monkeypatch):
+    """search --png: the tiles are the printed hits in rank order, 5 to a row, each the frame at the
+    middle of its clips' span, decoded here with decord from the store's own source path."""
+    import decord
+    from PIL import Image
+
+    from videolm.eval import sheet
+
+    drawn = {}
+    real = sheet._draw
+    monkeypatch.setattr(sheet, "_draw", lambda rows, k, title, out, size, numbered=True:
+                        drawn.setdefault("rows", rows) and real(rows, k, title, out, size, numbered))
+    png = tmp_path / "hits.png"
+    args = ["search", tiny_models["cbt"], eval_corpus["store"], "a rabbit in a meadow", "-k", "7",
+            "--cache", str(tmp_path / "cache"), "-q"]
+    assert cli(args + ["--png", str(png)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"-> {png}"
+    printed = [line.split()[1] for line in lines[2:-1]]          # rank, id, kind, span, score
+    rows = drawn["rows"]
+    assert [len(tiles) for _, tiles in rows] == [5, 2] and rows[0][0] == "“a rabbit in a meadow”" and rows[1][0] == ""
+    assert [label.split("\n")[0] for _, tiles in rows for _, label, _ in tiles] == [
+        f"{rank}. {video_id}" for rank, video_id in enumerate(printed, 1)]
+    with Image.open(png) as img:
+        assert img.format == "PNG"
+    # a video hit's tile: the frame at the middle of its span (the printed one), read whole by decord,
+    # short side to 96 by PIL and the centre 96 x 96 cut out
+    store = FeatureStore(eval_corpus["store"])
+    line = next(line for line in lines[2:-1] if line.split()[2] == "video")
+    video_id = line.split()[1]
+    start, end = (float(t) for t in re.search(r"(\d+\.\d+)-\s*(\d+\.\d+)", line).groups())
+    entry = store.entry(video_id)
+    frame = next(f for _, tiles in rows for f, label, _ in tiles if label.split("\n")[0].split()[1] == video_id)
+    index = min(int((start + end) / 2 * entry["fps"]), int(entry["num_frames"]) - 1)
+    whole = Image.fromarray(decord.VideoReader(entry["path"])[index].asnumpy())
+    scale = 96 / min(whole.size)
+    w, h = round(whole.width * scale), round(whole.height * scale)
+    resized = np.asarray(whole.resize((w, h), Image.BILINEAR))
+    mine = resized[(h - 96) // 2:(h - 96) // 2 + 96, (w - 96) // 2:(w - 96) // 2 + 96]
+    assert frame.shape == mine.shape and np.abs(frame.astype(int) - mine.astype(int)).mean() < 8
+    # a bad --media-root: one line before any work
+    assert cli(args + ["--png", str(png), "--media-root", str(tmp_path / "nowhere")]) == 2
+    assert "--media-root" in capsys.readouterr().err

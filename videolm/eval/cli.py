@@ -95,6 +95,10 @@ def add_parser(subparsers) -> None:
     s.add_argument("--cache", default=None,
                    help="cache directory (default: $VIDEOLM_CACHE or ~/.cache/videolm)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    s.add_argument("--png", default=None, metavar="FILE",
+                   help="also draw the hits (the middle frame of each one's clips) into this PNG")
+    s.add_argument("--media-root", default=None, metavar="DIR|OLD=NEW",
+                   help="where the sources are now, for --png (see evaluate --help)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     z = subparsers.add_parser("zeroshot", formatter_class=_Formatter, help="zero-shot classification",
@@ -213,6 +217,12 @@ def run_search(args) -> int:
         raise CliError("empty query; give some text (or --image PATH / --video PATH)")
     if args.k < 1:
         raise CliError(f"-k must be at least 1, not {args.k}")
+    from videolm.features.media_root import MediaRoot, MediaRootError
+
+    try:
+        media_root = MediaRoot(args.media_root)
+    except MediaRootError as err:
+        raise CliError(str(err)) from None
     store = _open_store(args.store)
     from videolm.eval.embeddings import Encoder
     from videolm.eval.index import IndexConfig
@@ -242,6 +252,15 @@ def run_search(args) -> int:
     for h in hits:
         align = f"  {h.align:6.3f}" if h.align is not None else ""
         print(f"{h.rank:4d}  {h.id:30s} {h.kind:5s} {h.start:6.2f}-{h.end:6.2f} {h.score:7.4f}{align}")
+    if args.png:
+        from videolm.eval.sheet import search_sheet
+
+        query = f"“{args.query}”" if args.query is not None else f"like {os.path.basename(what)}"
+        png, missing = search_sheet(hits, store, query, args.png, media_root=media_root)
+        print(f"-> {png}")
+        if missing:
+            print(f"{len(missing)} source(s) could not be read (grey tiles): {', '.join(missing[:3])}; "
+                  f"{media_root.hint(missing)}")
     return EXIT_OK
 
 

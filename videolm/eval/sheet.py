@@ -35,8 +35,9 @@ def middle_frame_of(store, media_id: str, size: int, media_root: MediaRoot | Non
 
 
 def _draw(queries: list[tuple[str, list[tuple[np.ndarray | None, str, bool]]]], k: int, title: str,
-          out: str, size: int) -> str:
-    """One row per query: its text above, then (frame, label, correct) tiles; a
+          out: str, size: int, numbered: bool = True) -> str:
+    """One row per query: its text above, then (frame, label, correct) tiles,
+    each label after its place in the row unless ``numbered`` is False; a
     frame of None is a grey tile (a source that could not be read)."""
     import matplotlib
 
@@ -62,8 +63,10 @@ def _draw(queries: list[tuple[str, list[tuple[np.ndarray | None, str, bool]]]], 
             for spine in ax.spines.values():
                 spine.set_edgecolor("limegreen" if hit else "lightgrey")
                 spine.set_linewidth(4 if hit else 1)
-            ax.set_title(f"{c + 1}. {label}" + (" ✓" if hit else ""), fontsize=6, color="green" if hit else "black")
-        query = axes[r][0].text(0, 1.22, f"“{text}”", transform=axes[r][0].transAxes, fontsize=7, va="bottom",
+            ax.set_title((f"{c + 1}. " if numbered else "") + label + (" ✓" if hit else ""), fontsize=6, color="green" if hit else "black")
+        if not text:   # a continued row (search's hits past the first row)
+            continue
+        query = axes[r][0].text(0, 1.22, text, transform=axes[r][0].transAxes, fontsize=7, va="bottom",
                                 fontweight="bold")
         query.set_in_layout(False)   # a caption wider than its row's first tile must not shrink the tiles
     fig.suptitle(title, fontsize=9)
@@ -99,7 +102,7 @@ def retrieval_sheet(similarity: str, store, out: str, direction: str = "t2v", ro
         top = np.argsort(-scores[q], kind="stable")[:k]
         tiles = [(middle_frame_of(store, gallery_ids[g].split("@")[0], size), gallery_ids[g].split("@")[0],
                   int(g) in correct) for g in top]
-        drawn.append(((captions or {}).get(query_ids[q], query_ids[q]), tiles))
+        drawn.append((f"“{(captions or {}).get(query_ids[q], query_ids[q])}”", tiles))
     return _draw(drawn, k, title or f"{direction}: top {k} per query ({row}); the correct item framed green",
                  out, size)
 
@@ -134,7 +137,7 @@ def examples_sheet(direction, items: dict, store, out: str, row: str, n_queries:
                     if path not in missing:
                         missing.append(path)
             tiles.append((frames[item.id], item.id, int(g) in correct))
-        drawn.append((text, tiles))
+        drawn.append((f"“{text}”", tiles))
     label = "re-ranked" if row.endswith("reranked") else "dual encoder"
     title = title or (f"{direction.name}: {len(drawn)} random queries, top {k} ({label}); the correct item "
                       f"framed green")
@@ -157,3 +160,26 @@ def write_examples(result, store, out_dir: str, n_queries: int = 6, k: int = 5,
                                           n_queries, k, media_root=media_root, seed=seed)
         missing += [p for p in lost if p not in missing]
     return pngs, missing
+
+
+def search_sheet(hits, store, query: str, out: str, size: int = 96, per_row: int = 5,
+                 media_root: MediaRoot | None = None) -> tuple[str, list[str]]:
+    """`videolm search --png`: the hits in rank order, ``per_row`` to a row,
+    each the middle frame of its clips' span, labelled with rank, id and
+    score. Returns the PNG and the sources that could not be read."""
+    from videolm.video.decode import DecodeError
+
+    tiles, missing = [], []
+    for h in hits:
+        try:
+            frame = middle_frame_of(store, h.id, size, media_root, (h.start, h.end))
+        except (DecodeError, OSError):
+            frame = None
+            path = (media_root or MediaRoot())(store.entry(h.id)["path"])
+            if path not in missing:
+                missing.append(path)
+        score = f"{h.score:.3f}" + (f", align {h.align:.2f}" if h.align is not None else "")
+        tiles.append((frame, f"{h.rank}. {h.id}\n{score}", False))
+    rows = [(query if i == 0 else "", tiles[i:i + per_row]) for i in range(0, len(tiles), per_row)]
+    title = f"search: top {len(hits)} of {os.path.basename(os.path.normpath(store.root))}"
+    return _draw(rows, per_row, title, out, size, numbered=False), missing
