@@ -12,6 +12,21 @@ from videolm.eval.rerank import SCORES
 V2T_RULES = ("best-caption", "group-max")
 
 
+def check_ranking(ties: str, v2t_rule: str, ks, rerank_k: int, batch_size: int, name) -> None:
+    """The checks `videolm evaluate` and validation during pre-training share;
+    ``name(key)`` spells a key as the user wrote it (``--ties``, ``eval.ties``)."""
+    if ties not in TIES:
+        raise EvalError(f"{name('ties')} must be one of {', '.join(TIES)}, not {ties!r}")
+    if v2t_rule not in V2T_RULES:
+        raise EvalError(f"{name('v2t_rule')} must be one of {', '.join(V2T_RULES)}, not {v2t_rule!r}")
+    if not ks or any(k < 1 for k in ks):
+        raise EvalError(f"{name('ks')} must be numbers >= 1, not {list(ks)}")
+    if rerank_k < 0:
+        raise EvalError(f"{name('rerank_k')} must be >= 0, not {rerank_k}")
+    if batch_size < 1:
+        raise EvalError(f"{name('batch_size')} must be >= 1, not {batch_size}")
+
+
 @dataclass
 class EvalConfig:
     protocol: str = "captions"
@@ -33,21 +48,14 @@ class EvalConfig:
     device: str = "cpu"
 
     def validate(self) -> "EvalConfig":
-        if self.ties not in TIES:
-            raise EvalError(f"--ties must be one of {', '.join(TIES)}, not {self.ties!r}")
-        if self.v2t_rule not in V2T_RULES:
-            raise EvalError(f"--v2t-rule must be one of {', '.join(V2T_RULES)}, not {self.v2t_rule!r}")
+        check_ranking(self.ties, self.v2t_rule, self.ks, self.rerank_k, self.batch_size,
+                      lambda key: {"ks": "--k values"}.get(key, "--" + key.replace("_", "-")))
         if self.rerank_score not in SCORES:
             raise EvalError(f"--rerank-score must be one of {', '.join(SCORES)}, not {self.rerank_score!r}")
         if not self.rerank_weight > 0:
             raise EvalError(f"--rerank-weight must be > 0, not {self.rerank_weight}")
-        if self.rerank_k < 0:
-            raise EvalError(f"--rerank-k must be >= 0, not {self.rerank_k}")
-        for flag, value in (("--batch-size", self.batch_size), ("the re-rank batch", self.rerank_batch)):
-            if value < 1:
-                raise EvalError(f"{flag} must be >= 1, not {value}")
-        if not self.ks or any(k < 1 for k in self.ks):
-            raise EvalError(f"--k values must be >= 1, not {list(self.ks)}")
+        if self.rerank_batch < 1:
+            raise EvalError(f"the re-rank batch must be >= 1, not {self.rerank_batch}")
         return self
 
     def conventions(self) -> dict:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from videolm.eval.config import V2T_RULES
+from videolm.eval.config import check_ranking
 from videolm.eval.errors import EvalError
-from videolm.eval.metrics import TIES
 
 
 @dataclass
@@ -36,16 +35,7 @@ class ValidationConfig:
             raise EvalError(f"eval.every must be >= 0, not {self.every}")
         if not self.protocol and self.every:
             raise EvalError("eval.every is set but eval.protocol is empty; name a protocol (e.g. captions)")
-        if self.ties not in TIES:
-            raise EvalError(f"eval.ties must be one of {', '.join(TIES)}, not {self.ties!r}")
-        if self.v2t_rule not in V2T_RULES:
-            raise EvalError(f"eval.v2t_rule must be one of {', '.join(V2T_RULES)}, not {self.v2t_rule!r}")
-        if not self.ks or any(k < 1 for k in self.ks):
-            raise EvalError(f"eval.ks must be numbers >= 1, not {self.ks}")
-        if self.rerank_k < 0:
-            raise EvalError(f"eval.rerank_k must be >= 0, not {self.rerank_k}")
-        if self.batch_size < 1:
-            raise EvalError(f"eval.batch_size must be >= 1, not {self.batch_size}")
+        check_ranking(self.ties, self.v2t_rule, self.ks, self.rerank_k, self.batch_size, lambda key: f"eval.{key}")
         if self.protocol and self.split == "test":
             raise EvalError("eval.split=test: validation picks checkpoints, and picking them on the test split "
                             "inflates the reported figure; hold out a validation split")
