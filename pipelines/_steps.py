@@ -60,6 +60,7 @@ def run_recipe(main) -> None:
     from videolm.errors import first_line
     from videolm.eval.errors import EvalError
     from videolm.eval.protocols import ProtocolError
+    from videolm.features.importer import ImportUsageError
     from videolm.features.store import StoreError
     from videolm.tokenize.vocab import TokenizeError
     from videolm.train.config import ConfigError
@@ -68,7 +69,7 @@ def run_recipe(main) -> None:
     try:
         main()
     except (ConvertError, DataError, EvalError, ProtocolError, StoreError, TokenizeError, ConfigError,
-            FileNotFoundError) as err:
+            ImportUsageError, FileNotFoundError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -184,24 +185,61 @@ def cooking_data(args) -> dict[str, str]:
     p = {name: os.path.join(data, f"{name}.jsonl") for name in
          ("howto100m_inputs", "howto100m_asr", "youcook2_val_captions", "youcook2_val_inputs", "youcook2_zeroshot")}
     annotations = os.path.join(args.youcook2, "youcookii_annotations_trainval.json")
+    imported = imported_features(args)
     if not done(p["howto100m_asr"]):
-        convert.media_inputs(os.path.join(args.howto100m, "videos"), p["howto100m_inputs"])
-        ids = {row["video_id"] for row in read_jsonl(p["howto100m_inputs"])}
+        if imported:   # the videos that have features: no video folder needed
+            ids = {v for v, _ in feature_files([args.howto100m_features], args.features_suffix)}
+        else:
+            convert.media_inputs(os.path.join(args.howto100m, "videos"), p["howto100m_inputs"])
+            ids = {row["video_id"] for row in read_jsonl(p["howto100m_inputs"])}
         captions = os.path.join(args.howto100m, "raw_caption.json")
         convert.howto100m_asr(captions if os.path.exists(captions) else os.path.join(args.howto100m, "captions"),
                               p["howto100m_asr"], ids)
-    if not done(p["youcook2_val_inputs"]):
+    if not done(p["youcook2_val_captions"] if imported else p["youcook2_val_inputs"]):
         convert.youcook2_manifest(annotations, p["youcook2_val_captions"], subset="validation")
-        ids = {row["video_id"] for row in read_jsonl(p["youcook2_val_captions"])}
-        convert.media_inputs(os.path.join(args.youcook2, "raw_videos"), p["youcook2_val_inputs"], ids)
+        if not imported:
+            ids = {row["video_id"] for row in read_jsonl(p["youcook2_val_captions"])}
+            convert.media_inputs(os.path.join(args.youcook2, "raw_videos"), p["youcook2_val_inputs"], ids)
     if not done(p["youcook2_zeroshot"]):
         convert.youcook2_zeroshot_truth(annotations, *youcook2_word_lists(), p["youcook2_zeroshot"])
     p["youcook2_annotations"] = annotations
     if args.prepare_only:
         return p
-    p["howto100m_store"] = extract(args, p["howto100m_inputs"], os.path.join(args.out, "feats", "howto100m"))
-    p["youcook2_store"] = extract(args, p["youcook2_val_inputs"], os.path.join(args.out, "feats", "youcook2"))
+    if imported:
+        p["howto100m_store"] = import_store(args, args.howto100m_features, os.path.join(args.out, "feats", "howto100m"))
+        p["youcook2_store"] = import_store(args, args.youcook2_features, os.path.join(args.out, "feats", "youcook2"))
+    else:
+        p["howto100m_store"] = extract(args, p["howto100m_inputs"], os.path.join(args.out, "feats", "howto100m"))
+        p["youcook2_store"] = extract(args, p["youcook2_val_inputs"], os.path.join(args.out, "feats", "youcook2"))
     return p
+
+
+def imported_features(args) -> bool:
+    """--howto100m-features and --youcook2-features: both (precomputed features, imported) or neither
+    (extracted): evaluating on features of another network than pre-training's would measure nothing."""
+    given = [args.howto100m_features is not None, args.youcook2_features is not None]
+    if any(given) and not all(given):
+        from videolm.features.importer import ImportUsageError
+
+        raise ImportUsageError("give both --howto100m-features and --youcook2-features (the same network's "
+                               "features for pre-training and evaluation), or neither")
+    return all(given)
+
+
+def feature_files(inputs: list[str], suffix: str):
+    from videolm.features.importer import feature_files as files
+
+    return files(inputs, suffix)
+
+
+def import_store(args, features: str, store: str) -> str:
+    """Precomputed per-video .npy features into a store (videolm store import)."""
+    if done(os.path.join(store, "index", "index.json")) and not os.path.exists(os.path.join(store, ".partial")):
+        return store
+    cli("store", "import", store, features, "--window", args.features_window, "--suffix", args.features_suffix,
+        *(["--stride", args.features_stride] if args.features_stride else []), "--name", args.features_name, "-q",
+        ok=(0, 1))   # 1: some files could not be used (errors.jsonl); the rest is stored
+    return store
 
 
 def cooking_arguments(doc: str) -> argparse.ArgumentParser:
@@ -209,4 +247,14 @@ def cooking_arguments(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--howto100m", required=True, help="HowTo100M root: videos/, raw_caption.json (docs/recipes.md)")
     p.add_argument("--youcook2", required=True,
                    help="YouCook2 root: raw_videos/, youcookii_annotations_trainval.json (docs/recipes.md)")
+    p.add_argument("--howto100m-features", default=None, metavar="DIR",
+                   help="precomputed HowTo100M features, one <video_id>.npy each, imported instead of extracting "
+                        "(then videos/ is not needed); with --youcook2-features from the same network")
+    p.add_argument("--youcook2-features", default=None, metavar="DIR",
+                   help="precomputed YouCook2 features of the same network, one <video_id>.npy each")
+    p.add_argument("--features-window", type=float, default=1.0,
+                   help="seconds per precomputed feature vector (MMPT's HowTo100M S3D features: 1)")
+    p.add_argument("--features-stride", type=float, default=None, help="seconds between them (default: the window)")
+    p.add_argument("--features-suffix", default="", help="left off each file name (video_features: _s3d)")
+    p.add_argument("--features-name", default="precomputed", help="recorded as the stores' backbone imported:NAME")
     return p

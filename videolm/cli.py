@@ -104,8 +104,8 @@ def _add_extract(sub) -> None:
 
 
 def _add_store(sub) -> None:
-    p = sub.add_parser("store", formatter_class=_Formatter, help="inspect, merge or upgrade feature stores")
-    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge,join,upgrade}")
+    p = sub.add_parser("store", formatter_class=_Formatter, help="inspect, merge, join, upgrade or import feature stores")
+    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge,join,upgrade,import}")
     ssub.required = True
     info = ssub.add_parser("info", formatter_class=_Formatter, help="summary of a store")
     info.add_argument("dir", help="store directory")
@@ -123,6 +123,26 @@ def _add_store(sub) -> None:
                               description="Convert a store written by videolm before format 2 in place: the new "
                                           "store is built beside it (shards hard-linked) and swapped in by renames.")
     upgrade.add_argument("dir", help="store directory")
+    imp = ssub.add_parser("import", formatter_class=_Formatter,
+                          help="features computed elsewhere (one .npy per video) into a store",
+                          description="Import precomputed clip features, one (clips, dim) .npy array per video "
+                                      "(fairseq MMPT / VideoCLIP's <video_id>.npy, video_features' <video>_s3d.npy), "
+                                      "into a feature store that pre-training, visual words and evaluation read like "
+                                      "an extracted one. Clip i spans [i * stride, i * stride + window] seconds. A "
+                                      "rerun resumes; a file that cannot be read is an errors.jsonl row.\n\n"
+                                      "  videolm store import feats/howto100m_s3d s3d_npy/ --window 1 --name s3d_howto100m")
+    imp.add_argument("out", help="new store directory (or one an earlier import began)")
+    imp.add_argument("inputs", nargs="+", help=".npy files, or directories searched for *.npy")
+    imp.add_argument("--window", type=float, required=True, help="seconds each clip (feature vector) spans")
+    imp.add_argument("--stride", type=float, default=None, help="seconds between clip starts (default: --window)")
+    imp.add_argument("--name", default="features", help="what computed them (recorded as backbone imported:NAME)")
+    imp.add_argument("--weights", default="unknown", help="their weights or source, recorded in meta.json")
+    imp.add_argument("--suffix", default="", help="left off each file name's id (video_features: _s3d, _i3d, ...)")
+    imp.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored precision")
+    imp.add_argument("--media", default=None, metavar="DIR",
+                     help="where the source videos are (DIR/<id>.<ext>), for galleries and retrieval examples")
+    imp.add_argument("--videos-per-shard", type=int, default=256, help="inputs per .npy shard file")
+    imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,6 +359,8 @@ def _cmd_store(args) -> int:
             if s.get("format_version", 1) < 2:
                 print(f"format     1 (index.jsonl, parsed at every open): `videolm store upgrade {args.dir}`")
             return EXIT_OK
+        if args.store_cmd == "import":
+            return _store_import(args)
         if args.store_cmd == "join":
             store = join_stores(args.out, args.parts)
             print(f"joined {len(args.parts)} stores into {args.out}: {len(store)} inputs, {store.num_clips} clips x "
@@ -352,6 +374,26 @@ def _cmd_store(args) -> int:
         return EXIT_OK
     except StoreError as err:
         raise CliError(str(err)) from None
+
+
+def _store_import(args) -> int:
+    from videolm.features.importer import ImportUsageError, import_features
+
+    if args.videos_per_shard < 1:
+        raise CliError(f"--videos-per-shard must be >= 1, not {args.videos_per_shard}")
+    bars = _Bars(args.quiet, os.path.join(args.out, "errors.jsonl"))
+    try:
+        result = import_features(args.inputs, args.out, args.window, args.stride, args.name, args.weights, args.dtype,
+                                 args.suffix, args.media, args.videos_per_shard, bars)
+    except ImportUsageError as err:
+        raise CliError(str(err)) from None
+    finally:
+        bars.close()
+    earlier = f" ({result.skipped_failed} of them failed in an earlier run)" if result.skipped_failed else ""
+    print(f"videolm store import: {result.ok} imported ({result.clips} clips), {result.failed} failed, "
+          f"{result.skipped} already done{earlier}, in {result.seconds:.1f} s -> {args.out}")
+    # 1 as long as the store holds a failed file of this list, as for extract
+    return EXIT_SOME_FAILED if result.failed or result.skipped_failed else EXIT_OK
 
 
 def _cmd_demo(args) -> int:

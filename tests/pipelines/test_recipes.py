@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import torch_threads
@@ -153,6 +154,40 @@ def test_cbt_howto100m(cbt_run):
     assert config["feature_dim"] == 1280  # MobileNetV2's features, raw
     assert results["youcook2_retrieval"]["v2t"]["chance"]["R@1"] == pytest.approx(20.0)
     assert not os.path.exists(out / "vocab")
+
+
+def test_cbt_howto100m_on_precomputed_features(cooking, tmp_path):
+    """--howto100m-features / --youcook2-features: per-video .npy files (as MMPT ships HowTo100M's
+    S3D features) are imported instead of extracted, and the videos' folders are not read."""
+    from videolm.features.store import FeatureStore
+
+    rng = np.random.default_rng(0)
+    feats = {"howto": tmp_path / "howto_s3d", "yc": tmp_path / "yc_s3d"}
+    arrays = {}
+    for where, ids in (("howto", {"-0Hw5zqsxUA": 10, "3XyQ1z_kPfE": 6, "Zq9mK2pL0sA": 8}),
+                       ("yc", {"xHr8X2Wpmno": 10, "0O4bxhpFX9o": 5})):
+        feats[where].mkdir()
+        for video_id, n in ids.items():
+            arrays[video_id] = rng.standard_normal((n, 16)).astype(np.float32)
+            np.save(feats[where] / f"{video_id}.npy", arrays[video_id])
+    no_videos = tmp_path / "howto100m"            # the ASR only: no videos/ folder
+    no_videos.mkdir()
+    shutil.copy(os.path.join(cooking["howto100m"], "raw_caption.json"), no_videos / "raw_caption.json")
+    out = tmp_path / "out"
+    argv = ["--howto100m", str(no_videos), "--youcook2", cooking["youcook2"], "--out", str(out), "--tiny",
+            "--howto100m-features", str(feats["howto"]), "--youcook2-features", str(feats["yc"])]
+    with torch_threads(1):
+        results = json.loads(Path(recipe("cbt_howto100m").main(argv)).read_text())
+    for name, ids in (("howto100m", ["-0Hw5zqsxUA", "3XyQ1z_kPfE", "Zq9mK2pL0sA"]),
+                      ("youcook2", ["0O4bxhpFX9o", "xHr8X2Wpmno"])):
+        store = FeatureStore(str(out / "feats" / name))
+        assert sorted(store.ids()) == ids and store.meta["backbone"] == "imported:precomputed"
+        for video_id in ids:   # float16 by default, one clip per second
+            assert np.array_equal(np.asarray(store.features(video_id)), arrays[video_id].astype(np.float16))
+            assert store.clip_times(video_id)[-1].tolist() == [len(arrays[video_id]) - 1, len(arrays[video_id])]
+    config = json.loads((out / "runs" / "cbt" / "model" / "config.json").read_text())
+    assert config["feature_dim"] == 16
+    assert results["youcook2_retrieval"]["t2v"]["chance"]["R@1"] == pytest.approx(20.0)
 
 
 # ------------------------------------------------------------------ MSR-VTT fixture
@@ -312,6 +347,11 @@ def test_coco_flickr_finetuned_and_from_scratch(cbt_run, stills, mobilenet_weigh
     ("msrvtt_finetune", ["--msrvtt", "DATA/msrvtt", "--init", "runs/x/model"],
      "DATA/msrvtt/train_val_videodatainfo.json: no such annotation file"),
     ("coco_flickr", ["--coco", "DATA/coco"], "DATA/coco/dataset_coco.json: no such annotation file"),
+    ("cbt_howto100m", ["--howto100m", "DATA/howto100m", "--youcook2", "DATA/youcook2", "--howto100m-features",
+                       "DATA/s3d"], "give both --howto100m-features and --youcook2-features (the same network's "
+                                    "features for pre-training and evaluation), or neither"),
+    ("cbt_howto100m", ["--howto100m", "DATA/howto100m", "--youcook2", "DATA/youcook2", "--howto100m-features",
+                       "DATA/s3d", "--youcook2-features", "DATA/yc_s3d"], "DATA/s3d: no such file or directory"),
 ])
 def test_a_recipe_run_on_data_that_is_not_there_is_one_line(tmp_path, name, args, message):
     """`python pipelines/X.py` as docs/recipes.md writes it, before the data is downloaded: exit 2

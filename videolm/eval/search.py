@@ -133,6 +133,11 @@ def example_features(path: str, store) -> np.ndarray:
     if not os.path.isfile(path):
         raise EvalError(f"{path}: no such file")
     meta, spec = store.meta, store.meta.get("clip_spec", {})
+    if "imported" in meta or "joined" in meta:
+        how = "imported (videolm store import)" if "imported" in meta else "joined from several stores"
+        raise EvalError(f"{store.root}: its features were {how}, backbone {meta.get('backbone')}; a query by "
+                        f"example needs one network videolm can run as the store's was: query by text, or search "
+                        f"a store that videolm extract wrote")
     cfg = ExtractConfig(backbone=meta["backbone"], weights=meta.get("weights", "none"),
                         window_s=spec.get("window_s"), stride_s=spec.get("stride_s"), frames=spec.get("frames"),
                         short_side=spec.get("short_side"), crop=spec.get("crop"),

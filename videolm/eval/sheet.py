@@ -25,7 +25,7 @@ def middle_frame_of(store, media_id: str, size: int, media_root: MediaRoot | Non
     from videolm.tokenize.gallery import _decode
 
     row = store.entry(media_id)
-    row = {**row, "path": (media_root or MediaRoot())(row["path"])}
+    row = {**row, "path": (media_root or MediaRoot()).source(row)}
     if row.get("kind") == "image":
         index = 0
     else:
@@ -133,7 +133,7 @@ def examples_sheet(direction, items: dict, store, out: str, row: str, n_queries:
                     frames[item.id] = middle_frame_of(store, item.media_id, size, media_root, item.span)
                 except (DecodeError, OSError):
                     frames[item.id] = None
-                    path = (media_root or MediaRoot())(store.entry(item.media_id)["path"])
+                    path = (media_root or MediaRoot()).source(store.entry(item.media_id))
                     if path not in missing:
                         missing.append(path)
             tiles.append((frames[item.id], item.id, int(g) in correct))
@@ -175,7 +175,7 @@ def search_sheet(hits, store, query: str, out: str, size: int = 96, per_row: int
             frame = middle_frame_of(store, h.id, size, media_root, (h.start, h.end))
         except (DecodeError, OSError):
             frame = None
-            path = (media_root or MediaRoot())(store.entry(h.id)["path"])
+            path = (media_root or MediaRoot()).source(store.entry(h.id))
             if path not in missing:
                 missing.append(path)
         score = f"{h.score:.3f}" + (f", align {h.align:.2f}" if h.align is not None else "")

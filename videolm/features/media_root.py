@@ -51,6 +51,11 @@ class MediaRoot:
             return os.path.join(self.new, os.path.relpath(norm, self.old))
         return stored
 
+    def source(self, row: dict) -> str:
+        """The file to read a stored row's frames from: its source media (an
+        imported store's ``media``, else ``path``), through this root."""
+        return self(row.get("media") or row["path"])
+
     def hint(self, missing: list[str]) -> str:
         """What to say after sources could not be read: how to point at where they are now."""
         if self.spec is not None:

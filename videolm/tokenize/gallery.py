@@ -112,7 +112,7 @@ def _read_middle_frames(store: FeatureStore, clips: list[_Clip], size: int, prog
     progress.start("frames", len(wanted))
     for v, by_index in wanted.items():
         row = store.rows[v]
-        row = {**row, "path": media_root(row["path"])}
+        row = {**row, "path": media_root.source(row)}
         try:
             got = _decode(row, sorted(by_index), size)
         except DecodeError as err:
