@@ -167,6 +167,7 @@ def import_features(inputs: list[str], out: str, window: float, stride: float | 
     if not name or "/" in name:
         raise ImportUsageError(f"--name must be a non-empty word, not {name!r}")
     files = feature_files(inputs, suffix)
+    path_of = dict(files)
     t0 = time.perf_counter()
     dim, first_error = None, None
     for _, path in files:   # the store's dim: the first file that reads
@@ -195,7 +196,7 @@ def import_features(inputs: list[str], out: str, window: float, stride: float | 
         writer.plan([v for v, _ in todo])
         progress.start("inputs", len(todo) + len(clash))
         for video_id, reason in clash.items():
-            path = dict(files)[video_id]
+            path = path_of[video_id]
             result.failed += 1
             result.errors.append({"level": "error", "video_id": video_id, "path": path, "reason": reason})
             progress.advance(1, "inputs")
@@ -219,7 +220,7 @@ def import_features(inputs: list[str], out: str, window: float, stride: float | 
             progress.advance(1, "inputs")
             progress.finished(path, "ok" if res.error is None else "failed", res.error)
         writer.commit_ready()
-        writer.finalize([{"level": "error", "video_id": v, "path": dict(files)[v], "reason": r, "time": now_iso()}
+        writer.finalize([{"level": "error", "video_id": v, "path": path_of[v], "reason": r, "time": now_iso()}
                          for v, r in clash.items()])
     finally:
         writer.close()
