@@ -104,8 +104,8 @@ def _add_extract(sub) -> None:
 
 
 def _add_store(sub) -> None:
-    p = sub.add_parser("store", formatter_class=_Formatter, help="inspect, merge, join, upgrade or import feature stores")
-    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge,join,upgrade,import}")
+    p = sub.add_parser("store", formatter_class=_Formatter, help="inspect, merge, join, upgrade, import or export feature stores")
+    ssub = p.add_subparsers(dest="store_cmd", metavar="{info,merge,join,upgrade,import,export}")
     ssub.required = True
     info = ssub.add_parser("info", formatter_class=_Formatter, help="summary of a store")
     info.add_argument("dir", help="store directory")
@@ -143,6 +143,16 @@ def _add_store(sub) -> None:
                      help="where the source videos are (DIR/<id>.<ext>), for galleries and retrieval examples")
     imp.add_argument("--videos-per-shard", type=int, default=256, help="inputs per .npy shard file")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    exp = ssub.add_parser("export", formatter_class=_Formatter,
+                          help="a store as one <id>.npy per input, for other tools",
+                          description="Write every stored input as OUT/<id>.npy, its (clips, dim) features, and "
+                                      "OUT/clips.jsonl (id, file, kind, clip start and end seconds): the layout "
+                                      "fairseq MMPT and other tools read, and store import reads back. A rerun "
+                                      "into the same OUT skips the files written.")
+    exp.add_argument("dir", help="store directory")
+    exp.add_argument("out", help="new directory (or an earlier export of this store)")
+    exp.add_argument("--dtype", default=None, choices=["float16", "float32"], help="default: the store's")
+    exp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +371,8 @@ def _cmd_store(args) -> int:
             return EXIT_OK
         if args.store_cmd == "import":
             return _store_import(args)
+        if args.store_cmd == "export":
+            return _store_export(args)
         if args.store_cmd == "join":
             store = join_stores(args.out, args.parts)
             print(f"joined {len(args.parts)} stores into {args.out}: {len(store)} inputs, {store.num_clips} clips x "
@@ -394,6 +406,21 @@ def _store_import(args) -> int:
           f"{result.skipped} already done{earlier}, in {result.seconds:.1f} s -> {args.out}")
     # 1 as long as the store holds a failed file of this list, as for extract
     return EXIT_SOME_FAILED if result.failed or result.skipped_failed else EXIT_OK
+
+
+def _store_export(args) -> int:
+    from videolm.features.importer import ImportUsageError, export_store
+
+    bars = _Bars(args.quiet, os.path.join(args.out, "errors.jsonl"))
+    try:
+        result = export_store(args.dir, args.out, args.dtype, bars)
+    except ImportUsageError as err:
+        raise CliError(str(err)) from None
+    finally:
+        bars.close()
+    print(f"videolm store export: {result.written} written, {result.skipped} already there ({result.clips} clips), "
+          f"in {result.seconds:.1f} s -> {args.out} (clips.jsonl: the clip times)")
+    return EXIT_OK
 
 
 def _cmd_demo(args) -> int:

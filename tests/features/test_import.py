@@ -125,3 +125,29 @@ def test_what_reads_an_imported_store(npy_dir, tmp_path, capsys):
 
     with pytest.raises(EvalError, match=r"its features were imported \(videolm store import\), backbone imported"):
         example_features(src.entry(v)["path"], store)
+
+
+def test_export_writes_every_input_and_imports_back(sample_store, tmp_path, capsys):
+    src = FeatureStore(sample_store)
+    out = tmp_path / "export"
+    assert cli(["store", "export", sample_store, str(out), "-q"]) == 0
+    assert f"{len(src)} written, 0 already there ({src.num_clips} clips)" in capsys.readouterr().out
+    rows = {r["video_id"]: r for r in map(json.loads, open(out / "clips.jsonl"))}
+    assert sorted(rows) == sorted(src.ids())
+    for v in src.ids():
+        a = np.load(out / f"{v}.npy", allow_pickle=False)
+        assert a.dtype == np.float16 and np.array_equal(a, np.asarray(src.features(v)))
+        assert np.array_equal(np.stack([rows[v]["clip_start"], rows[v]["clip_end"]], 1), src.clip_times(v))
+        assert rows[v]["kind"] == src.entry(v)["kind"] and rows[v]["file"] == f"{v}.npy"
+    # a rerun skips what is there; another store into the same directory is refused
+    before = os.stat(out / f"{src.ids()[0]}.npy").st_mtime_ns
+    assert cli(["store", "export", sample_store, str(out), "-q"]) == 0
+    assert f"0 written, {len(src)} already there" in capsys.readouterr().out
+    assert os.stat(out / f"{src.ids()[0]}.npy").st_mtime_ns == before
+    assert cli(["store", "export", sample_store, str(out), "--dtype", "float32", "-q"]) == 2
+    assert f"{out}: holds an export of" in capsys.readouterr().err
+    # ... and read back by import: the same features under the same ids (clips.jsonl is not an .npy)
+    assert cli(["store", "import", str(tmp_path / "again"), str(out), "--window", "0.5", "-q"]) == 0
+    again = FeatureStore(str(tmp_path / "again"))
+    assert sorted(again.ids()) == sorted(src.ids())
+    assert all(np.array_equal(np.asarray(again.features(v)), np.asarray(src.features(v))) for v in src.ids())

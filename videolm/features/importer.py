@@ -1,6 +1,7 @@
 """`videolm store import`: features someone else computed, one ``.npy`` file
 per video, into a feature store, so pre-training, visual words and
-evaluation read them like extracted ones.
+evaluation read them like extracted ones; `videolm store export`: the other
+way, a store as one ``<id>.npy`` per input (and ``clips.jsonl``) for other tools.
 
 Released clip features come this way: fairseq MMPT / VideoCLIP's HowTo100M
 S3D features (``<video_id>.npy``, one 512-d vector per second), the outputs
@@ -26,6 +27,7 @@ a bad file becomes an ``errors.jsonl`` row and the run goes on."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from videolm.progress import Progress
 from videolm.video.decode import VIDEO_EXTENSIONS
 
 SIDECARS = ("_fps.npy", "_timestamps_ms.npy")   # video_features writes these beside the features
+# (and `videolm store export` writes no other .npy than the features)
 
 
 class ImportUsageError(ValueError):
@@ -60,7 +63,9 @@ class ImportResult:
 def feature_files(inputs: list[str], suffix: str = "") -> list[tuple[str, str]]:
     """(video id, path) of every feature file: a file as given, a directory's
     ``*.npy`` below it (sorted, sidecars skipped). The id is the file name
-    less ``.npy`` and ``suffix``. Two files with one id are refused."""
+    less ``.npy`` and ``suffix``; under a directory, its path relative to
+    that directory, folders kept (as extraction names a directory's videos).
+    Two files with one id are refused."""
     found: list[tuple[str, str]] = []
     for given in inputs:
         if os.path.isdir(given):
@@ -68,17 +73,18 @@ def feature_files(inputs: list[str], suffix: str = "") -> list[tuple[str, str]]:
                            if not p.endswith(SIDECARS))
             if not paths:
                 raise ImportUsageError(f"{given}: no .npy feature file in it")
+            named = [(os.path.relpath(p, given), p) for p in paths]
         elif os.path.isfile(given):
             if not given.endswith(".npy"):
                 raise ImportUsageError(f"{given}: not a .npy file (import reads one numpy array per video)")
-            paths = [given]
+            named = [(os.path.basename(given), given)]
         else:
             raise ImportUsageError(f"{given}: no such file or directory")
-        for path in paths:
-            stem = os.path.basename(path)[: -len(".npy")]
+        for name, path in named:
+            folder, stem = os.path.split(name[: -len(".npy")])
             if suffix and stem.endswith(suffix) and len(stem) > len(suffix):
                 stem = stem[: -len(suffix)]
-            found.append((stem, path))
+            found.append((os.path.join(folder, stem).replace(os.sep, "/"), path))
     seen: dict[str, str] = {}
     for video_id, path in found:
         if video_id in seen:
@@ -224,5 +230,77 @@ def import_features(inputs: list[str], out: str, window: float, stride: float | 
                          for v, r in clash.items()])
     finally:
         writer.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# ------------------------------------------------------------------ export
+
+EXPORT_MARKER = "export.json"
+
+
+@dataclass
+class ExportResult:
+    out: str
+    written: int = 0
+    skipped: int = 0
+    clips: int = 0
+    seconds: float = 0.0
+
+
+def export_store(store_dir: str, out: str, dtype: str | None = None,
+                 progress: Progress | None = None) -> ExportResult:
+    """Every stored input as ``OUT/<id>.npy`` ((clips, dim), the store's dtype
+    or ``dtype``; an id with folders in it, as extraction gives relative
+    paths, keeps them) and ``OUT/clips.jsonl`` (id, file, kind, clip times):
+    what other tools read, and what ``import_features`` reads back. A rerun
+    into the same OUT skips the files already written (each is written
+    atomically) and writes clips.jsonl again, last."""
+    from videolm.features.store import FeatureStore
+    from videolm.fileio import atomic_save_npy, atomic_write_json, atomic_write_jsonl
+
+    progress = progress or Progress()
+    if dtype not in (None, "float16", "float32"):
+        raise ImportUsageError(f"--dtype must be float16 or float32, not {dtype!r}")
+    store = FeatureStore(store_dir)
+    mine = {"store": os.path.abspath(store.root), "backbone": store.meta.get("backbone"),
+            "weights": store.meta.get("weights"), "clip_spec": store.meta.get("clip_spec"),
+            "dtype": dtype or store.dtype}
+    marker = os.path.join(out, EXPORT_MARKER)
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            was = json.load(f)
+        if was != mine:
+            raise ImportUsageError(f"{out}: holds an export of {was.get('store')} ({was.get('backbone')}, "
+                                   f"{was.get('dtype')}); export into another directory")
+    elif os.path.isdir(out) and os.listdir(out):
+        raise ImportUsageError(f"{out}: exists, is not empty and is not an export; give a new directory")
+    ids = store.ids()
+    for video_id in ids:
+        parts = video_id.split("/")
+        if video_id.startswith("/") or ".." in parts or "" in parts:
+            raise ImportUsageError(f"id {video_id!r} cannot be a file name under {out}")
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(marker, mine)
+    t0 = time.perf_counter()
+    result, rows = ExportResult(out), []
+    progress.start("inputs", len(ids))
+    for video_id in ids:
+        file = video_id + ".npy"
+        path = os.path.join(out, file)
+        features = store.features(video_id)
+        if os.path.isfile(path):
+            result.skipped += 1
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_save_npy(path, np.asarray(features, dtype=dtype or store.dtype))
+            result.written += 1
+        times = store.clip_times(video_id)
+        rows.append({"video_id": video_id, "file": file, "kind": "image" if store.is_image(video_id) else "video",
+                     "num_clips": int(len(features)), "clip_start": times[:, 0].tolist(),
+                     "clip_end": times[:, 1].tolist()})
+        result.clips += len(features)
+        progress.advance(1, "inputs")
+    atomic_write_jsonl(os.path.join(out, "clips.jsonl"), rows)
     result.seconds = time.perf_counter() - t0
     return result
