@@ -34,6 +34,21 @@ def middle_frame_of(store, media_id: str, size: int, media_root: MediaRoot | Non
     return _decode(row, [index], size)[index]
 
 
+def _frame_or_missing(store, media_id: str, size: int, media_root: MediaRoot | None,
+                      span: tuple[float, float] | None, missing: list[str]) -> np.ndarray | None:
+    """``middle_frame_of``, or None (a grey tile) with the source's path added
+    to ``missing`` once when it cannot be read."""
+    from videolm.video.decode import DecodeError
+
+    try:
+        return middle_frame_of(store, media_id, size, media_root, span)
+    except (DecodeError, OSError):
+        path = (media_root or MediaRoot()).source(store.entry(media_id))
+        if path not in missing:
+            missing.append(path)
+        return None
+
+
 def _draw(queries: list[tuple[str, list[tuple[np.ndarray | None, str, bool]]]], k: int, title: str,
           out: str, size: int, numbered: bool = True) -> str:
     """One row per query: its text above, then (frame, label, correct) tiles,
@@ -115,8 +130,6 @@ def examples_sheet(direction, items: dict, store, out: str, row: str, n_queries:
     and the middle frames of their top ``k`` items (``items``: item id ->
     protocol Item). Returns the PNG and the source paths that could not be
     read (grey tiles)."""
-    from videolm.video.decode import DecodeError
-
     scores = np.asarray(direction.scores[row])
     frames: dict[str, np.ndarray | None] = {}
     missing: list[str] = []
@@ -129,13 +142,7 @@ def examples_sheet(direction, items: dict, store, out: str, row: str, n_queries:
         for g in np.argsort(-scores[q], kind="stable")[:k]:
             item = items[direction.gallery_ids[g]]
             if item.id not in frames:
-                try:
-                    frames[item.id] = middle_frame_of(store, item.media_id, size, media_root, item.span)
-                except (DecodeError, OSError):
-                    frames[item.id] = None
-                    path = (media_root or MediaRoot()).source(store.entry(item.media_id))
-                    if path not in missing:
-                        missing.append(path)
+                frames[item.id] = _frame_or_missing(store, item.media_id, size, media_root, item.span, missing)
             tiles.append((frames[item.id], item.id, int(g) in correct))
         drawn.append((f"“{text}”", tiles))
     label = "re-ranked" if row.endswith("reranked") else "dual encoder"
@@ -167,17 +174,9 @@ def search_sheet(hits, store, query: str, out: str, size: int = 96, per_row: int
     """`videolm search --png`: the hits in rank order, ``per_row`` to a row,
     each the middle frame of its clips' span, labelled with rank, id and
     score. Returns the PNG and the sources that could not be read."""
-    from videolm.video.decode import DecodeError
-
     tiles, missing = [], []
     for h in hits:
-        try:
-            frame = middle_frame_of(store, h.id, size, media_root, (h.start, h.end))
-        except (DecodeError, OSError):
-            frame = None
-            path = (media_root or MediaRoot()).source(store.entry(h.id))
-            if path not in missing:
-                missing.append(path)
+        frame = _frame_or_missing(store, h.id, size, media_root, (h.start, h.end), missing)
         score = f"{h.score:.3f}" + (f", align {h.align:.2f}" if h.align is not None else "")
         tiles.append((frame, f"{h.rank}. {h.id}\n{score}", False))
     rows = [(query if i == 0 else "", tiles[i:i + per_row]) for i in range(0, len(tiles), per_row)]
