@@ -188,7 +188,8 @@ def cooking_data(args) -> dict[str, str]:
     imported = imported_features(args)
     if not done(p["howto100m_asr"]):
         if imported:   # the videos that have features: no video folder needed
-            ids = {v for v, _ in feature_files([args.howto100m_features], args.features_suffix)}
+            ids = {v for v, _ in feature_files([args.howto100m_features], args.features_suffix,
+                                                 os.path.join(args.out, "feats", "howto100m"))}
         else:
             convert.media_inputs(os.path.join(args.howto100m, "videos"), p["howto100m_inputs"])
             ids = {row["video_id"] for row in read_jsonl(p["howto100m_inputs"])}
@@ -206,8 +207,10 @@ def cooking_data(args) -> dict[str, str]:
     if args.prepare_only:
         return p
     if imported:
-        p["howto100m_store"] = import_store(args, args.howto100m_features, os.path.join(args.out, "feats", "howto100m"))
-        p["youcook2_store"] = import_store(args, args.youcook2_features, os.path.join(args.out, "feats", "youcook2"))
+        p["howto100m_store"] = import_store(args, args.howto100m_features, os.path.join(args.out, "feats", "howto100m"),
+                                            os.path.join(args.howto100m, "videos"))
+        p["youcook2_store"] = import_store(args, args.youcook2_features, os.path.join(args.out, "feats", "youcook2"),
+                                           os.path.join(args.youcook2, "raw_videos"))
     else:
         p["howto100m_store"] = extract(args, p["howto100m_inputs"], os.path.join(args.out, "feats", "howto100m"))
         p["youcook2_store"] = extract(args, p["youcook2_val_inputs"], os.path.join(args.out, "feats", "youcook2"))
@@ -226,18 +229,20 @@ def imported_features(args) -> bool:
     return all(given)
 
 
-def feature_files(inputs: list[str], suffix: str):
+def feature_files(inputs: list[str], suffix: str, out: str):
     from videolm.features.importer import feature_files as files
 
-    return files(inputs, suffix)
+    return files(inputs, suffix, out)
 
 
-def import_store(args, features: str, store: str) -> str:
-    """Precomputed per-video .npy features into a store (videolm store import)."""
+def import_store(args, features: str, store: str, videos: str) -> str:
+    """Precomputed per-video .npy features into a store (videolm store import);
+    the videos, where that folder exists, are recorded for the pictures."""
     if done(os.path.join(store, "index", "index.json")) and not os.path.exists(os.path.join(store, ".partial")):
         return store
     cli("store", "import", store, features, "--window", args.features_window, "--suffix", args.features_suffix,
-        *(["--stride", args.features_stride] if args.features_stride else []), "--name", args.features_name, "-q",
+        *(["--stride", args.features_stride] if args.features_stride else []), "--name", args.features_name,
+        *(["--media", videos] if os.path.isdir(videos) else []), "-q",
         ok=(0, 1))   # 1: some files could not be used (errors.jsonl); the rest is stored
     return store
 

@@ -140,8 +140,10 @@ def _add_store(sub) -> None:
     imp.add_argument("--suffix", default="", help="left off each file name's id (video_features: _s3d, _i3d, ...)")
     imp.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored precision")
     imp.add_argument("--media", default=None, metavar="DIR",
-                     help="where the source videos are (DIR/<id>.<ext>), for galleries and retrieval examples")
+                     help="where the source videos or photos are (DIR/<id>.<ext>, or the one <id>.<ext> below DIR), "
+                          "for galleries and retrieval examples")
     imp.add_argument("--videos-per-shard", type=int, default=256, help="inputs per .npy shard file")
+    imp.add_argument("--retry-failed", action="store_true", help="read the files an earlier run could not use again")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     exp = ssub.add_parser("export", formatter_class=_Formatter,
                           help="a store as one <id>.npy per input, for other tools",
@@ -361,8 +363,10 @@ def _cmd_store(args) -> int:
             spec = store.meta.get("clip_spec", {})
             print(f"store      {args.dir}")
             print(f"backbone   {s['backbone']} (weights: {s['weights']})")
+            frames = (f"{spec.get('frames')} frames, {spec.get('crop')} px" if spec.get("frames") is not None
+                      else "frames and size not recorded (imported features)")
             print(f"clip       {spec.get('window_s')} s window, stride {spec.get('stride_s') or spec.get('window_s')} s, "
-                  f"{spec.get('frames')} frames, {spec.get('crop')} px")
+                  f"{frames}")
             print(f"inputs     {s['videos']} videos, {s['images']} images in {s['shards']} shard(s)")
             print(f"clips      {s['clips']} x {s['dim']} ({s['dtype']})")
             print(f"failures   {s['failed']} (warnings: {s['warnings']}; see errors.jsonl)")
@@ -396,14 +400,21 @@ def _store_import(args) -> int:
     bars = _Bars(args.quiet, os.path.join(args.out, "errors.jsonl"))
     try:
         result = import_features(args.inputs, args.out, args.window, args.stride, args.name, args.weights, args.dtype,
-                                 args.suffix, args.media, args.videos_per_shard, bars)
+                                 args.suffix, args.media, args.videos_per_shard, args.retry_failed, bars)
     except ImportUsageError as err:
         raise CliError(str(err)) from None
+    except OSError as err:   # the store cannot be written there (permissions, a full disk)
+        raise CliError(f"{args.out}: cannot write the store ({first_line(err)})") from None
     finally:
         bars.close()
-    earlier = f" ({result.skipped_failed} of them failed in an earlier run)" if result.skipped_failed else ""
+    earlier = (f" ({result.skipped_failed} of them failed in an earlier run; --retry-failed reads them again)"
+               if result.skipped_failed else "")
     print(f"videolm store import: {result.ok} imported ({result.clips} clips), {result.failed} failed, "
           f"{result.skipped} already done{earlier}, in {result.seconds:.1f} s -> {args.out}")
+    if result.media_found is not None:
+        total = result.ok + result.failed + result.skipped
+        print(f"--media {args.media}: a source for {result.media_found} of {total} ids"
+              + ("" if result.media_found == total else " (the others' pictures are grey tiles)"))
     # 1 as long as the store holds a failed file of this list, as for extract
     return EXIT_SOME_FAILED if result.failed or result.skipped_failed else EXIT_OK
 
@@ -416,6 +427,8 @@ def _store_export(args) -> int:
         result = export_store(args.dir, args.out, args.dtype, bars)
     except ImportUsageError as err:
         raise CliError(str(err)) from None
+    except OSError as err:   # OUT cannot be written (permissions, a full disk)
+        raise CliError(f"{args.out}: cannot write the export ({first_line(err)})") from None
     finally:
         bars.close()
     print(f"videolm store export: {result.written} written, {result.skipped} already there ({result.clips} clips), "

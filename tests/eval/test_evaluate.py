@@ -395,6 +395,11 @@ def test_search_draws_its_hits(tiny_models, eval_corpus, tmp_path, capsys, monke
     resized = np.asarray(whole.resize((w, h), Image.BILINEAR))
     mine = resized[(h - 96) // 2:(h - 96) // 2 + 96, (w - 96) // 2:(w - 96) // 2 + 96]
     assert frame.shape == mine.shape and np.abs(frame.astype(int) - mine.astype(int)).mean() < 8
-    # a bad --media-root: one line before any work
+    # a bad --media-root, a --png into a folder that is not there or onto a folder: one line before any work
     assert cli(args + ["--png", str(png), "--media-root", str(tmp_path / "nowhere")]) == 2
     assert "--media-root" in capsys.readouterr().err
+    for bad, says in ((tmp_path / "nowhere" / "hits.png", f"no such directory {tmp_path / 'nowhere'}"),
+                      (tmp_path, "a directory; give a file name")):
+        assert cli(args + ["--png", str(bad)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"error: --png {bad}: {says}\n"

@@ -105,6 +105,7 @@ def test_validation_settings_are_checked_before_training(override, message):
     ("data.text_mask_prob=1.5", r"data.text_mask_prob must be in \[0, 1\], not 1.5"),
     ("model.align_loss=hinge", "model.align_loss must be one of bce, nce, listwise, not 'hinge'"),
     ("model.num_layers=0", "model.num_layers must be at least 1, not 0"),
+    (r"data.sources=[]", r"data.sources is empty; list at least one manifest \(see docs/formats.md\)"),
     # a message naming two keys names the one the command line set, not the file's
     ("model.num_heads=5", "model.hidden_size=32 is not divisible by model.num_heads=5"),
 ])

@@ -7,6 +7,7 @@ import sys
 
 from videolm.cliutil import EXIT_OK, CliError
 from videolm.cliutil import Formatter as _Formatter
+from videolm.errors import first_line
 
 EVALUATE = """\
 Retrieval figures of a saved model on a protocol, in every direction it applies
@@ -217,6 +218,11 @@ def run_search(args) -> int:
         raise CliError("empty query; give some text (or --image PATH / --video PATH)")
     if args.k < 1:
         raise CliError(f"-k must be at least 1, not {args.k}")
+    if args.png is not None:   # before the model loads: not after the hits are printed
+        folder = os.path.dirname(os.path.abspath(args.png))
+        if os.path.isdir(args.png) or not os.path.isdir(folder):
+            raise CliError(f"--png {args.png}: " + ("a directory; give a file name" if os.path.isdir(args.png)
+                                                    else f"no such directory {folder}"))
     from videolm.features.media_root import MediaRoot, MediaRootError
 
     try:
@@ -256,7 +262,10 @@ def run_search(args) -> int:
         from videolm.eval.sheet import search_sheet
 
         query = f"“{args.query}”" if args.query is not None else f"like {os.path.basename(what)}"
-        png, missing = search_sheet(hits, store, query, args.png, media_root=media_root)
+        try:
+            png, missing = search_sheet(hits, store, query, args.png, media_root=media_root)
+        except OSError as err:   # the disk, permissions
+            raise CliError(f"--png {args.png}: cannot write it ({first_line(err)})") from None
         print(f"-> {png}")
         if missing:
             print(f"{len(missing)} source(s) could not be read (grey tiles): {', '.join(missing[:3])}; "

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from videolm.features.media_root import MediaRoot
+from videolm.features.media_root import MediaRoot, NoSource
 from videolm.fileio import atomic_savefig
 
 TEXT_DIRECTIONS = ("t2v", "t2i")   # text queries: the directions a sheet shows
@@ -21,11 +21,11 @@ def middle_frame_of(store, media_id: str, size: int, media_root: MediaRoot | Non
                     span: tuple[float, float] | None = None) -> np.ndarray:
     """(size, size, 3) uint8: the frame at the middle of the item (a timed
     segment: of its span; a still: itself), read from its source found
-    through ``media_root``. Raises DecodeError when the source cannot be read."""
-    from videolm.tokenize.gallery import _decode
+    through ``media_root``. Raises DecodeError when the source cannot be
+    read, NoSource when an imported store records none."""
+    from videolm.tokenize.gallery import _decode, source_row
 
-    row = store.entry(media_id)
-    row = {**row, "path": (media_root or MediaRoot()).source(row)}
+    row = source_row(store.entry(media_id), media_root or MediaRoot())
     if row.get("kind") == "image":
         index = 0
     else:
@@ -42,8 +42,8 @@ def _frame_or_missing(store, media_id: str, size: int, media_root: MediaRoot | N
 
     try:
         return middle_frame_of(store, media_id, size, media_root, span)
-    except (DecodeError, OSError):
-        path = (media_root or MediaRoot()).source(store.entry(media_id))
+    except (DecodeError, OSError, NoSource):
+        path = (media_root or MediaRoot()).shown(store.entry(media_id))
         if path not in missing:
             missing.append(path)
         return None
@@ -108,6 +108,7 @@ def retrieval_sheet(similarity: str, store, out: str, direction: str = "t2v", ro
     query id -> its text."""
     with np.load(similarity) as npz:
         scores = npz[f"{direction}/{row}"]
+        k = min(k, scores.shape[1])
         query_ids = [str(q) for q in npz[f"{direction}/query_ids"]]
         gallery_ids = [str(g) for g in npz[f"{direction}/gallery_ids"]]
         indptr, indices = npz[f"{direction}/gt_indptr"], npz[f"{direction}/gt_indices"]
@@ -131,6 +132,7 @@ def examples_sheet(direction, items: dict, store, out: str, row: str, n_queries:
     protocol Item). Returns the PNG and the source paths that could not be
     read (grey tiles)."""
     scores = np.asarray(direction.scores[row])
+    k = min(k, scores.shape[1])   # a gallery smaller than k: its title says what is drawn
     frames: dict[str, np.ndarray | None] = {}
     missing: list[str] = []
     drawn = []

@@ -11,69 +11,107 @@ holds a (clips, dim) floating-point array (a 1-D array is one clip); the
 clips are consecutive windows: clip i spans ``[i * stride, i * stride +
 window]`` seconds, the spacing the features were computed at, which the
 user gives (it is not in the files). Files are read with
-``np.load(allow_pickle=False)``: an array of Python objects is refused, so
-loading never runs pickled code.
+``np.load(allow_pickle=False)`` after their ``.npy`` header is checked: an
+array of Python objects is refused, so loading never runs pickled code.
+
+What a directory holds besides features is left alone: sidecars, feature
+stores (a store written under its own input is not read back on a rerun),
+and with ``--suffix`` every file whose name does not end ``SUFFIX.npy``. A
+new store's dim is the one most files agree on (the headers of up to 64,
+spread over the list); a file of another dim is then that file's error, and
+no clear majority (two networks' features mixed) is refused naming both.
 
 The store records ``backbone: imported:NAME``: search by example, which
 needs the backbone to embed a new file as the store's were, refuses such a
-store in one line. ``--media DIR`` names where the source videos are
-(``DIR/<id>.<ext>``), for the pictures (gallery, retrieval examples); the
-features never need them.
+store in one line. ``--media DIR`` names where the source videos or photos
+are (``DIR/<id>.<ext>``, or the one ``<id>.<ext>`` below DIR), for the
+pictures (gallery, retrieval examples); the features never need them.
 
-The same guarantees as extraction: the writer is the extractor's, so a
-rerun skips finished files, a killed run loses at most the file in flight,
-a bad file becomes an ``errors.jsonl`` row and the run goes on."""
+The same guarantees as extraction, through the same code: the writer is the
+extractor's and ``runplan.begin_run`` decides what is left, so a rerun skips
+finished files (``retry_failed`` reads the failed ones again), a killed run
+loses at most the files in flight, a bad file becomes an ``errors.jsonl``
+row and the run goes on."""
 
 from __future__ import annotations
 
-import glob
 import json
+import math
 import os
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from videolm.errors import first_line
-from videolm.features.store import Finished, StoreWriter
-from videolm.fileio import now_iso
+from videolm.features.inputs import InputItem
+from videolm.features.media_root import MediaIndex
+from videolm.features.runplan import ExtractResult, Selection, begin_run
+from videolm.features.store import FORMAT, Finished, StoreWriter
 from videolm.progress import Progress
-from videolm.video.decode import VIDEO_EXTENSIONS
 
 SIDECARS = ("_fps.npy", "_timestamps_ms.npy")   # video_features writes these beside the features
 # (and `videolm store export` writes no other .npy than the features)
+FLOAT16_MAX = float(np.finfo(np.float16).max)   # 65504
+DIM_SAMPLE = 64          # files whose headers decide a new store's dim
+DIM_MAJORITY = 0.75      # the share of them that must agree on it
+
+@dataclass
+class ImportResult(ExtractResult):
+    """Extraction's counts (ok, failed, skipped and of them failed earlier,
+    clips, seconds, errors) and how many ids ``--media`` had a source for."""
+
+    media_found: int | None = None
 
 
 class ImportUsageError(ValueError):
     """A mistake in what import was given (a path, a setting); one line."""
 
 
-@dataclass
-class ImportResult:
-    store: str
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0
-    skipped_failed: int = 0    # of the skipped, those that failed in an earlier run
-    clips: int = 0
-    errors: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
+def _is_store(directory: str) -> bool:
+    """A videolm feature store (its meta.json says so): never features to import."""
+    try:
+        with open(os.path.join(directory, "meta.json")) as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
-def feature_files(inputs: list[str], suffix: str = "") -> list[tuple[str, str]]:
+def _npy_under(root: str, skip: set[str]) -> list[str]:
+    """The .npy files below ``root`` (sorted, sidecars left out), not
+    descending into a feature store or a directory in ``skip`` (real paths)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in skip
+                             and not _is_store(os.path.join(dirpath, d)))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames)
+                  if f.endswith(".npy") and not f.endswith(SIDECARS)]
+    return found
+
+
+def feature_files(inputs: list[str], suffix: str = "", out: str | None = None) -> list[tuple[str, str]]:
     """(video id, path) of every feature file: a file as given, a directory's
-    ``*.npy`` below it (sorted, sidecars skipped). The id is the file name
-    less ``.npy`` and ``suffix``; under a directory, its path relative to
-    that directory, folders kept (as extraction names a directory's videos).
-    Two files with one id are refused."""
+    ``*.npy`` below it (sorted, sidecars skipped; so are feature stores and
+    ``out``, a store written under its own input). The id is the file name
+    less ``.npy`` and ``suffix``; under a directory, its path relative to that
+    directory, folders kept (as extraction names a directory's videos). With
+    a ``suffix``, only files whose name ends ``SUFFIX.npy`` are read. One file
+    given twice counts once; two files with one id are refused."""
+    skip = {os.path.realpath(out)} if out is not None else set()
     found: list[tuple[str, str]] = []
+    wanted = suffix + ".npy"
     for given in inputs:
         if os.path.isdir(given):
-            paths = sorted(p for p in glob.glob(os.path.join(given, "**", "*.npy"), recursive=True)
-                           if not p.endswith(SIDECARS))
-            if not paths:
-                raise ImportUsageError(f"{given}: no .npy feature file in it")
+            if _is_store(given):
+                raise ImportUsageError(f"{given}: a videolm feature store, not .npy features "
+                                       f"(it is read as it is; `videolm store export` writes one .npy per input)")
+            paths = _npy_under(given, skip)
             named = [(os.path.relpath(p, given), p) for p in paths]
+            if suffix:
+                named = [(n, p) for n, p in named if n.endswith(wanted) and len(os.path.basename(n)) > len(wanted)]
+            if not named:
+                raise ImportUsageError(f"{given}: no {'*' + wanted if suffix else '.npy'} feature file in it")
         elif os.path.isfile(given):
             if not given.endswith(".npy"):
                 raise ImportUsageError(f"{given}: not a .npy file (import reads one numpy array per video)")
@@ -81,31 +119,61 @@ def feature_files(inputs: list[str], suffix: str = "") -> list[tuple[str, str]]:
         else:
             raise ImportUsageError(f"{given}: no such file or directory")
         for name, path in named:
-            folder, stem = os.path.split(name[: -len(".npy")])
-            if suffix and stem.endswith(suffix) and len(stem) > len(suffix):
+            stem = name[: -len(".npy")]
+            if suffix and stem.endswith(suffix) and len(os.path.basename(stem)) > len(suffix):
                 stem = stem[: -len(suffix)]
-            found.append((os.path.join(folder, stem).replace(os.sep, "/"), path))
+            found.append((stem.replace(os.sep, "/"), path))
     seen: dict[str, str] = {}
+    unique = []
     for video_id, path in found:
         if video_id in seen:
+            if os.path.realpath(seen[video_id]) == os.path.realpath(path):
+                continue   # the same file, given twice (a file and its directory)
             raise ImportUsageError(f"id {video_id!r} comes from two files, {seen[video_id]} and {path}; "
                                    f"import them into separate stores")
         seen[video_id] = path
-    return found
+        unique.append((video_id, path))
+    return unique
 
 
-def read_features(path: str, dim: int | None = None) -> np.ndarray:
-    """(clips, dim) float32 of one file; ValueError with a one-line reason."""
+def _open(path: str) -> np.ndarray:
+    """The file's array, memory-mapped (only its header is read); ValueError
+    with a one-line reason when it is not one numeric .npy array."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as err:
+        raise ValueError(f"cannot be read ({first_line(err)})") from None
+    if magic[:4] == b"PK\x03\x04":
+        raise ValueError("an .npz archive, not one array; save each video's (clips, dim) array as its own .npy")
+    if magic != b"\x93NUMPY":
+        raise ValueError("not a numpy .npy file (no .npy header)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
         if "allow_pickle" in str(err) or "Python objects" in str(err):
             raise ValueError("holds Python objects (a pickle); only numeric arrays are read") from None
-        raise ValueError(f"not a numpy array ({first_line(err)})") from None
+        raise ValueError(f"not a readable numpy array ({first_line(err)})") from None
     except (OSError, EOFError) as err:
         raise ValueError(f"cannot be read ({first_line(err)})") from None
-    if not isinstance(array, np.ndarray):
-        raise ValueError("an .npz archive, not one array; save each video's (clips, dim) array as its own .npy")
+
+
+def _shape_of(path: str) -> tuple[int, int]:
+    """(clips, dim) from the header alone; ValueError as ``read_features``."""
+    array = _open(path)
+    if array.ndim == 1:
+        return 1, array.shape[0]
+    if array.ndim != 2:
+        raise ValueError(f"an array of shape {array.shape}; expected (clips, dim)")
+    if array.dtype.kind != "f":
+        raise ValueError(f"dtype {array.dtype}; expected floating-point features")
+    return array.shape
+
+
+def read_features(path: str, dim: int | None = None, dtype: str = "float32") -> np.ndarray:
+    """(clips, dim) float32 of one file; ValueError with a one-line reason,
+    also when a value does not fit ``dtype``, the store's precision."""
+    array = _open(path)
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2:
@@ -120,17 +188,49 @@ def read_features(path: str, dim: int | None = None) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
     if len(bad):
         raise ValueError(f"NaN/Inf in clip {int(bad[0])} ({len(bad)} clip(s))")
+    if dtype == "float16":
+        top = float(np.abs(features).max())
+        if top > FLOAT16_MAX:
+            raise ValueError(f"a value of magnitude {top:.4g} does not fit float16 (at most {FLOAT16_MAX:g}); "
+                             f"import with --dtype float32")
     return features
 
 
-def _media_of(video_id: str, media: str | None) -> str | None:
-    if media is None:
-        return None
-    for ext in sorted(VIDEO_EXTENSIONS):
-        path = os.path.join(media, video_id + ext)
-        if os.path.isfile(path):
-            return path
-    return None
+def store_dim(files: list[tuple[str, str]], out: str) -> int:
+    """The store's dim: an earlier import's, else the dim most of the first
+    readable files' headers (up to DIM_SAMPLE, spread over the list) agree on;
+    files of another dim then fail one by one. No clear majority (features of
+    two networks mixed, say _rgb and _flow) is refused, naming the dims."""
+    try:
+        with open(os.path.join(out, "meta.json")) as f:
+            return int(json.load(f)["dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    step = max(len(files) // DIM_SAMPLE, 1)
+    dims: Counter = Counter()
+    example: dict[int, str] = {}
+    first_error = None
+    for _, path in files[::step][:DIM_SAMPLE]:
+        try:
+            d = int(_shape_of(path)[1])
+        except ValueError as err:
+            first_error = first_error or f"{path}: {err}"
+            continue
+        dims[d] += 1
+        example.setdefault(d, path)
+    if not dims:   # none of the sample: the first of the rest that reads
+        for _, path in files:
+            try:
+                return int(_shape_of(path)[1])
+            except ValueError as err:
+                first_error = first_error or f"{path}: {err}"
+        raise ImportUsageError(f"no file could be read as (clips, dim) features; the first: {first_error}")
+    (dim, count), total = dims.most_common(1)[0], sum(dims.values())
+    if count < DIM_MAJORITY * total:
+        listed = ", ".join(f"{d} ({n} of {total} sampled files, e.g. {example[d]})" for d, n in dims.most_common())
+        raise ImportUsageError(f"the files hold features of different dims: {listed}; import each kind into its "
+                               f"own store (--suffix picks files by name, e.g. _rgb)")
+    return dim
 
 
 def _row(features: np.ndarray, path: str, window: float, stride: float, media_path: str | None) -> dict:
@@ -141,97 +241,75 @@ def _row(features: np.ndarray, path: str, window: float, stride: float, media_pa
            "duration": float(start[-1] + window), "fps": 0.0, "num_frames": 0,
            "clip_start": start.tolist(), "clip_end": (start + window).tolist()}
     if media_path is not None:
-        from videolm.video.decode import DecodeError, open_video
+        from videolm.video.decode import IMAGE_EXTENSIONS, DecodeError, open_video
 
         row["media"] = media_path
-        try:
-            info = open_video(media_path).info
-            row.update(fps=float(info.fps), num_frames=int(info.num_frames or 0), width=info.width,
-                       height=info.height)
-        except DecodeError:
-            pass   # the pictures will say the source cannot be read
+        if not media_path.lower().endswith(IMAGE_EXTENSIONS):
+            try:
+                info = open_video(media_path).info
+                row.update(fps=float(info.fps), num_frames=int(info.num_frames or 0), width=info.width,
+                           height=info.height)
+            except DecodeError:
+                pass   # the pictures will say the source cannot be read
     return row
 
 
-def import_features(inputs: list[str], out: str, window: float, stride: float | None = None,
-                    name: str = "features", weights: str = "unknown", dtype: str = "float16", suffix: str = "",
-                    media: str | None = None, videos_per_shard: int = 256,
-                    progress: Progress | None = None) -> ImportResult:
-    """Import the feature files under ``inputs`` into the store ``out`` (new, or
-    one this import began: a rerun resumes). ``window`` / ``stride``: seconds
-    each clip spans and between clip starts (default: the window)."""
-    progress = progress or Progress()
-    if not window > 0:
-        raise ImportUsageError(f"--window must be > 0 seconds, not {window}")
-    stride = window if stride is None else stride
-    if not stride > 0:
-        raise ImportUsageError(f"--stride must be > 0 seconds, not {stride}")
+def _check_settings(out: str, window: float, stride: float, dtype: str, media: str | None, name: str) -> None:
+    if not (math.isfinite(window) and window > 0):
+        raise ImportUsageError(f"--window must be a finite number of seconds > 0, not {window}")
+    if not (math.isfinite(stride) and stride > 0):
+        raise ImportUsageError(f"--stride must be a finite number of seconds > 0, not {stride}")
     if dtype not in ("float16", "float32"):
         raise ImportUsageError(f"--dtype must be float16 or float32, not {dtype!r}")
     if media is not None and not os.path.isdir(media):
         raise ImportUsageError(f"--media {media}: no such directory")
     if not name or "/" in name:
         raise ImportUsageError(f"--name must be a non-empty word, not {name!r}")
-    files = feature_files(inputs, suffix)
-    path_of = dict(files)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ImportUsageError(f"{out}: exists and is not a directory; give a new store directory")
+
+
+def import_features(inputs: list[str], out: str, window: float, stride: float | None = None,
+                    name: str = "features", weights: str = "unknown", dtype: str = "float16", suffix: str = "",
+                    media: str | None = None, videos_per_shard: int = 256, retry_failed: bool = False,
+                    progress: Progress | None = None) -> ImportResult:
+    """Import the feature files under ``inputs`` into the store ``out`` (new, or
+    one this import began: a rerun resumes, and with ``retry_failed`` reads the
+    files that failed again). ``window`` / ``stride``: seconds each clip spans
+    and between clip starts (default: the window). ``result.media_found``:
+    how many ids ``media`` had a source for."""
+    progress = progress or Progress()
+    stride = window if stride is None else stride
+    _check_settings(out, window, stride, dtype, media, name)
+    files = feature_files(inputs, suffix, out)
     t0 = time.perf_counter()
-    dim, first_error = None, None
-    for _, path in files:   # the store's dim: the first file that reads
-        try:
-            dim = read_features(path).shape[1]
-            break
-        except ValueError as err:
-            first_error = first_error or f"{path}: {err}"
-    if dim is None:
-        raise ImportUsageError(f"no file could be read as (clips, dim) features; the first: {first_error}")
+    dim = store_dim(files, out)
     meta = {"backbone": f"imported:{name}", "weights": weights, "dim": dim, "dtype": dtype,
             "clip_spec": {"window_s": float(window), "stride_s": float(stride), "frames": None, "short_side": None,
                           "crop": None},
             "imported": {"name": name, "from": [os.path.abspath(p) for p in inputs]}}
-    result = ImportResult(out)
+    source = MediaIndex(media) if media is not None else (lambda video_id: None)
     writer = StoreWriter(out, meta, videos_per_shard)
     try:
-        clash = {}
-        for video_id, path in files:
-            reason = writer.conflict(video_id, path)
-            if reason is not None:
-                clash[video_id] = reason
-        todo = [(v, p) for v, p in files if v not in clash and not writer.is_done(v)]
-        result.skipped = len(files) - len(todo) - len(clash)
-        result.skipped_failed = sum(writer.committed_status(v) == "failed" for v, _ in files if v not in clash)
-        writer.plan([v for v, _ in todo])
-        progress.start("inputs", len(todo) + len(clash))
-        for video_id, reason in clash.items():
-            path = path_of[video_id]
-            result.failed += 1
-            result.errors.append({"level": "error", "video_id": video_id, "path": path, "reason": reason})
-            progress.advance(1, "inputs")
-            progress.finished(path, "failed", reason)
-        for video_id, path in todo:
-            if writer.has_partial(video_id):   # finished by a killed run
-                res = writer.results[video_id]
-            else:
-                try:
-                    feats = read_features(path, dim)
-                    res = Finished(video_id, path, feats, _row(feats, path, window, stride, _media_of(video_id, media)))
-                except (ValueError, OSError) as err:
-                    res = Finished(video_id, path, None, {}, first_line(err))
-                writer.add(res)
+        run = begin_run([InputItem(v, p, p) for v, p in files], writer, Selection(retry_failed=retry_failed), [],
+                        progress, dim)
+        result = run.result
+        for pos, item in enumerate(run.decode):
+            try:
+                feats = read_features(item.path, dim, dtype)
+                res = Finished(item.video_id, item.path, feats,
+                               _row(feats, item.path, window, stride, source(item.video_id)))
+            except (ValueError, OSError) as err:
+                res = Finished(item.video_id, item.path, None, {}, first_line(err))
+            run.record(pos, res)
             if res.error is None:
-                result.ok += 1
-                result.clips += len(res.features) if res.features is not None else 0
-            else:
-                result.failed += 1
-                result.errors.append({"level": "error", "video_id": video_id, "path": path, "reason": res.error})
-            progress.advance(1, "inputs")
-            progress.finished(path, "ok" if res.error is None else "failed", res.error)
-        writer.commit_ready()
-        writer.finalize([{"level": "error", "video_id": v, "path": path_of[v], "reason": r, "time": now_iso()}
-                         for v, r in clash.items()])
+                result.clips += len(res.features)
+                progress.advance(len(res.features), "clips")
+        result = run.end(t0)
     finally:
         writer.close()
-    result.seconds = time.perf_counter() - t0
-    return result
+    found = sum(source(v) is not None for v, _ in files) if media is not None else None
+    return ImportResult(**vars(result), media_found=found)
 
 
 # ------------------------------------------------------------------ export
@@ -267,6 +345,8 @@ def export_store(store_dir: str, out: str, dtype: str | None = None,
             "weights": store.meta.get("weights"), "clip_spec": store.meta.get("clip_spec"),
             "dtype": dtype or store.dtype}
     marker = os.path.join(out, EXPORT_MARKER)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ImportUsageError(f"{out}: exists and is not a directory; give a new directory")
     if os.path.isfile(marker):
         with open(marker) as f:
             was = json.load(f)

@@ -51,7 +51,8 @@ def _strip_ext(path: str) -> str:
     return os.path.splitext(path)[0].replace(os.sep, "/")
 
 
-def _walk(root: str) -> list[str]:
+def media_files(root: str) -> list[str]:
+    """Every video or image under ``root`` (extensions in any case), sorted, links followed."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
@@ -132,7 +133,7 @@ def collect_inputs(args: list[str]) -> tuple[list[InputItem], list[InputError]]:
     for arg in args:
         if os.path.isdir(arg):
             root = os.path.normpath(arg)
-            media = _walk(root)
+            media = media_files(root)
             if not media:
                 raise UsageError(f"{arg}: no video or image files in this directory "
                                  f"(looked for {' '.join(MEDIA_EXTENSIONS)})")

@@ -8,6 +8,12 @@ retrieval examples) takes ``--media-root``:
 * ``OLD=NEW``: a stored path under OLD is found under NEW instead
   (``/cluster/videos=/mnt/videos``); other paths as stored.
 
+An imported store (`videolm store import`) keeps a source only where import
+was given ``--media``; for the others, ``--media-root DIR`` finds
+``DIR/<id>.<ext>`` (or the one ``<id>.<ext>`` below DIR), and without it
+there is nothing to read: ``source`` raises ``NoSource``, never decoding the
+imported ``.npy`` as a video.
+
 Features never depend on it: only the pictures read the media again."""
 
 from __future__ import annotations
@@ -19,9 +25,38 @@ class MediaRootError(ValueError):
     """A --media-root that names no directory; one line."""
 
 
+NO_SOURCE = "(imported without --media)"   # how a missing list names such an input
+
+
+class NoSource(LookupError):
+    """An imported input with no recorded source, and no --media-root DIR that has it."""
+
+
+class MediaIndex:
+    """Where each id's source is under a directory: the video or photo
+    (extensions in any case) at ``DIR/<id>.<ext>``, else the one file named
+    ``<last part of the id>.<ext>`` anywhere below DIR (YouCook2 keeps its
+    videos under split/recipe folders, released features flat)."""
+
+    def __init__(self, root: str):
+        from videolm.features.inputs import media_files
+
+        self.by_path: dict[str, str] = {}
+        by_stem: dict[str, list[str]] = {}
+        for path in media_files(root):
+            rel = os.path.splitext(os.path.relpath(path, root))[0].replace(os.sep, "/")
+            self.by_path.setdefault(rel, path)
+            by_stem.setdefault(rel.rsplit("/", 1)[-1], []).append(path)
+        self.by_stem = {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
+
+    def __call__(self, video_id: str) -> str | None:
+        return self.by_path.get(video_id) or self.by_stem.get(video_id.rsplit("/", 1)[-1])
+
+
 class MediaRoot:
     def __init__(self, spec: str | None = None):
         self.spec, self.old, self.new = spec, None, None
+        self._by_id: MediaIndex | None = None
         if spec is None:
             return
         if os.path.isdir(spec):                        # DIR (even one whose name holds '=')
@@ -53,11 +88,34 @@ class MediaRoot:
 
     def source(self, row: dict) -> str:
         """The file to read a stored row's frames from: its source media (an
-        imported store's ``media``, else ``path``), through this root."""
-        return self(row.get("media") or row["path"])
+        imported store's ``media``, else ``path``), through this root. An
+        imported row without ``media``: found by id under ``--media-root
+        DIR``, else ``NoSource``."""
+        if row.get("media"):
+            return self(row["media"])
+        if row.get("reader") != "imported":
+            return self(row["path"])
+        if self.new is not None and self.old is None:
+            if self._by_id is None:
+                self._by_id = MediaIndex(self.new)
+            found = self._by_id(row["video_id"])
+            if found is not None:
+                return found
+        raise NoSource(f"{row['video_id']} {NO_SOURCE}")
+
+    def shown(self, row: dict) -> str:
+        """What a list of unreadable sources names for ``row``."""
+        try:
+            return self.source(row)
+        except NoSource as err:
+            return str(err)
 
     def hint(self, missing: list[str]) -> str:
         """What to say after sources could not be read: how to point at where they are now."""
+        if any(m.endswith(NO_SOURCE) for m in missing):
+            return ("an imported store records a source only where `videolm store import` was given --media; "
+                    + ("no file named after these ids is under " + self.spec if self.spec is not None and
+                       self.old is None else "--media-root DIR finds DIR/<id>.<ext>"))
         if self.spec is not None:
             return f"(--media-root {self.spec} gave these paths)"
         relative = any(not os.path.isabs(p) for p in missing)

@@ -139,12 +139,23 @@ class Run:
         return self.result
 
 
-def begin_run(items: list[InputItem], writer: StoreWriter, cfg: ExtractConfig, input_errors: list[InputError],
-              progress: Progress, dim: int) -> Run:
+@dataclass(frozen=True)
+class Selection:
+    """Which listed inputs a run takes (ExtractConfig has the same three):
+    this shard, failed ones again, at most ``limit``."""
+
+    shard: tuple[int, int] | None = None
+    retry_failed: bool = False
+    limit: int | None = None
+
+
+def begin_run(items: list[InputItem], writer: StoreWriter, cfg: ExtractConfig | Selection,
+              input_errors: list[InputError], progress: Progress, dim: int) -> Run:
     """What is left to do: this shard of the inputs, less ids stored from
     another file (their errors), finished inputs (skipped) and inputs a killed
     run finished (taken from its partials); plans the shards and starts the
-    progress stages. Both engines call it, so they write the same store."""
+    progress stages. Both engines and `store import` call it, so they write
+    the same store and count the same way."""
     result = ExtractResult(writer.root)
     if cfg.shard is not None:
         items = items[cfg.shard[0] :: cfg.shard[1]]

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from videolm.features.media_root import MediaRoot
+from videolm.features.media_root import MediaRoot, NoSource
 from videolm.features.store import FeatureStore
 from videolm.tokenize.kmeans import Progress
 from videolm.tokenize.vocab import TokenizeError, Vocabulary, open_for_encoding
-from videolm.video.decode import DecodeError, load_image, open_video
+from videolm.video.decode import IMAGE_EXTENSIONS, DecodeError, load_image, open_video
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +100,43 @@ def middle_frame(row: dict, clip: int) -> int:
     return min(max(int(np.floor(mid * row["fps"])), 0), last)
 
 
+def source_row(row: dict, media_root: MediaRoot) -> dict:
+    """``row`` with ``path`` the file to read its frames from (``media_root.source``)
+    and, for an imported row whose source is found only now (``--media-root``),
+    the fps and frame count read from that source. Raises NoSource, DecodeError."""
+    row = {**row, "path": media_root.source(row)}
+    if row.get("reader") == "imported" and not row.get("fps") and not row["path"].lower().endswith(IMAGE_EXTENSIONS):
+        info = open_video(row["path"]).info
+        row.update(fps=float(info.fps), num_frames=int(info.num_frames or 0))
+    return row
+
+
 def _read_middle_frames(store: FeatureStore, clips: list[_Clip], size: int, progress: Progress,
                         media_root: MediaRoot) -> tuple[dict[tuple[int, int], np.ndarray], list[str]]:
     """(video row, clip) -> (size, size, 3) uint8, one decode pass per video."""
+    sources: dict[int, dict | None] = {}   # video row -> its row with the source to read, None: none to read
     wanted: dict[int, dict[int, list[int]]] = {}  # video row -> frame index -> clips
+    frames, missing = {}, []
     for c in clips:
-        row = store.rows[c.video]
+        if c.video not in sources:
+            row = store.rows[c.video]
+            try:
+                sources[c.video] = source_row(row, media_root)
+            except NoSource as err:
+                sources[c.video] = None
+                missing.append(str(err))
+            except DecodeError as err:
+                sources[c.video] = None
+                log.warning("%s: cannot read frames for the gallery (%s)", media_root.shown(row), err)
+                missing.append(media_root.shown(row))
+        row = sources[c.video]
+        if row is None:
+            continue
         index = 0 if row.get("kind") == "image" else middle_frame(row, c.clip)
         wanted.setdefault(c.video, {}).setdefault(index, []).append(c.clip)
-    frames, missing = {}, []
     progress.start("frames", len(wanted))
     for v, by_index in wanted.items():
-        row = store.rows[v]
-        row = {**row, "path": media_root.source(row)}
+        row = sources[v]
         try:
             got = _decode(row, sorted(by_index), size)
         except DecodeError as err:
@@ -128,7 +152,7 @@ def _read_middle_frames(store: FeatureStore, clips: list[_Clip], size: int, prog
 
 
 def _decode(row: dict, indices: list[int], size: int) -> dict[int, np.ndarray]:
-    if row.get("kind") == "image":
+    if row.get("kind") == "image" or row["path"].lower().endswith(IMAGE_EXTENSIONS):   # (an imported row's photo)
         frame, _ = load_image(row["path"], size, size)
         return {0: frame}
     reader = open_video(row["path"], size, size)

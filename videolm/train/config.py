@@ -272,6 +272,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> PretrainConfig:
     try:
         cfg.train.validate()
         cfg.eval.validate()
+        if "sources" in (tree.get("data") or {}) and not cfg.data.sources:   # set, to nothing
+            raise DataError("data.sources is empty; list at least one manifest (see docs/formats.md)")
         cfg.data.check_values()
         cfg.model.check_settings()
     except (ConfigError, EvalError, DataError, ModelError) as err:   # "train.steps must be ...": name where that key was set
