@@ -141,6 +141,27 @@ def test_workers_and_batch_order_do_not_change_the_bytes(media_dir, tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes()
 
 
+def test_decode_workers_after_pyav_decoded_here_are_not_forked(media_dir, tmp_path):
+    """Once PyAV has decoded in this process (blue.mpg: decord cannot open it),
+    the workers come from a forkserver (a forked one hangs with PyAV 18.1.1),
+    and they write the bytes in-process decoding writes; a process that never
+    loaded PyAV (the CLI's) keeps the platform's default."""
+    from videolm.features.extract import decode_context
+    from videolm.video.decode import open_video
+
+    reader = open_video(str(media_dir / "blue.mpg"), 32, 32)
+    assert type(reader).__name__ == "PyAVVideo" and sum(1 for _ in reader.frames()) > 0
+    assert decode_context().get_start_method() == "forkserver"
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("extract", media_dir, "-o", a, *SMALL, "--workers", "0") == 0
+    assert run_cli("extract", media_dir, "-o", b, *SMALL, "--workers", "2") == 0
+    for name in ["index/video_id.npy", "shards/00000.npy", "times/00000.npy"]:
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    fresh = subprocess.run([sys.executable, "-c", "from videolm.features.extract import decode_context; "
+                            "print(decode_context())"], capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == "None"
+
+
 def test_sharded_extraction_and_merge_equal_one_run(media_dir, tmp_path, capsys):
     whole = tmp_path / "whole"
     assert run_cli("extract", media_dir, "-o", whole, *SMALL) == 0

@@ -40,6 +40,37 @@ from videolm.video.sampling import ClipSpec
 from videolm.video.transforms import normalize_clips
 
 
+def decode_context():
+    """The multiprocessing context of the decode workers: the platform's
+    default (``fork`` on Linux before Python 3.14), unless PyAV is loaded in
+    this process; then ``forkserver``, whose server process (started once,
+    with this module imported) has never decoded, so a worker does not
+    inherit a decoder's state. With PyAV 18.1.1 a worker forked after PyAV
+    decoded in the parent hangs on a lock held at fork time (a notebook that
+    looked at a video, a test suite). Fork stays the rule otherwise: a
+    forkserver worker re-imports the caller's main script, which must then
+    guard its work with ``if __name__ == "__main__":`` (the CLI's does)."""
+    import multiprocessing
+    import sys
+
+    if "av" not in sys.modules or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["videolm.features.extract"])
+    return ctx
+
+
+def start_decode_server() -> None:
+    """Start the forkserver (where ``decode_context`` picks it) now, so that its
+    imports (1-3 s of torch on 2 cores) overlap building the backbone instead
+    of delaying the first batch."""
+    ctx = decode_context()
+    if ctx is not None:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def _lower_priority(nice: int, _worker_id: int) -> None:
     """Decoding workers yield the CPU to the backbone's threads when both want
     it: on few cores an oversubscribed backbone stalls at every parallel barrier."""
@@ -75,6 +106,8 @@ def extract(items: list[InputItem], out: str, cfg: ExtractConfig, input_errors: 
     spec = clip_spec_for(cfg)
     device = torch.device(cfg.device)
     warn_random_weights(cfg)
+    if cfg.workers:
+        start_decode_server()
     if backbone is None:
         backbone = build_backbone(cfg.backbone, cfg.weights, seed=cfg.seed, temporal=cfg.temporal)
     backbone = backbone.to(device).eval()
@@ -122,6 +155,7 @@ def _extract(run, cfg: ExtractConfig, spec: ClipSpec, device, backbone, dim: int
     workers = min(cfg.workers, len(decode))
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None,
+                        multiprocessing_context=decode_context() if workers else None,
                         worker_init_fn=partial(_lower_priority, cfg.worker_nice) if cfg.worker_nice else None)
     videos: dict[int, _Video] = {}
     queue: list[tuple[int, int, torch.Tensor]] = []  # (pos, clip index, (T, H, W, 3))
