@@ -133,7 +133,8 @@ def _add_store(sub) -> None:
                                       "  videolm store import feats/howto100m_s3d s3d_npy/ --window 1 --name s3d_howto100m")
     imp.add_argument("out", help="new store directory (or one an earlier import began)")
     imp.add_argument("inputs", nargs="+", help=".npy files, or directories searched for *.npy")
-    imp.add_argument("--window", type=float, required=True, help="seconds each clip (feature vector) spans")
+    imp.add_argument("--window", type=float, default=None,
+                     help="seconds each clip (feature vector) spans (an export's directory brings its own)")
     imp.add_argument("--stride", type=float, default=None, help="seconds between clip starts (default: --window)")
     imp.add_argument("--name", default="features", help="what computed them (recorded as backbone imported:NAME)")
     imp.add_argument("--weights", default="unknown", help="their weights or source, recorded in meta.json")

@@ -241,11 +241,34 @@ def test_export_writes_every_input_and_imports_back(sample_store, tmp_path, caps
         assert cli(["store", "export", sample_store, str(bad), "-q"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {bad}: {says}") and len(err.splitlines()) == 1, err
-    # ... and read back by import: the same features under the same ids (clips.jsonl is not an .npy)
-    assert cli(["store", "import", str(tmp_path / "again"), str(out), "--window", "0.5", "-q"]) == 0
+    # ... and read back by import, the clip spacing, kinds and clip times from the export's own files:
+    # the same features, stills and clips under the same ids
+    assert cli(["store", "import", str(tmp_path / "again"), str(out), "-q"]) == 0
     again = FeatureStore(str(tmp_path / "again"))
-    assert sorted(again.ids()) == sorted(src.ids())
-    assert all(np.array_equal(np.asarray(again.features(v)), np.asarray(src.features(v))) for v in src.ids())
+    assert sorted(again.ids()) == sorted(src.ids()) and any(src.is_image(v) for v in src.ids())
+    for v in src.ids():
+        assert np.array_equal(np.asarray(again.features(v)), np.asarray(src.features(v)))
+        assert again.is_image(v) == src.is_image(v) and np.array_equal(again.clip_times(v), src.clip_times(v))
+    spec = src.meta["clip_spec"]
+    assert again.meta["clip_spec"]["window_s"] == spec["window_s"]
+    # another spacing than the export's is refused; a clips.jsonl row that does not fit its file fails that file
+    assert cli(["store", "import", str(tmp_path / "other"), str(out), "--window", str(spec["window_s"] * 3), "-q"]) == 2
+    assert "leave --window and --stride out" in capsys.readouterr().err
+    rows = [json.loads(line) for line in open(out / "clips.jsonl")]
+    video = next(r for r in rows if r["kind"] == "video")
+    video.update(num_clips=video["num_clips"] + 1, clip_start=video["clip_start"] + [0.0],
+                 clip_end=video["clip_end"] + [0.0])
+    (out / "clips.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli(["store", "import", str(tmp_path / "tampered"), str(out), "-q"]) == 1
+    reasons = {r["video_id"]: r["reason"] for r in map(json.loads, open(tmp_path / "tampered" / "errors.jsonl"))}
+    n = len(src.features(video["video_id"]))
+    assert reasons == {video["video_id"]: f"clips.jsonl lists {n + 1} clip(s) for it; the file holds {n}"}
+    (out / "clips.jsonl").write_text("{not json\n")
+    assert cli(["store", "import", str(tmp_path / "broken"), str(out), "-q"]) == 2
+    assert f"{out / 'clips.jsonl'}:1: not a clips.jsonl row" in capsys.readouterr().err
+    # plain .npy files still need the spacing
+    assert cli(["store", "import", str(tmp_path / "plain"), str(out / f"{video['video_id']}.npy"), "-q"]) == 2
+    assert "--window is needed" in capsys.readouterr().err
 
 
 def test_a_killed_import_resumes_and_loses_nothing(npy_dir, tmp_path, monkeypatch, capsys):

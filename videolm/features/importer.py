@@ -10,7 +10,10 @@ of video_features (``<video>_s3d.npy``, ``<video>_i3d.npy``, ... beside
 holds a (clips, dim) floating-point array (a 1-D array is one clip); the
 clips are consecutive windows: clip i spans ``[i * stride, i * stride +
 window]`` seconds, the spacing the features were computed at, which the
-user gives (it is not in the files). Files are read with
+user gives (it is not in the files), or, for a directory that `videolm
+store export` wrote, its ``export.json`` gives and its ``clips.jsonl`` lists
+each file's kind and clip times, so an export comes back as it was stored
+(stills as stills). Files are read with
 ``np.load(allow_pickle=False)`` after their ``.npy`` header is checked: an
 array of Python objects is refused, so loading never runs pickled code.
 
@@ -233,13 +236,69 @@ def store_dim(files: list[tuple[str, str]], out: str) -> int:
     return dim
 
 
-def _row(features: np.ndarray, path: str, window: float, stride: float, media_path: str | None) -> dict:
+@dataclass
+class Exported:
+    """What `videolm store export` wrote beside its files: the clip spacing
+    (export.json) and each file's kind and clip times (clips.jsonl)."""
+
+    window: float
+    stride: float
+    listed: dict[str, dict]   # real path of a file -> its clips.jsonl row
+
+
+def exported(inputs: list[str]) -> Exported | None:
+    """The exports among the input directories, read; None when there is none.
+    Exports of different clip spacings, or a malformed clips.jsonl, are refused."""
+    found, listed = [], {}
+    for given in inputs:
+        marker, listing = os.path.join(given, EXPORT_MARKER), os.path.join(given, "clips.jsonl")
+        if not (os.path.isdir(given) and os.path.isfile(marker) and os.path.isfile(listing)):
+            continue
+        try:
+            with open(marker) as f:
+                spec = json.load(f)["clip_spec"]
+            window = float(spec["window_s"])
+            found.append((window, float(spec.get("stride_s") or window), marker))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ImportUsageError(f"{marker}: not an export's marker ({first_line(err)})") from None
+        with open(listing, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    file, n = row["file"], int(row["num_clips"])
+                    if row["kind"] not in ("video", "image") or len(row["clip_start"]) != n or \
+                            len(row["clip_end"]) != n:
+                        raise ValueError("kind or clip times do not fit num_clips")
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ImportUsageError(f"{listing}:{lineno}: not a clips.jsonl row ({first_line(err)})") from None
+                listed[os.path.realpath(os.path.join(given, file))] = row
+    if not found:
+        return None
+    if len({(w, st) for w, st, _ in found}) > 1:
+        raise ImportUsageError("the exports have different clip spacings: " + ", ".join(
+            f"{w:g} s every {st:g} s ({m})" for w, st, m in found) + "; import each into its own store")
+    return Exported(found[0][0], found[0][1], listed)
+
+
+def _row(features: np.ndarray, path: str, window: float, stride: float, media_path: str | None,
+         listed: dict | None = None) -> dict:
+    """The store row of one file: its clips every ``stride`` seconds, or as an
+    export's clips.jsonl row ``listed`` gives them (kind and clip times)."""
     n = len(features)
-    start = np.arange(n, dtype=np.float64) * stride
     st = os.stat(path)
-    row = {"kind": "video", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "reader": "imported",
-           "duration": float(start[-1] + window), "fps": 0.0, "num_frames": 0,
-           "clip_start": start.tolist(), "clip_end": (start + window).tolist()}
+    if listed is not None:
+        if int(listed["num_clips"]) != n:
+            raise ValueError(f"clips.jsonl lists {listed['num_clips']} clip(s) for it; the file holds {n}")
+        start, end = np.asarray(listed["clip_start"], np.float64), np.asarray(listed["clip_end"], np.float64)
+        kind = listed["kind"]
+    else:
+        start = np.arange(n, dtype=np.float64) * stride
+        end, kind = start + window, "video"
+    row = {"kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "reader": "imported",
+           "duration": float(end.max()), "fps": 0.0, "num_frames": 1 if kind == "image" else 0,
+           "clip_start": start.tolist(), "clip_end": end.tolist()}
     if media_path is not None:
         from videolm.video.decode import IMAGE_EXTENSIONS, DecodeError, open_video
 
@@ -269,19 +328,30 @@ def _check_settings(out: str, window: float, stride: float, dtype: str, media: s
         raise ImportUsageError(f"{out}: exists and is not a directory; give a new store directory")
 
 
-def import_features(inputs: list[str], out: str, window: float, stride: float | None = None,
+def import_features(inputs: list[str], out: str, window: float | None = None, stride: float | None = None,
                     name: str = "features", weights: str = "unknown", dtype: str = "float16", suffix: str = "",
                     media: str | None = None, videos_per_shard: int = 256, retry_failed: bool = False,
                     progress: Progress | None = None) -> ImportResult:
     """Import the feature files under ``inputs`` into the store ``out`` (new, or
     one this import began: a rerun resumes, and with ``retry_failed`` reads the
     files that failed again). ``window`` / ``stride``: seconds each clip spans
-    and between clip starts (default: the window). ``result.media_found``:
-    how many ids ``media`` had a source for."""
+    and between clip starts (default: the window); an export's directory
+    (`videolm store export`) brings its own, and each file's kind and clip
+    times. ``result.media_found``: how many ids ``media`` had a source for."""
     progress = progress or Progress()
+    export = exported(inputs)
+    if export is not None:
+        if window is not None and (window, window if stride is None else stride) != (export.window, export.stride):
+            raise ImportUsageError(f"an export's clips are {export.window:g} s every {export.stride:g} s "
+                                   f"(its export.json); leave --window and --stride out")
+        window, stride = export.window, export.stride
+    if window is None:
+        raise ImportUsageError("--window is needed: the seconds each feature vector spans (the files do not say; "
+                               "an export's directory does)")
     stride = window if stride is None else stride
     _check_settings(out, window, stride, dtype, media, name)
     files = feature_files(inputs, suffix, out)
+    listed = export.listed if export is not None else {}
     t0 = time.perf_counter()
     dim = store_dim(files, out)
     meta = {"backbone": f"imported:{name}", "weights": weights, "dim": dim, "dtype": dtype,
@@ -298,7 +368,8 @@ def import_features(inputs: list[str], out: str, window: float, stride: float | 
             try:
                 feats = read_features(item.path, dim, dtype)
                 res = Finished(item.video_id, item.path, feats,
-                               _row(feats, item.path, window, stride, source(item.video_id)))
+                               _row(feats, item.path, window, stride, source(item.video_id),
+                                    listed.get(os.path.realpath(item.path))))
             except (ValueError, OSError) as err:
                 res = Finished(item.video_id, item.path, None, {}, first_line(err))
             run.record(pos, res)
