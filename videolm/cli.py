@@ -413,9 +413,10 @@ def _store_import(args) -> int:
     print(f"videolm store import: {result.ok} imported ({result.clips} clips), {result.failed} failed, "
           f"{result.skipped} already done{earlier}, in {result.seconds:.1f} s -> {args.out}")
     if result.media_found is not None:
-        total = result.ok + result.failed + result.skipped
-        print(f"--media {args.media}: a source for {result.media_found} of {total} ids"
-              + ("" if result.media_found == total else " (the others' pictures are grey tiles)"))
+        looked = result.media_looked
+        print(f"--media {args.media}: a source for {result.media_found} of the {looked} files read now"
+              + ("" if result.media_found == looked else " (the others' pictures are grey tiles)")
+              + (f"; the {result.skipped} already done keep what their import recorded" if result.skipped else ""))
     # 1 as long as the store holds a failed file of this list, as for extract
     return EXIT_SOME_FAILED if result.failed or result.skipped_failed else EXIT_OK
 

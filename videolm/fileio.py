@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 
@@ -43,6 +43,24 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    _replace(tmp, path)
+
+
+@contextmanager
+def atomic_writer(path: str):
+    """A text file written as it goes (for a listing too large to build in
+    memory first) under a temporary name, fsynced and renamed to ``path`` when
+    the block ends; an error leaves ``path`` as it was."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with suppress(OSError):
+            os.remove(tmp)
+        raise
     _replace(tmp, path)
 
 

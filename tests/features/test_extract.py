@@ -145,7 +145,7 @@ def test_decode_workers_after_pyav_decoded_here_are_not_forked(media_dir, tmp_pa
     """Once PyAV has decoded in this process (blue.mpg: decord cannot open it),
     the workers come from a forkserver (a forked one hangs with PyAV 18.1.1),
     and they write the bytes in-process decoding writes; a process that never
-    loaded PyAV (the CLI's) keeps the platform's default."""
+    loaded PyAV (the CLI's) forks them."""
     from videolm.features.extract import decode_context
     from videolm.video.decode import open_video
 
@@ -158,8 +158,8 @@ def test_decode_workers_after_pyav_decoded_here_are_not_forked(media_dir, tmp_pa
     for name in ["index/video_id.npy", "shards/00000.npy", "times/00000.npy"]:
         assert (a / name).read_bytes() == (b / name).read_bytes()
     fresh = subprocess.run([sys.executable, "-c", "from videolm.features.extract import decode_context; "
-                            "print(decode_context())"], capture_output=True, text=True, check=True)
-    assert fresh.stdout.strip() == "None"
+                            "print(decode_context().get_start_method())"], capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == "fork"
 
 
 def test_sharded_extraction_and_merge_equal_one_run(media_dir, tmp_path, capsys):

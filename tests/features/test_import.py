@@ -122,10 +122,14 @@ def test_what_a_directory_holds_besides_the_features(npy_dir, tmp_path, capsys):
     assert run(tmp_path / "flow", d, "--window", 1, "--suffix", "_flow", "--dtype", "float32") == 0
     flow = FeatureStore(str(tmp_path / "flow"))
     assert sorted(flow.ids()) == sorted(arrays) and flow.dim == 7
-    # a file and the directory that holds it: one input, not an id from two files
+    # a file and the directory that holds it: one input, not an id from two files, whatever the order
     v = next(iter(arrays))
     assert run(tmp_path / "twice", d / f"{v}_s3d.npy", d, "--window", 1, "--suffix", "_s3d") == 0
     assert sorted(FeatureStore(str(tmp_path / "twice")).ids()) == sorted(arrays)
+    (d / "sub").mkdir()
+    np.save(d / "sub" / "nested_s3d.npy", arrays[v])
+    assert run(tmp_path / "nested", d, d / "sub" / "nested_s3d.npy", "--window", 1, "--suffix", "_s3d") == 0
+    assert sorted(FeatureStore(str(tmp_path / "nested")).ids()) == sorted([*arrays, "sub/nested"])
     # a store given as an input: one line
     assert run(tmp_path / "again", inside, "--window", 1) == 2
     assert "a videolm feature store, not .npy features" in capsys.readouterr().err
@@ -182,10 +186,15 @@ def test_what_reads_an_imported_store(npy_dir, tmp_path, capsys):
     Image.open(skimage_photo("astronaut")).convert("RGB").save(media / "still.JPG")
     out = tmp_path / "store"
     assert run(out, d, "--window", 0.5, "--suffix", "_s3d", "--media", media) == 0
-    assert f"--media {media}: a source for {len(arrays) + 1} of {len(arrays) + 1} ids\n" in capsys.readouterr().out
+    assert f"--media {media}: a source for {len(arrays) + 1} of the {len(arrays) + 1} files read now\n" in \
+        capsys.readouterr().out
     store = FeatureStore(str(out))
     v = "bikes"
-    assert store.entry(v)["media"] == str(media / "clips" / "bikes.MP4") and store.entry(v)["fps"] == src.entry(v)["fps"]
+    assert store.entry(v)["media"] == str(media / "clips" / "bikes.MP4")
+    # a rerun reads nothing, so it records no source: it says so rather than count the folder's files
+    assert run(out, d, "--window", 0.5, "--suffix", "_s3d", "--media", media) == 0
+    assert (f"a source for 0 of the 0 files read now; the {len(arrays) + 1} already done keep what their import "
+            f"recorded") in capsys.readouterr().out
     assert np.array_equal(middle_frame_of(store, "still", 32), load_image(str(media / "still.JPG"), 32, 32)[0])
     vocab = tmp_path / "vocab"
     assert cli(["tokenize", "fit", str(out), "-o", str(vocab), "--k", "2", "--depth", "2", "-q"]) == 0
@@ -195,7 +204,7 @@ def test_what_reads_an_imported_store(npy_dir, tmp_path, capsys):
     np.save(tmp_path / "unseen.npy", np.ones(dim, np.float32))   # no source below the folder
     assert run(tmp_path / "two", tmp_path / "unseen.npy", d / "bikes_s3d.npy", "--window", 1, "--suffix", "_s3d",
                "--media", media) == 0
-    assert (f"--media {media}: a source for 1 of 2 ids (the others' pictures are grey tiles)"
+    assert (f"--media {media}: a source for 1 of the 2 files read now (the others' pictures are grey tiles)"
             in capsys.readouterr().out)
     # imported without --media: no source, and the .npy is never decoded as a video
     bare = tmp_path / "bare"
@@ -254,6 +263,14 @@ def test_export_writes_every_input_and_imports_back(sample_store, tmp_path, caps
     # another spacing than the export's is refused; a clips.jsonl row that does not fit its file fails that file
     assert cli(["store", "import", str(tmp_path / "other"), str(out), "--window", str(spec["window_s"] * 3), "-q"]) == 2
     assert "leave --window and --stride out" in capsys.readouterr().err
+    # --stride alone, or plain files beside the export: refused, as their spacing would be the export's
+    assert cli(["store", "import", str(tmp_path / "other"), str(out), "--stride", "0.01", "-q"]) == 2
+    assert "leave --window and --stride out" in capsys.readouterr().err
+    plain = tmp_path / "plain_dir"
+    plain.mkdir()
+    np.save(plain / "z.npy", np.ones((2, src.dim), np.float32))
+    assert cli(["store", "import", str(tmp_path / "mixed"), str(out), str(plain), "-q"]) == 2
+    assert f"{plain}: not an export; import an export on its own" in capsys.readouterr().err
     rows = [json.loads(line) for line in open(out / "clips.jsonl")]
     video = next(r for r in rows if r["kind"] == "video")
     video.update(num_clips=video["num_clips"] + 1, clip_start=video["clip_start"] + [0.0],
@@ -266,6 +283,16 @@ def test_export_writes_every_input_and_imports_back(sample_store, tmp_path, caps
     (out / "clips.jsonl").write_text("{not json\n")
     assert cli(["store", "import", str(tmp_path / "broken"), str(out), "-q"]) == 2
     assert f"{out / 'clips.jsonl'}:1: not a clips.jsonl row" in capsys.readouterr().err
+    for bad_row, says in (('{"video_id": "a", "file": 5, "kind": "video", "num_clips": 1, "clip_start": [0], '
+                           '"clip_end": [1]}', "file must be a .npy path, not 5"),
+                          ('{"video_id": "a", "file": "a.npy", "kind": "video", "num_clips": 2, "clip_start": [0, '
+                           'null], "clip_end": [1, 2]}', "clip_start must be 2 finite numbers of seconds"),
+                          ('{"video_id": "\xff"}', "not a clips.jsonl row")):
+        (out / "clips.jsonl").write_bytes(bad_row.encode("latin-1") + b"\n")
+        assert cli(["store", "import", str(tmp_path / "broken"), str(out), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {out / 'clips.jsonl'}:1: not a clips.jsonl row") and says in err, err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "broken").exists()
     # plain .npy files still need the spacing
     assert cli(["store", "import", str(tmp_path / "plain"), str(out / f"{video['video_id']}.npy"), "-q"]) == 2
     assert "--window is needed" in capsys.readouterr().err
@@ -296,3 +323,16 @@ def test_a_killed_import_resumes_and_loses_nothing(npy_dir, tmp_path, monkeypatc
     store = FeatureStore(str(out))
     assert sorted(store.ids()) == sorted(arrays)
     assert all(np.array_equal(np.asarray(store.features(v)), a) for v, a in arrays.items())
+
+
+def test_an_export_keeps_ids_named_like_sidecars(npy_dir, tmp_path, capsys):
+    """video_features' sidecar names are skipped in a plain folder, never in an
+    export, which holds nothing but features: every id comes back."""
+    d, arrays, _ = npy_dir
+    v = next(iter(arrays))
+    np.save(tmp_path / "run_fps.npy", arrays[v])   # given as a file: read, whatever its name
+    assert run(tmp_path / "s", d / f"{v}_s3d.npy", tmp_path / "run_fps.npy", "--window", 1, "--suffix", "_s3d") == 0
+    assert sorted(FeatureStore(str(tmp_path / "s")).ids()) == sorted([v, "run_fps"])
+    assert cli(["store", "export", str(tmp_path / "s"), str(tmp_path / "exp"), "-q"]) == 0
+    assert run(tmp_path / "back", tmp_path / "exp") == 0
+    assert sorted(FeatureStore(str(tmp_path / "back")).ids()) == sorted([v, "run_fps"])

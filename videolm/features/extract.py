@@ -41,20 +41,24 @@ from videolm.video.transforms import normalize_clips
 
 
 def decode_context():
-    """The multiprocessing context of the decode workers: the platform's
-    default (``fork`` on Linux before Python 3.14), unless PyAV is loaded in
-    this process; then ``forkserver``, whose server process (started once,
+    """The multiprocessing context of the decode workers. On Linux: ``fork``
+    (named, as Python 3.14 made forkserver the default), unless PyAV is loaded
+    in this process; then ``forkserver``, whose server process (started once,
     with this module imported) has never decoded, so a worker does not
     inherit a decoder's state. With PyAV 18.1.1 a worker forked after PyAV
     decoded in the parent hangs on a lock held at fork time (a notebook that
-    looked at a video, a test suite). Fork stays the rule otherwise: a
-    forkserver worker re-imports the caller's main script, which must then
-    guard its work with ``if __name__ == "__main__":`` (the CLI's does)."""
+    looked at a video, a test suite). Fork stays the rule otherwise: its
+    workers start at once and share the input list, while a forkserver worker
+    gets a pickled copy of it and re-imports the caller's main script, which
+    must then guard its work with ``if __name__ == "__main__":``. Elsewhere
+    (macOS, Windows): the platform's default, spawn, which inherits nothing."""
     import multiprocessing
     import sys
 
-    if "av" not in sys.modules or "forkserver" not in multiprocessing.get_all_start_methods():
+    if not sys.platform.startswith("linux"):
         return None
+    if "av" not in sys.modules:
+        return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["videolm.features.extract"])
     return ctx
@@ -65,7 +69,7 @@ def start_decode_server() -> None:
     imports (1-3 s of torch on 2 cores) overlap building the backbone instead
     of delaying the first batch."""
     ctx = decode_context()
-    if ctx is not None:
+    if ctx is not None and ctx.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
         forkserver.ensure_running()

@@ -65,7 +65,8 @@ class ImportResult(ExtractResult):
     """Extraction's counts (ok, failed, skipped and of them failed earlier,
     clips, seconds, errors) and how many ids ``--media`` had a source for."""
 
-    media_found: int | None = None
+    media_found: int | None = None   # of the files read this run (``media_looked``)
+    media_looked: int = 0
 
 
 class ImportUsageError(ValueError):
@@ -81,15 +82,23 @@ def _is_store(directory: str) -> bool:
         return False
 
 
+def _is_export(directory: str) -> bool:
+    """A directory `videolm store export` wrote (its marker and clips.jsonl)."""
+    return os.path.isfile(os.path.join(directory, EXPORT_MARKER)) and \
+        os.path.isfile(os.path.join(directory, "clips.jsonl"))
+
+
 def _npy_under(root: str, skip: set[str]) -> list[str]:
-    """The .npy files below ``root`` (sorted, sidecars left out), not
+    """The .npy files below ``root`` (sorted; video_features' sidecars left
+    out, except in an export, which holds nothing but features), not
     descending into a feature store or a directory in ``skip`` (real paths)."""
+    sidecars = () if _is_export(root) else SIDECARS
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in skip
                              and not _is_store(os.path.join(dirpath, d)))
         found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if f.endswith(".npy") and not f.endswith(SIDECARS)]
+                  if f.endswith(".npy") and not (sidecars and f.endswith(sidecars))]
     return found
 
 
@@ -100,7 +109,8 @@ def feature_files(inputs: list[str], suffix: str = "", out: str | None = None) -
     less ``.npy`` and ``suffix``; under a directory, its path relative to that
     directory, folders kept (as extraction names a directory's videos). With
     a ``suffix``, only files whose name ends ``SUFFIX.npy`` are read. One file
-    given twice counts once; two files with one id are refused."""
+    given twice (alone and in its directory) counts once, under the id it was
+    found under first; two files with one id are refused."""
     skip = {os.path.realpath(out)} if out is not None else set()
     found: list[tuple[str, str]] = []
     wanted = suffix + ".npy"
@@ -127,14 +137,17 @@ def feature_files(inputs: list[str], suffix: str = "", out: str | None = None) -
                 stem = stem[: -len(suffix)]
             found.append((stem.replace(os.sep, "/"), path))
     seen: dict[str, str] = {}
+    taken: set[str] = set()   # real paths
     unique = []
     for video_id, path in found:
+        real = os.path.realpath(path)
+        if real in taken:
+            continue   # the same file, given twice
         if video_id in seen:
-            if os.path.realpath(seen[video_id]) == os.path.realpath(path):
-                continue   # the same file, given twice (a file and its directory)
             raise ImportUsageError(f"id {video_id!r} comes from two files, {seen[video_id]} and {path}; "
                                    f"import them into separate stores")
         seen[video_id] = path
+        taken.add(real)
         unique.append((video_id, path))
     return unique
 
@@ -239,47 +252,85 @@ def store_dim(files: list[tuple[str, str]], out: str) -> int:
 @dataclass
 class Exported:
     """What `videolm store export` wrote beside its files: the clip spacing
-    (export.json) and each file's kind and clip times (clips.jsonl)."""
+    (export.json) and each file's kind and clip times (clips.jsonl). Rows
+    are checked once and read again when their file is imported, so no
+    clip times are held for the whole listing."""
 
     window: float
     stride: float
-    listed: dict[str, dict]   # real path of a file -> its clips.jsonl row
+    where: dict[str, tuple[str, int, int]]   # real path of a file -> (clips.jsonl, byte offset, line number)
+
+    def row(self, path: str) -> dict:
+        """The clips.jsonl row of ``path``; ValueError (that file's error) where
+        its export does not list it, or the row changed since it was checked."""
+        found = self.where.get(os.path.realpath(path))
+        if found is None:
+            raise ValueError("not listed in its export's clips.jsonl")
+        listing, offset, lineno = found
+        with open(listing, "rb") as f:
+            f.seek(offset)
+            try:
+                return _listed_row(f.readline())
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{listing}:{lineno} changed since the import began ({first_line(err)})") from None
+
+
+def _listed_row(line: bytes) -> dict:
+    """One clips.jsonl row, checked: ValueError with the reason."""
+    row = json.loads(line)
+    if not isinstance(row, dict):
+        raise ValueError("not a JSON object")
+    file, kind, n = row.get("file"), row.get("kind"), row.get("num_clips")
+    if not isinstance(file, str) or not file.endswith(".npy"):
+        raise ValueError(f"file must be a .npy path, not {file!r}")
+    if kind not in ("video", "image"):
+        raise ValueError(f"kind must be video or image, not {kind!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_clips must be a positive integer, not {n!r}")
+    for key in ("clip_start", "clip_end"):
+        values = row.get(key)
+        if not isinstance(values, list) or len(values) != n or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"{key} must be {n} finite numbers of seconds")
+    if any(e < b for b, e in zip(row["clip_start"], row["clip_end"])):
+        raise ValueError("a clip ends before it starts")
+    return row
 
 
 def exported(inputs: list[str]) -> Exported | None:
-    """The exports among the input directories, read; None when there is none.
-    Exports of different clip spacings, or a malformed clips.jsonl, are refused."""
-    found, listed = [], {}
+    """The exports among the input directories, checked; None when there is
+    none. Exports of different clip spacings, or a clips.jsonl row that is
+    not one (naming file:line), are refused."""
+    found, where = [], {}
     for given in inputs:
-        marker, listing = os.path.join(given, EXPORT_MARKER), os.path.join(given, "clips.jsonl")
-        if not (os.path.isdir(given) and os.path.isfile(marker) and os.path.isfile(listing)):
+        if not (os.path.isdir(given) and _is_export(given)):
             continue
+        marker, listing = os.path.join(given, EXPORT_MARKER), os.path.join(given, "clips.jsonl")
         try:
-            with open(marker) as f:
+            with open(marker, encoding="utf-8") as f:
                 spec = json.load(f)["clip_spec"]
             window = float(spec["window_s"])
-            found.append((window, float(spec.get("stride_s") or window), marker))
+            stride = float(spec.get("stride_s") or window)
         except (ValueError, KeyError, TypeError) as err:
             raise ImportUsageError(f"{marker}: not an export's marker ({first_line(err)})") from None
-        with open(listing, encoding="utf-8") as f:
+        found.append((window, stride, marker))
+        with open(listing, "rb") as f:
+            offset = 0
             for lineno, line in enumerate(f, 1):
+                here, offset = offset, offset + len(line)
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                    file, n = row["file"], int(row["num_clips"])
-                    if row["kind"] not in ("video", "image") or len(row["clip_start"]) != n or \
-                            len(row["clip_end"]) != n:
-                        raise ValueError("kind or clip times do not fit num_clips")
-                except (ValueError, KeyError, TypeError) as err:
+                    row = _listed_row(line)
+                except (ValueError, TypeError) as err:   # JSON and UTF-8 errors are ValueErrors
                     raise ImportUsageError(f"{listing}:{lineno}: not a clips.jsonl row ({first_line(err)})") from None
-                listed[os.path.realpath(os.path.join(given, file))] = row
+                where[os.path.realpath(os.path.join(given, row["file"]))] = (listing, here, lineno)
     if not found:
         return None
     if len({(w, st) for w, st, _ in found}) > 1:
         raise ImportUsageError("the exports have different clip spacings: " + ", ".join(
             f"{w:g} s every {st:g} s ({m})" for w, st, m in found) + "; import each into its own store")
-    return Exported(found[0][0], found[0][1], listed)
+    return Exported(found[0][0], found[0][1], where)
 
 
 def _row(features: np.ndarray, path: str, window: float, stride: float, media_path: str | None,
@@ -299,17 +350,8 @@ def _row(features: np.ndarray, path: str, window: float, stride: float, media_pa
     row = {"kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "reader": "imported",
            "duration": float(end.max()), "fps": 0.0, "num_frames": 1 if kind == "image" else 0,
            "clip_start": start.tolist(), "clip_end": end.tolist()}
-    if media_path is not None:
-        from videolm.video.decode import IMAGE_EXTENSIONS, DecodeError, open_video
-
+    if media_path is not None:   # never opened here: the pictures read its fps when they draw it
         row["media"] = media_path
-        if not media_path.lower().endswith(IMAGE_EXTENSIONS):
-            try:
-                info = open_video(media_path).info
-                row.update(fps=float(info.fps), num_frames=int(info.num_frames or 0), width=info.width,
-                           height=info.height)
-            except DecodeError:
-                pass   # the pictures will say the source cannot be read
     return row
 
 
@@ -337,13 +379,23 @@ def import_features(inputs: list[str], out: str, window: float | None = None, st
     files that failed again). ``window`` / ``stride``: seconds each clip spans
     and between clip starts (default: the window); an export's directory
     (`videolm store export`) brings its own, and each file's kind and clip
-    times. ``result.media_found``: how many ids ``media`` had a source for."""
+    times. ``result.media_found``: how many of the files read this run
+    ``media`` had a source for (a rerun records no source for files already
+    imported)."""
     progress = progress or Progress()
     export = exported(inputs)
     if export is not None:
-        if window is not None and (window, window if stride is None else stride) != (export.window, export.stride):
-            raise ImportUsageError(f"an export's clips are {export.window:g} s every {export.stride:g} s "
-                                   f"(its export.json); leave --window and --stride out")
+        plain = [given for given in inputs if not (os.path.isdir(given) and _is_export(given))]
+        if plain:
+            raise ImportUsageError(f"{plain[0]}: not an export; import an export on its own (its clips come from "
+                                   f"its clips.jsonl) and plain .npy files into another store")
+        if window is not None or stride is not None:   # given: it must be the export's
+            w = window if window is not None else export.window
+            st = stride if stride is not None else w
+            if (w, st) != (export.window, export.stride):
+                raise ImportUsageError(f"the export's clips are {export.window:g} s every {export.stride:g} s "
+                                       f"(its export.json), not {w:g} s every {st:g} s; leave --window and "
+                                       f"--stride out")
         window, stride = export.window, export.stride
     if window is None:
         raise ImportUsageError("--window is needed: the seconds each feature vector spans (the files do not say; "
@@ -351,7 +403,7 @@ def import_features(inputs: list[str], out: str, window: float | None = None, st
     stride = window if stride is None else stride
     _check_settings(out, window, stride, dtype, media, name)
     files = feature_files(inputs, suffix, out)
-    listed = export.listed if export is not None else {}
+    listed = export.row if export is not None else (lambda path: None)
     t0 = time.perf_counter()
     dim = store_dim(files, out)
     meta = {"backbone": f"imported:{name}", "weights": weights, "dim": dim, "dtype": dtype,
@@ -369,7 +421,7 @@ def import_features(inputs: list[str], out: str, window: float | None = None, st
                 feats = read_features(item.path, dim, dtype)
                 res = Finished(item.video_id, item.path, feats,
                                _row(feats, item.path, window, stride, source(item.video_id),
-                                    listed.get(os.path.realpath(item.path))))
+                                    listed(item.path)))
             except (ValueError, OSError) as err:
                 res = Finished(item.video_id, item.path, None, {}, first_line(err))
             run.record(pos, res)
@@ -379,8 +431,8 @@ def import_features(inputs: list[str], out: str, window: float | None = None, st
         result = run.end(t0)
     finally:
         writer.close()
-    found = sum(source(v) is not None for v, _ in files) if media is not None else None
-    return ImportResult(**vars(result), media_found=found)
+    found = sum(source(item.video_id) is not None for item in run.decode) if media is not None else None
+    return ImportResult(**vars(result), media_found=found, media_looked=len(run.decode))
 
 
 # ------------------------------------------------------------------ export
@@ -406,7 +458,7 @@ def export_store(store_dir: str, out: str, dtype: str | None = None,
     into the same OUT skips the files already written (each is written
     atomically) and writes clips.jsonl again, last."""
     from videolm.features.store import FeatureStore
-    from videolm.fileio import atomic_save_npy, atomic_write_json, atomic_write_jsonl
+    from videolm.fileio import atomic_save_npy, atomic_write_json, atomic_writer
 
     progress = progress or Progress()
     if dtype not in (None, "float16", "float32"):
@@ -434,24 +486,25 @@ def export_store(store_dir: str, out: str, dtype: str | None = None,
     os.makedirs(out, exist_ok=True)
     atomic_write_json(marker, mine)
     t0 = time.perf_counter()
-    result, rows = ExportResult(out), []
+    result = ExportResult(out)
     progress.start("inputs", len(ids))
-    for video_id in ids:
-        file = video_id + ".npy"
-        path = os.path.join(out, file)
-        features = store.features(video_id)
-        if os.path.isfile(path):
-            result.skipped += 1
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_save_npy(path, np.asarray(features, dtype=dtype or store.dtype))
-            result.written += 1
-        times = store.clip_times(video_id)
-        rows.append({"video_id": video_id, "file": file, "kind": "image" if store.is_image(video_id) else "video",
-                     "num_clips": int(len(features)), "clip_start": times[:, 0].tolist(),
-                     "clip_end": times[:, 1].tolist()})
-        result.clips += len(features)
-        progress.advance(1, "inputs")
-    atomic_write_jsonl(os.path.join(out, "clips.jsonl"), rows)
+    with atomic_writer(os.path.join(out, "clips.jsonl")) as listing:   # written as it goes, renamed last
+        for video_id in ids:
+            file = video_id + ".npy"
+            path = os.path.join(out, file)
+            features = store.features(video_id)
+            if os.path.isfile(path):
+                result.skipped += 1
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                atomic_save_npy(path, np.asarray(features, dtype=dtype or store.dtype))
+                result.written += 1
+            times = store.clip_times(video_id)
+            listing.write(json.dumps({"video_id": video_id, "file": file,
+                                      "kind": "image" if store.is_image(video_id) else "video",
+                                      "num_clips": int(len(features)), "clip_start": times[:, 0].tolist(),
+                                      "clip_end": times[:, 1].tolist()}, sort_keys=True) + "\n")
+            result.clips += len(features)
+            progress.advance(1, "inputs")
     result.seconds = time.perf_counter() - t0
     return result
