@@ -41,8 +41,9 @@ from videolm.video.transforms import normalize_clips
 
 
 def decode_context():
-    """The multiprocessing context of the decode workers. On Linux: ``fork``
-    (named, as Python 3.14 made forkserver the default), unless PyAV is loaded
+    """The multiprocessing context of the decode workers (None: the default).
+    On Linux: ``fork`` (named on Python 3.14, which made forkserver the
+    default; a method the caller set is kept), unless PyAV is loaded
     in this process; then ``forkserver``, whose server process (started once,
     with this module imported) has never decoded, so a worker does not
     inherit a decoder's state. With PyAV 18.1.1 a worker forked after PyAV
@@ -58,6 +59,8 @@ def decode_context():
     if not sys.platform.startswith("linux"):
         return None
     if "av" not in sys.modules:
+        if multiprocessing.get_start_method(allow_none=True) is not None or sys.version_info < (3, 14):
+            return None   # the caller's chosen method, or fork, the default: the DataLoader's own path
         return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["videolm.features.extract"])
@@ -69,7 +72,7 @@ def start_decode_server() -> None:
     imports (1-3 s of torch on 2 cores) overlap building the backbone instead
     of delaying the first batch."""
     ctx = decode_context()
-    if ctx is not None and ctx.get_start_method() == "forkserver":
+    if ctx is not None and ctx.get_start_method() == "forkserver":   # (None: fork)
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
