@@ -163,6 +163,55 @@ def test_decode_workers_after_pyav_decoded_here_are_not_forked(media_dir, tmp_pa
     assert fresh.stdout.strip() == "fork"
 
 
+def _forkserver_processes() -> set[int]:
+    found = set()
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"multiprocessing.forkserver import main" in f.read():
+                    found.add(int(pid))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver workers: Linux")
+def test_forkserver_workers_go_when_the_main_process_is_killed(media_dir, tmp_path):
+    """A process that loaded PyAV extracts through forkserver workers; killed
+    hard (SIGKILL) mid-run, its server and workers must not stay behind."""
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import av, sys
+from videolm.features.config import ExtractConfig
+from videolm.features.inputs import collect_inputs
+from videolm.features.extract import extract
+if __name__ == "__main__":
+    items, errors = collect_inputs([{str(media_dir)!r}] * 1)
+    items = [type(items[0])(f"{{i}}-{{it.video_id}}", it.path, it.origin) for i in range(50) for it in items]
+    cfg = ExtractConfig(backbone="mobilenet_v2", weights={str(WEIGHTS)!r}, workers=1, frames=2, window_s=1.0,
+                        short_side=64, crop=64)
+    print("start", flush=True)
+    extract(items, {str(tmp_path / "store")!r}, cfg, errors)
+""")
+    before = _forkserver_processes()
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().strip() == b"start"
+        deadline = time.time() + 60
+        while not (_forkserver_processes() - before) and time.time() < deadline:
+            time.sleep(0.2)
+        started = _forkserver_processes() - before
+        assert started, "no forkserver started"
+        time.sleep(2.0)   # the worker is decoding
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 15
+    while started & _forkserver_processes() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not started & _forkserver_processes()
+
+
 def test_sharded_extraction_and_merge_equal_one_run(media_dir, tmp_path, capsys):
     whole = tmp_path / "whole"
     assert run_cli("extract", media_dir, "-o", whole, *SMALL) == 0

@@ -78,10 +78,31 @@ def start_decode_server() -> None:
         forkserver.ensure_running()
 
 
-def _lower_priority(nice: int, _worker_id: int) -> None:
-    """Decoding workers yield the CPU to the backbone's threads when both want
-    it: on few cores an oversubscribed backbone stalls at every parallel barrier."""
-    os.nice(nice)
+def _init_worker(main_pid: int, nice: int, _worker_id: int) -> None:
+    """A decode worker's start. With ``nice``, it yields the CPU to the
+    backbone's threads when both want it: on few cores an oversubscribed
+    backbone stalls at every parallel barrier. A worker that is not the main
+    process's child (a forkserver's) also watches the main process: torch's
+    own watchdog notices only the death of the worker's parent, here the
+    server, so a main process killed hard (SIGKILL, an OOM kill) left the
+    worker and its server running, about 1 GB, measured."""
+    if nice:
+        os.nice(nice)
+    if os.getppid() != main_pid:
+        import threading
+
+        threading.Thread(target=_exit_without, args=(main_pid,), daemon=True).start()
+
+
+def _exit_without(pid: int) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:   # a process of another user: alive
+            pass
 
 
 class ClipStream(IterableDataset):
@@ -163,7 +184,7 @@ def _extract(run, cfg: ExtractConfig, spec: ClipSpec, device, backbone, dim: int
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None,
                         multiprocessing_context=decode_context() if workers else None,
-                        worker_init_fn=partial(_lower_priority, cfg.worker_nice) if cfg.worker_nice else None)
+                        worker_init_fn=partial(_init_worker, os.getpid(), cfg.worker_nice) if workers else None)
     videos: dict[int, _Video] = {}
     queue: list[tuple[int, int, torch.Tensor]] = []  # (pos, clip index, (T, H, W, 3))
     check = OutputCheck(f"{cfg.backbone} (weights {cfg.weights})") if cfg.check_output else None
