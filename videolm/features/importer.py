@@ -174,21 +174,9 @@ def _open(path: str) -> np.ndarray:
         raise ValueError(f"cannot be read ({first_line(err)})") from None
 
 
-def _shape_of(path: str) -> tuple[int, int]:
-    """(clips, dim) from the header alone; ValueError as ``read_features``."""
-    array = _open(path)
-    if array.ndim == 1:
-        return 1, array.shape[0]
-    if array.ndim != 2:
-        raise ValueError(f"an array of shape {array.shape}; expected (clips, dim)")
-    if array.dtype.kind != "f":
-        raise ValueError(f"dtype {array.dtype}; expected floating-point features")
-    return array.shape
-
-
-def read_features(path: str, dim: int | None = None, dtype: str = "float32") -> np.ndarray:
-    """(clips, dim) float32 of one file; ValueError with a one-line reason,
-    also when a value does not fit ``dtype``, the store's precision."""
+def _open_features(path: str) -> np.ndarray:
+    """The file's (clips, dim) floating-point array, memory-mapped (a 1-D
+    array is one clip); ValueError with a one-line reason otherwise."""
     array = _open(path)
     if array.ndim == 1:
         array = array[None, :]
@@ -196,6 +184,18 @@ def read_features(path: str, dim: int | None = None, dtype: str = "float32") -> 
         raise ValueError(f"an array of shape {array.shape}; expected (clips, dim)")
     if array.dtype.kind != "f":
         raise ValueError(f"dtype {array.dtype}; expected floating-point features")
+    return array
+
+
+def _shape_of(path: str) -> tuple[int, int]:
+    """(clips, dim) from the header alone; ValueError as ``read_features``."""
+    return _open_features(path).shape
+
+
+def read_features(path: str, dim: int | None = None, dtype: str = "float32") -> np.ndarray:
+    """(clips, dim) float32 of one file; ValueError with a one-line reason,
+    also when a value does not fit ``dtype``, the store's precision."""
+    array = _open_features(path)
     if array.shape[0] == 0:
         raise ValueError("no clips (shape (0, dim))")
     if dim is not None and array.shape[1] != dim:
@@ -416,12 +416,14 @@ def import_features(inputs: list[str], out: str, window: float | None = None, st
         run = begin_run([InputItem(v, p, p) for v, p in files], writer, Selection(retry_failed=retry_failed), [],
                         progress, dim)
         result = run.result
+        found = 0
         for pos, item in enumerate(run.decode):
+            media_path = source(item.video_id)
+            found += media_path is not None
             try:
                 feats = read_features(item.path, dim, dtype)
                 res = Finished(item.video_id, item.path, feats,
-                               _row(feats, item.path, window, stride, source(item.video_id),
-                                    listed(item.path)))
+                               _row(feats, item.path, window, stride, media_path, listed(item.path)))
             except (ValueError, OSError) as err:
                 res = Finished(item.video_id, item.path, None, {}, first_line(err))
             run.record(pos, res)
@@ -431,8 +433,8 @@ def import_features(inputs: list[str], out: str, window: float | None = None, st
         result = run.end(t0)
     finally:
         writer.close()
-    found = sum(source(item.video_id) is not None for item in run.decode) if media is not None else None
-    return ImportResult(**vars(result), media_found=found, media_looked=len(run.decode))
+    return ImportResult(**vars(result), media_found=found if media is not None else None,
+                        media_looked=len(run.decode))
 
 
 # ------------------------------------------------------------------ export
