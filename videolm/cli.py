@@ -140,6 +140,8 @@ def _add_store(sub) -> None:
     imp.add_argument("--weights", default="unknown", help="their weights or source, recorded in meta.json")
     imp.add_argument("--suffix", default="", help="left off each file name's id (video_features: _s3d, _i3d, ...)")
     imp.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored precision")
+    imp.add_argument("--no-timestamps", action="store_true",
+                     help="clips every --stride seconds even where video_features' _timestamps_ms.npy is beside a file")
     imp.add_argument("--media", default=None, metavar="DIR",
                      help="where the source videos or photos are (DIR/<id>.<ext>, or the one <id>.<ext> below DIR), "
                           "for galleries and retrieval examples")
@@ -368,6 +370,8 @@ def _cmd_store(args) -> int:
                       else "frames and size not recorded (imported features)")
             print(f"clip       {spec.get('window_s')} s window, stride {spec.get('stride_s') or spec.get('window_s')} s, "
                   f"{frames}")
+            if str(store.meta.get("imported", {}).get("clip_times", "")).startswith("timestamps"):
+                print("           clip times from video_features' _timestamps_ms.npy where one was beside a file")
             print(f"inputs     {s['videos']} videos, {s['images']} images in {s['shards']} shard(s)")
             print(f"clips      {s['clips']} x {s['dim']} ({s['dtype']})")
             print(f"failures   {s['failed']} (warnings: {s['warnings']}; see errors.jsonl)")
@@ -401,7 +405,8 @@ def _store_import(args) -> int:
     bars = _Bars(args.quiet, os.path.join(args.out, "errors.jsonl"))
     try:
         result = import_features(args.inputs, args.out, args.window, args.stride, args.name, args.weights, args.dtype,
-                                 args.suffix, args.media, args.videos_per_shard, args.retry_failed, bars)
+                                 args.suffix, args.media, args.videos_per_shard, args.retry_failed, bars,
+                                 not args.no_timestamps)
     except ImportUsageError as err:
         raise CliError(str(err)) from None
     except OSError as err:   # the store cannot be written there (permissions, a full disk)

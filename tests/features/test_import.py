@@ -336,3 +336,56 @@ def test_an_export_keeps_ids_named_like_sidecars(npy_dir, tmp_path, capsys):
     assert cli(["store", "export", str(tmp_path / "s"), str(tmp_path / "exp"), "-q"]) == 0
     assert run(tmp_path / "back", tmp_path / "exp") == 0
     assert sorted(FeatureStore(str(tmp_path / "back")).ids()) == sorted([v, "run_fps"])
+
+
+def test_video_features_timestamps_give_the_clip_times(tmp_path, capsys):
+    """video_features' frame-wise extractors (CLIP, ResNet) stamp each
+    frame's own time, its I3D (_rgb / _flow) the last frame of each stack:
+    the clips start, or end, at those times (milliseconds, as its
+    cv2 CAP_PROP_POS_MSEC gives them), each --window long."""
+    d = tmp_path / "vf"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    frames_ms = np.array([0.0, 40.0, 80.0, 120.0, 200.0])   # a dropped frame: not every 40 ms
+    np.save(d / "a_CLIP-ViT-B-32.npy", rng.standard_normal((5, 6)).astype(np.float32))
+    np.save(d / "a_fps.npy", np.array(25.0))
+    np.save(d / "a_timestamps_ms.npy", frames_ms)
+    np.save(d / "b_CLIP-ViT-B-32.npy", rng.standard_normal((3, 6)).astype(np.float32))
+    np.save(d / "b_timestamps_ms.npy", np.array([0.0, 40.0]))   # one short: b fails, naming its sidecar
+    np.save(d / "c_CLIP-ViT-B-32.npy", rng.standard_normal((2, 6)).astype(np.float32))   # no sidecar
+    out = tmp_path / "clip"
+    assert run(out, d, "--window", 0.04, "--suffix", "_CLIP-ViT-B-32") == 1
+    store = FeatureStore(str(out))
+    assert sorted(store.ids()) == ["a", "c"]
+    assert np.allclose(store.clip_times("a"), np.stack([frames_ms / 1000, frames_ms / 1000 + 0.04], 1))
+    assert np.allclose(store.clip_times("c"), [[0.0, 0.04], [0.04, 0.08]])   # the spacing, as before
+    assert cli(["store", "info", str(out)]) == 0
+    assert "clip times from video_features' _timestamps_ms.npy" in capsys.readouterr().out
+    row = json.loads((out / "errors.jsonl").read_text().splitlines()[0])
+    assert row["video_id"] == "b" and "b_timestamps_ms.npy holds 2 timestamp(s); the file holds 3 clip(s)" in \
+        row["reason"]
+    # I3D: 64-frame stacks every 64 frames at 25 fps, stamped at each stack's last frame
+    i3d = tmp_path / "i3d"
+    i3d.mkdir()
+    ends_ms = np.array([2560.0, 5120.0, 7680.0])
+    for key, dim in (("rgb", 8), ("flow", 8)):
+        np.save(i3d / f"v_{key}.npy", rng.standard_normal((3, dim)).astype(np.float32))
+    np.save(i3d / "v_timestamps_ms.npy", ends_ms)
+    capsys.readouterr()
+    assert run(tmp_path / "rgb", i3d, "--window", 2.56, "--suffix", "_rgb") == 0
+    assert np.allclose(FeatureStore(str(tmp_path / "rgb")).clip_times("v"),
+                       [[0.0, 2.56], [2.56, 5.12], [5.12, 7.68]])
+    # without --suffix, the sidecar of the longest matching prefix ("v") is found, and the key is flow
+    assert run(tmp_path / "flow", i3d / "v_flow.npy", "--window", 2.56) == 0
+    assert np.allclose(FeatureStore(str(tmp_path / "flow")).clip_times("v_flow"),
+                       [[0.0, 2.56], [2.56, 5.12], [5.12, 7.68]])
+    # --no-timestamps: clip i at i * stride, the sidecar left alone
+    assert run(tmp_path / "plain", d / "a_CLIP-ViT-B-32.npy", "--window", 0.04, "--suffix", "_CLIP-ViT-B-32",
+               "--no-timestamps") == 0
+    plain = FeatureStore(str(tmp_path / "plain"))
+    assert np.allclose(plain.clip_times("a")[:, 0], 0.04 * np.arange(5))
+    assert plain.meta["imported"]["clip_times"] == "spacing"
+    # a rerun that would place clips otherwise than the import that began the store: one line
+    capsys.readouterr()
+    assert run(tmp_path / "plain", d, "--window", 0.04, "--suffix", "_CLIP-ViT-B-32") == 2
+    assert "its import placed clips by spacing, this one by timestamps" in capsys.readouterr().err

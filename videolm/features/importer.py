@@ -6,11 +6,13 @@ way, a store as one ``<id>.npy`` per input (and ``clips.jsonl``) for other tools
 Released clip features come this way: fairseq MMPT / VideoCLIP's HowTo100M
 S3D features (``<video_id>.npy``, one 512-d vector per second), the outputs
 of video_features (``<video>_s3d.npy``, ``<video>_i3d.npy``, ... beside
-``_fps.npy`` / ``_timestamps_ms.npy`` sidecars, which are skipped). A file
-holds a (clips, dim) floating-point array (a 1-D array is one clip); the
-clips are consecutive windows: clip i spans ``[i * stride, i * stride +
+``_fps.npy`` / ``_timestamps_ms.npy`` sidecars, which are not features). A
+file holds a (clips, dim) floating-point array (a 1-D array is one clip);
+the clips are consecutive windows: clip i spans ``[i * stride, i * stride +
 window]`` seconds, the spacing the features were computed at, which the
-user gives (it is not in the files), or, for a directory that `videolm
+user gives (it is not in the files); where video_features wrote a
+``_timestamps_ms.npy`` beside a file, clip i spans ``window`` from its
+timestamp (to it, for I3D's stacks; ``timestamps_of``); for a directory that `videolm
 store export` wrote, its ``export.json`` gives and its ``clips.jsonl`` lists
 each file's kind and clip times, so an export comes back as it was stored
 (stills as stills). Files are read with
@@ -333,10 +335,57 @@ def exported(inputs: list[str]) -> Exported | None:
     return Exported(found[0][0], found[0][1], where)
 
 
+TIMESTAMPS = "_timestamps_ms.npy"
+STACK_END_KEYS = ("rgb", "flow")   # video_features' I3D: a stack's timestamp is its last frame's
+
+
+def timestamps_of(path: str, suffix: str = "") -> tuple[str, str] | None:
+    """The video_features sidecar beside the feature file ``path`` and what
+    its timestamps mark, ``"start"`` or ``"end"``; None when there is none.
+    video_features writes ``<video>_<key>.npy`` beside
+    ``<video>_timestamps_ms.npy``: with ``suffix`` the key is known; without,
+    the longest ``<video>`` whose sidecar is there. Its frame-wise
+    extractors (ResNet, CLIP, RAFT, ...) stamp each frame's own time, so a
+    clip starts there; its I3D (``_rgb`` / ``_flow``) stamps the stack's last
+    frame, so a clip ends there."""
+    folder, name = os.path.split(path)
+    stem = name[: -len(".npy")]
+    if suffix:
+        splits = [len(stem) - len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix) else []
+    else:
+        splits = sorted((i for i, c in enumerate(stem) if c == "_" and i > 0), reverse=True)
+    for cut in splits:
+        sidecar = os.path.join(folder, stem[:cut] + TIMESTAMPS)
+        if os.path.isfile(sidecar):
+            key = stem[cut:].lstrip("_")
+            return sidecar, "end" if key in STACK_END_KEYS else "start"
+    return None
+
+
+def read_timestamps(sidecar: str, clips: int) -> np.ndarray:
+    """Seconds from a ``_timestamps_ms.npy`` sidecar of a file of ``clips``
+    clips; ValueError naming the sidecar when it does not fit them."""
+    name = os.path.basename(sidecar)
+    try:
+        ms = _open(sidecar)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    if ms.ndim != 1 or ms.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: an array of shape {ms.shape} and dtype {ms.dtype}; expected one number per clip")
+    if len(ms) != clips:
+        raise ValueError(f"{name} holds {len(ms)} timestamp(s); the file holds {clips} clip(s)")
+    seconds = np.asarray(ms, np.float64) / 1000.0
+    if not np.isfinite(seconds).all() or (seconds < 0).any() or (np.diff(seconds) < 0).any():
+        raise ValueError(f"{name}: timestamps must be finite, >= 0 and in order")
+    return seconds
+
+
 def _row(features: np.ndarray, path: str, window: float, stride: float, media_path: str | None,
-         listed: dict | None = None) -> dict:
+         listed: dict | None = None, stamped: tuple[str, str] | None = None) -> dict:
     """The store row of one file: its clips every ``stride`` seconds, or as an
-    export's clips.jsonl row ``listed`` gives them (kind and clip times)."""
+    export's clips.jsonl row ``listed`` gives them (kind and clip times), or
+    spanning ``window`` from (or to) each timestamp of a video_features
+    sidecar ``stamped`` (``timestamps_of``)."""
     n = len(features)
     st = os.stat(path)
     if listed is not None:
@@ -344,6 +393,10 @@ def _row(features: np.ndarray, path: str, window: float, stride: float, media_pa
             raise ValueError(f"clips.jsonl lists {listed['num_clips']} clip(s) for it; the file holds {n}")
         start, end = np.asarray(listed["clip_start"], np.float64), np.asarray(listed["clip_end"], np.float64)
         kind = listed["kind"]
+    elif stamped is not None:
+        at = read_timestamps(stamped[0], n)
+        start, end = (np.maximum(at - window, 0.0), at) if stamped[1] == "end" else (at, at + window)
+        kind = "video"
     else:
         start = np.arange(n, dtype=np.float64) * stride
         end, kind = start + window, "video"
@@ -370,16 +423,30 @@ def _check_settings(out: str, window: float, stride: float, dtype: str, media: s
         raise ImportUsageError(f"{out}: exists and is not a directory; give a new store directory")
 
 
+def _same_clip_times(out: str, clip_times: str) -> None:
+    """A rerun places its clips as the import that began the store did."""
+    try:
+        with open(os.path.join(out, "meta.json")) as f:
+            began = json.load(f)["imported"].get("clip_times")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if began is not None and began != clip_times:
+        raise ImportUsageError(f"{out}: its import placed clips by {began}, this one by {clip_times}; "
+                               f"rerun as it began (--no-timestamps or not) or write another store")
+
+
 def import_features(inputs: list[str], out: str, window: float | None = None, stride: float | None = None,
                     name: str = "features", weights: str = "unknown", dtype: str = "float16", suffix: str = "",
                     media: str | None = None, videos_per_shard: int = 256, retry_failed: bool = False,
-                    progress: Progress | None = None) -> ImportResult:
+                    progress: Progress | None = None, stamps: bool = True) -> ImportResult:
     """Import the feature files under ``inputs`` into the store ``out`` (new, or
     one this import began: a rerun resumes, and with ``retry_failed`` reads the
     files that failed again). ``window`` / ``stride``: seconds each clip spans
     and between clip starts (default: the window); an export's directory
     (`videolm store export`) brings its own, and each file's kind and clip
-    times. ``result.media_found``: how many of the files read this run
+    times. With ``stamps``, a plain file with a video_features
+    ``_timestamps_ms.npy`` beside it (``timestamps_of``) has its clips at
+    those times, each ``window`` long. ``result.media_found``: how many of the files read this run
     ``media`` had a source for (a rerun records no source for files already
     imported)."""
     progress = progress or Progress()
@@ -409,7 +476,10 @@ def import_features(inputs: list[str], out: str, window: float | None = None, st
     meta = {"backbone": f"imported:{name}", "weights": weights, "dim": dim, "dtype": dtype,
             "clip_spec": {"window_s": float(window), "stride_s": float(stride), "frames": None, "short_side": None,
                           "crop": None},
-            "imported": {"name": name, "from": [os.path.abspath(p) for p in inputs]}}
+            "imported": {"name": name, "from": [os.path.abspath(p) for p in inputs],
+                         "clip_times": "export" if export is not None else
+                         "timestamps where a _timestamps_ms.npy is beside" if stamps else "spacing"}}
+    _same_clip_times(out, meta["imported"]["clip_times"])
     source = MediaIndex(media) if media is not None else (lambda video_id: None)
     writer = StoreWriter(out, meta, videos_per_shard)
     try:
@@ -422,8 +492,9 @@ def import_features(inputs: list[str], out: str, window: float | None = None, st
             found += media_path is not None
             try:
                 feats = read_features(item.path, dim, dtype)
+                stamped = timestamps_of(item.path, suffix) if export is None and stamps else None
                 res = Finished(item.video_id, item.path, feats,
-                               _row(feats, item.path, window, stride, media_path, listed(item.path)))
+                               _row(feats, item.path, window, stride, media_path, listed(item.path), stamped))
             except (ValueError, OSError) as err:
                 res = Finished(item.video_id, item.path, None, {}, first_line(err))
             run.record(pos, res)
