@@ -62,6 +62,8 @@ def run_recipe(main) -> None:
     from videolm.eval.protocols import ProtocolError
     from videolm.features.importer import ImportUsageError
     from videolm.features.store import StoreError
+    from videolm.model.errors import ModelError
+    from videolm.text.tokenizer import TextError
     from videolm.tokenize.vocab import TokenizeError
     from videolm.train.config import ConfigError
 
@@ -69,7 +71,7 @@ def run_recipe(main) -> None:
     try:
         main()
     except (ConvertError, DataError, EvalError, ProtocolError, StoreError, TokenizeError, ConfigError,
-            ImportUsageError, FileNotFoundError) as err:
+            ImportUsageError, ModelError, TextError, FileNotFoundError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -108,6 +110,19 @@ def encode(store: str, vocab: str) -> None:
     name = os.path.basename(os.path.normpath(vocab))
     if not done(os.path.join(store, "tokens", name, "index.npy")):  # written last, when every shard is encoded
         cli("tokenize", "encode", store, "--vocab", vocab, "-q")
+
+
+def check_model(option: str, path: str) -> None:
+    """A saved model given on the command line, checked before anything runs (a
+    typo should not cost an extraction first): a ModelError naming the option."""
+    from videolm.errors import first_line
+    from videolm.model.errors import ModelError
+    from videolm.model.io import read_config
+
+    try:
+        read_config(path)
+    except ModelError as err:
+        raise ModelError(f"{option}: {first_line(err)}") from None
 
 
 def init_overrides(args, init_from: str, store: str) -> dict:
@@ -191,16 +206,20 @@ def cooking_data(args) -> dict[str, str]:
             ids = {v for v, _ in feature_files([args.howto100m_features], args.features_suffix,
                                                  os.path.join(args.out, "feats", "howto100m"))}
         else:
-            convert.media_inputs(os.path.join(args.howto100m, "videos"), p["howto100m_inputs"])
+            convert.media_inputs(os.path.join(args.howto100m, "videos"), p["howto100m_inputs"], videos_only=True)
             ids = {row["video_id"] for row in read_jsonl(p["howto100m_inputs"])}
-        captions = os.path.join(args.howto100m, "raw_caption.json")
-        convert.howto100m_asr(captions if os.path.exists(captions) else os.path.join(args.howto100m, "captions"),
-                              p["howto100m_asr"], ids)
+        names = ("raw_caption.json", "caption.json", "captions")   # the release's two JSONs, or a folder of CSVs
+        found = [os.path.join(args.howto100m, n) for n in names if os.path.exists(os.path.join(args.howto100m, n))]
+        if not found:
+            raise convert.ConvertError(f"{args.howto100m}: no {', '.join(names[:-1])} or {names[-1]}/ "
+                                       f"(HowTo100M's transcripts; docs/recipes.md)")
+        convert.howto100m_asr(found[0], p["howto100m_asr"], ids)
     if not done(p["youcook2_val_captions"] if imported else p["youcook2_val_inputs"]):
         convert.youcook2_manifest(annotations, p["youcook2_val_captions"], subset="validation")
         if not imported:
             ids = {row["video_id"] for row in read_jsonl(p["youcook2_val_captions"])}
-            convert.media_inputs(os.path.join(args.youcook2, "raw_videos"), p["youcook2_val_inputs"], ids)
+            convert.media_inputs(os.path.join(args.youcook2, "raw_videos"), p["youcook2_val_inputs"], ids,
+                                 videos_only=True)
     if not done(p["youcook2_zeroshot"]):
         convert.youcook2_zeroshot_truth(annotations, *youcook2_word_lists(), p["youcook2_zeroshot"])
     p["youcook2_annotations"] = annotations

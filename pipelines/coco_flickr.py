@@ -69,6 +69,8 @@ def main(argv=None) -> str:
         args.rerank_k = 2
     if args.mode == "videobert" and not args.init_from:
         p.error("--mode videobert needs a visual vocabulary: start from a VideoBERT model with --init-from")
+    if args.init_from:
+        S.check_model("--init-from", args.init_from)
     results = {name: run(args, name, root) for name, root in (("coco", args.coco), ("flickr30k", args.flickr30k))
                if root}
     return None if args.prepare_only else S.write_json(os.path.join(args.out, "results.json"), results)

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from videolm.fileio import atomic_savefig, atomic_write_bytes, atomic_write_json
+
 ARCHS = {  # name -> model overrides, from the depth
     "single": lambda d: {"model.arch": "single_stream", "model.num_layers": d},
     "two": lambda d: {"model.arch": "two_stream", "model.text_layers": d - 2, "model.visual_layers": d - 2,
@@ -58,8 +60,8 @@ def train(args, mode: str, arch: str, seed: int) -> str:
         return os.path.join(out, "model")
     os.makedirs(out, exist_ok=True)
     data = os.path.join(out, "data.yaml")
-    with open(data, "w") as f:
-        f.write("data:\n  sources:\n" + "".join(f"    - {{kind: {k}, manifest: {m}}}\n" for k, m in args.train))
+    atomic_write_bytes(data, ("data:\n  sources:\n" + "".join(f"    - {{kind: {k}, manifest: {m}}}\n"
+                                                              for k, m in args.train)).encode())
     values = {"model.mode": mode, "model.hidden_size": args.hidden, "model.num_heads": 2,
               "model.intermediate_size": 2 * args.hidden, "model.embed_dim": args.hidden, "model.dropout": 0.0,
               "model.attention_dropout": 0.0, "data.store": args.store, "data.max_text_len": args.max_text_len,
@@ -118,8 +120,7 @@ def evaluate_run(args, mode: str, model_dir: str) -> dict:
             labels = {r["id"]: str(r[name]) for r in rows if name in r}
             if labels:
                 result["zeroshot"][name] = zeroshot_dual(encoder, store, labels, sorted(set(labels.values()))).top1
-    with open(path, "w") as f:
-        json.dump(result, f)
+    atomic_write_json(path, result)   # a run killed while writing it leaves none, not a truncated one
     return result
 
 
@@ -159,9 +160,9 @@ def report(args, results: dict, seconds: float) -> str:
                              f"{y.mean() - x.mean():+.4g} | {win} | {'yes' if beyond else 'no'} |")
                 summary[f"{mode} / {setting} / {key}"] = {"winner": win, "beyond_spread": bool(beyond),
                                                           a: x.tolist(), b: y.tolist()}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"settings": vars(args) | {"train": args.train}, "seconds": seconds, "comparison": summary}, f,
-                  indent=1, default=str)
+    atomic_write_json(os.path.join(args.out, "results.json"),
+                      json.loads(json.dumps({"settings": vars(args) | {"train": args.train}, "seconds": seconds,
+                                             "comparison": summary}, default=str)))
     keys = [k for k in cells[(args.modes[0], "single")][0] if k.endswith("R@1") and "chance" not in k]
     fig, axes = plt.subplots(1, len(args.modes), figsize=(5 * len(args.modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], args.modes):
@@ -172,11 +173,10 @@ def report(args, results: dict, seconds: float) -> str:
         ax.set_title(f"{mode}: R@1 (mean +- std over seeds)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "compare_streams.png"), dpi=120)
+    atomic_savefig(fig, os.path.join(args.out, "compare_streams.png"), dpi=120)
     lines.append("\n![R@1 per direction](compare_streams.png)\n")
     path = os.path.join(args.out, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    atomic_write_bytes(path, "\n".join(lines).encode())
     return path
 
 

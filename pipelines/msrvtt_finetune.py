@@ -39,6 +39,9 @@ def main(argv=None) -> str:
     args = p.parse_args(argv)
     if args.tiny:
         args.holdout, args.rerank_k = 2, 2
+    if args.holdout < 1:   # validation picks the best step; it must not be the test split
+        p.error(f"--holdout must be >= 1 (training videos held out for validation), not {args.holdout}")
+    S.check_model("--init-from", args.init_from)
     root, data = args.msrvtt, os.path.join(args.out, "data")
     test_csv = os.path.join(root, "MSRVTT_JSFUSION_test.csv")
     train, val, inputs = (os.path.join(data, f"msrvtt_9k_{n}.jsonl") for n in ("train", "val", "inputs"))
@@ -50,7 +53,7 @@ def main(argv=None) -> str:
                                 holdout=args.holdout, holdout_out=val)
     if not S.done(inputs):
         wanted = {r["video_id"] for path in (train, val) for r in read_jsonl(path)} | convert.csv_ids(test_csv)
-        convert.media_inputs(os.path.join(root, "videos"), inputs, wanted)
+        convert.media_inputs(os.path.join(root, "videos"), inputs, wanted, videos_only=True)
     if args.prepare_only:
         return None
     store = S.extract(args, inputs, os.path.join(args.out, "feats", "msrvtt"))

@@ -37,13 +37,29 @@ def _replace(tmp: str, path: str) -> None:
     fsync_directory(os.path.dirname(path))
 
 
+@contextmanager
+def _temporary(tmp: str):
+    """``tmp`` removed when the block that writes it fails (a full disk, a
+    kill by KeyboardInterrupt), so a failed write leaves nothing behind."""
+    try:
+        yield tmp
+    except BaseException:
+        with suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _write_with(path: str, tmp: str, write) -> None:
+    with _temporary(tmp):
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, path)
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
+    _write_with(path, f"{path}.tmp-{os.getpid()}", lambda f: f.write(data))
 
 
 @contextmanager
@@ -52,16 +68,12 @@ def atomic_writer(path: str):
     memory first) under a temporary name, fsynced and renamed to ``path`` when
     the block ends; an error leaves ``path`` as it was."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with _temporary(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
-        with suppress(OSError):
-            os.remove(tmp)
-        raise
-    _replace(tmp, path)
+        _replace(tmp, path)
 
 
 def atomic_write_json(path: str, obj) -> None:
@@ -73,21 +85,11 @@ def atomic_write_jsonl(path: str, rows) -> None:
 
 
 def atomic_save_npy(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
+    _write_with(path, f"{path}.tmp-{os.getpid()}.npy", lambda f: np.save(f, array))
 
 
 def atomic_save_npz(path: str, **arrays) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
+    _write_with(path, f"{path}.tmp-{os.getpid()}.npz", lambda f: np.savez(f, **arrays))
 
 
 def _fsync_tree(root: str) -> None:
@@ -127,8 +129,9 @@ def atomic_directory(directory: str):
 def atomic_savefig(fig, path: str, dpi: int = 100) -> str:
     """A matplotlib figure as PNG, written to a temporary name and renamed."""
     tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi)
-    _replace(tmp, path)
+    with _temporary(tmp):
+        fig.savefig(tmp, dpi=dpi)
+        _replace(tmp, path)
     return path
 
 

@@ -345,7 +345,9 @@ def test_coco_flickr_finetuned_and_from_scratch(cbt_run, stills, mobilenet_weigh
     ("cbt_howto100m", ["--howto100m", "DATA/howto100m", "--youcook2", "DATA/youcook2"],
      "DATA/howto100m/videos: no such media folder"),
     ("msrvtt_finetune", ["--msrvtt", "DATA/msrvtt", "--init", "runs/x/model"],
-     "DATA/msrvtt/train_val_videodatainfo.json: no such annotation file"),
+     "--init-from: runs/x/model: no such model directory"),   # checked first: a typo costs no extraction
+    ("coco_flickr", ["--coco", "DATA/coco", "--init-from", "runs/x/model"],
+     "--init-from: runs/x/model: no such model directory"),
     ("coco_flickr", ["--coco", "DATA/coco"], "DATA/coco/dataset_coco.json: no such annotation file"),
     ("cbt_howto100m", ["--howto100m", "DATA/howto100m", "--youcook2", "DATA/youcook2", "--howto100m-features",
                        "DATA/s3d"], "give both --howto100m-features and --youcook2-features (the same network's "

@@ -40,3 +40,23 @@ def test_not_a_tokenizer_directory(tmp_path):
         with pytest.raises(TextError, match=message) as err:
             load_tokenizer(str(path))
         assert "\n" not in str(err.value) and str(err.value).startswith(str(path))
+
+
+def test_a_bare_vocab_txt_is_a_wordpiece_tokenizer(minilm, tmp_path):
+    """Google's BERT checkpoints ship vocab.txt and bert_config.json, no
+    tokenizer config: the tokenizer built from the vocabulary alone gives the
+    full tokenizer's ids; a vocabulary with capitals is kept cased."""
+    import shutil
+
+    bare = tmp_path / "uncased"
+    bare.mkdir()
+    shutil.copy(os.path.join(minilm, "vocab.txt"), bare / "vocab.txt")
+    (bare / "bert_config.json").write_text('{"hidden_size": 384}')
+    text = "A Rabbit jumps over the unaffable hedgehog, 3 times!"
+    full = load_tokenizer(minilm)
+    assert load_tokenizer(str(bare))(text)["input_ids"] == full(text)["input_ids"]
+    cased = tmp_path / "cased"
+    cased.mkdir()
+    (cased / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "The", "the", "cat"]))
+    ids = load_tokenizer(str(cased))("The cat")["input_ids"]
+    assert ids == [2, 5, 7, 3]   # [CLS] The cat [SEP]: "The" not lower-cased to "the" (6)

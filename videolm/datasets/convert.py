@@ -44,6 +44,7 @@ import sys
 from dataclasses import dataclass
 
 from videolm.features.inputs import MEDIA_EXTENSIONS
+from videolm.video.decode import VIDEO_EXTENSIONS
 from videolm.fileio import atomic_write_jsonl, read_json_file
 
 log = logging.getLogger(__name__)
@@ -73,15 +74,52 @@ def _key(obj, key: str, path: str, where: str, kind=None):
     return obj[key]
 
 
-def csv_ids(path: str) -> set[str]:
-    """The ``video_id`` column of a CSV (MSRVTT_JSFUSION_test.csv, MSRVTT_train.9k.csv)."""
+def _text(value, path: str, where: str) -> str:
+    """A caption or sentence: a string (a null is the file's mistake, never the caption "None")."""
+    if not isinstance(value, str):
+        raise ConvertError(f"{path}: {where} must be a string, not {type(value).__name__}")
+    return value.strip()
+
+
+def _seconds(value, path: str, where: str) -> float:
+    """A time in seconds: a finite number (or, in a CSV, its text)."""
+    try:
+        if isinstance(value, bool) or value is None:
+            raise ValueError
+        t = float(value)
+        if t != t or t in (float("inf"), float("-inf")):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConvertError(f"{path}: {where} must be a finite number of seconds, not {value!r}") from None
+    return t
+
+
+def _csv_rows(path: str, columns: tuple[str, ...]):
+    """(line number, row) of a CSV with ``columns`` (a byte-order mark, as a
+    spreadsheet saves one, is allowed); ConvertError naming file:line for a
+    missing column, a short row or text that is not UTF-8."""
     if not os.path.isfile(path):
         raise ConvertError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if "video_id" not in (reader.fieldnames or []):
-            raise ConvertError(f"{path}:1: no 'video_id' column")
-        return {row["video_id"].strip() for row in reader if row["video_id"].strip()}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ConvertError(f"{path}:1: no {missing[0]!r} column (expected {','.join(columns)})")
+            for row in reader:
+                short = [c for c in columns if row.get(c) is None]
+                if short:
+                    raise ConvertError(f"{path}:{reader.line_num}: no value for {short[0]!r} (a short row)")
+                yield reader.line_num, row
+    except UnicodeDecodeError as err:
+        raise ConvertError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except csv.Error as err:
+        raise ConvertError(f"{path}: not a readable CSV ({err})") from None
+
+
+def csv_ids(path: str) -> set[str]:
+    """The ``video_id`` column of a CSV (MSRVTT_JSFUSION_test.csv, MSRVTT_train.9k.csv)."""
+    return {row["video_id"].strip() for _, row in _csv_rows(path, ("video_id",)) if row["video_id"].strip()}
 
 
 def _write(path: str, rows: list[dict], items: int, skipped: int = 0) -> Converted:
@@ -96,19 +134,23 @@ def _write(path: str, rows: list[dict], items: int, skipped: int = 0) -> Convert
 # ------------------------------------------------------------------ media
 
 
-def media_inputs(root: str, out: str, ids: set[str] | None = None) -> Converted:
+def media_inputs(root: str, out: str, ids: set[str] | None = None, videos_only: bool = False) -> Converted:
     """An extraction manifest (``{"path", "video_id"}`` rows) of every media file
     below ``root``, its id the file name without extension (so nested layouts
     such as YouCook2's ``raw_videos/training/113/ID.mp4`` or COCO's
-    ``train2014/``, ``val2014/`` give the benchmark's ids); ``ids``: keep only those."""
+    ``train2014/``, ``val2014/`` give the benchmark's ids); ``ids``: keep only
+    those. ``videos_only``: photos are left out (a downloader's thumbnail
+    ``ID.jpg`` beside ``ID.mp4``). macOS's ``._NAME`` metadata files and
+    hidden files are never media."""
     if not os.path.isdir(root):
         raise ConvertError(f"{root}: no such media folder")
+    extensions = VIDEO_EXTENSIONS if videos_only else MEDIA_EXTENSIONS
     found: dict[str, str] = {}
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
-            if ext.lower() not in MEDIA_EXTENSIONS or (ids is not None and stem not in ids):
+            if name.startswith(".") or ext.lower() not in extensions or (ids is not None and stem not in ids):
                 continue
             path = os.path.join(folder, name)
             if stem in found:
@@ -135,12 +177,8 @@ def howto100m_asr(source: str, out: str, ids: set[str] | None = None) -> Convert
             if ext != ".csv" or (ids is not None and vid not in ids):
                 continue
             path = os.path.join(source, name)
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                missing = [c for c in ("start", "end", "text") if c not in (reader.fieldnames or [])]
-                if missing:
-                    raise ConvertError(f"{path}:1: no {missing[0]!r} column (expected start,end,text)")
-                videos[vid] = [(float(r["start"]), float(r["end"]), r["text"] or "") for r in reader]
+            videos[vid] = [(_seconds(r["start"], path, f"line {n}: start"), _seconds(r["end"], path, f"line {n}: end"),
+                            r["text"]) for n, r in _csv_rows(path, ("start", "end", "text"))]
     else:
         data = _read_json(source)
         if not isinstance(data, dict):
@@ -151,11 +189,12 @@ def howto100m_asr(source: str, out: str, ids: set[str] | None = None) -> Convert
             starts, ends, texts = (_key(caps, k, source, vid, list) for k in ("start", "end", "text"))
             if not len(starts) == len(ends) == len(texts):
                 raise ConvertError(f"{source}: {vid} has {len(starts)} starts, {len(ends)} ends, {len(texts)} texts")
-            videos[vid] = list(zip(starts, ends, texts))
+            videos[vid] = [(_seconds(s, source, f"{vid}.start[{k}]"), _seconds(e, source, f"{vid}.end[{k}]"), t)
+                           for k, (s, e, t) in enumerate(zip(starts, ends, texts))]
     rows, items, skipped = [], 0, 0
-    for vid in sorted(videos):
-        segments = [{"start": float(s), "end": float(e), "text": str(t).strip()} for s, e, t in videos[vid]
-                    if str(t).strip() and float(e) >= float(s)]
+    for vid in sorted(videos):   # an empty or non-string text (the ASR's null) or a backwards span: skipped, counted
+        segments = [{"start": s, "end": e, "text": t.strip()} for s, e, t in videos[vid]
+                    if isinstance(t, str) and t.strip() and e >= s]
         skipped += len(videos[vid]) - len(segments)
         if segments:
             rows.append({"video_id": vid, "segments": segments})
@@ -180,7 +219,8 @@ def _youcook2_segments(path: str, subset: str):
             segment = _key(ann, "segment", path, where, list)
             if len(segment) != 2 or not all(isinstance(t, (int, float)) for t in segment) or segment[1] < segment[0]:
                 raise ConvertError(f"{path}: {where}.segment must be [start, end] seconds, not {segment!r}")
-            yield vid, ann.get("id", j), float(segment[0]), float(segment[1]), str(_key(ann, "sentence", path, where))
+            yield vid, ann.get("id", j), float(segment[0]), float(segment[1]), \
+                _text(_key(ann, "sentence", path, where), path, f"{where}.sentence")
 
 
 def youcook2_manifest(path: str, out: str, subset: str = "training", kind: str = "caption") -> Converted:
@@ -235,14 +275,21 @@ def msrvtt_captions(annotations: list[str], out: str, exclude: str | None = None
     seeded draw, go to ``holdout_out`` instead: a validation set that is not
     the test split."""
     captions: dict[str, list[str]] = {}
+    origin: dict[str, str] = {}   # video id -> the file that lists it
     for path in annotations:
         data = _read_json(path)
         for i, video in enumerate(_key(data, "videos", path, "the file", list)):
-            captions.setdefault(str(_key(video, "video_id", path, f"videos[{i}]")), [])
+            vid = str(_key(video, "video_id", path, f"videos[{i}]"))
+            if vid in origin:   # its sentences would be counted twice
+                raise ConvertError(f"{path}: videos[{i}] is {vid!r}, which {origin[vid]} lists too; give each "
+                                   f"annotation file once (MSRVTT_data.json already holds all 10k videos)")
+            origin[vid] = path
+            captions[vid] = []
+        mine = {v for v, p in origin.items() if p == path}
         for i, sentence in enumerate(_key(data, "sentences", path, "the file", list)):
             vid = str(_key(sentence, "video_id", path, f"sentences[{i}]"))
-            text = str(_key(sentence, "caption", path, f"sentences[{i}]")).strip()
-            if vid not in captions:
+            text = _text(_key(sentence, "caption", path, f"sentences[{i}]"), path, f"sentences[{i}].caption")
+            if vid not in mine:
                 raise ConvertError(f"{path}: sentences[{i}] names video {vid!r}, which is not in its videos")
             if text:
                 captions[vid].append(text)
@@ -255,7 +302,12 @@ def msrvtt_captions(annotations: list[str], out: str, exclude: str | None = None
                                "give test_videodatainfo.json too")
         keep = wanted
     if exclude is not None:
-        keep -= csv_ids(exclude)
+        excluded = csv_ids(exclude)
+        absent = sorted(excluded - set(captions))
+        if absent and ids is None:   # the 9k split is the 10k less the test ids: they must be in the files read
+            raise ConvertError(f"{exclude}: {len(absent)} of its {len(excluded)} test ids are in no annotation file "
+                               f"(e.g. {absent[0]!r}); give test_videodatainfo.json too, or the split is not 9k")
+        keep -= excluded
     empty = sorted(v for v in keep if not captions[v])
     if empty:
         raise ConvertError(f"{annotations[0]}: {len(empty)} videos have no sentence (e.g. {empty[0]!r})")
@@ -284,13 +336,16 @@ def karpathy_images(path: str, out: str, splits: tuple[str, ...] = ("train", "re
     With ``image_root`` and ``inputs_out``, also the extraction manifest of
     those images (``image_root/filepath/filename``; Flickr30k has no filepath),
     ids being the file names without extension, as the protocols expect."""
+    if (image_root is None) != (inputs_out is None):
+        raise ConvertError("--image-root and --inputs-out go together: give both (the images' folder, and where "
+                           "the extraction manifest of them goes) or neither")
     images = _key(_read_json(path), "images", path, "the file", list)
     rows, inputs, items = [], [], 0
     for i, image in enumerate(images):
         if _key(image, "split", path, f"images[{i}]") not in splits:
             continue
-        filename = str(_key(image, "filename", path, f"images[{i}]"))
-        texts = [str(_key(s, "raw", path, f"images[{i}].sentences[{j}]")).strip()
+        filename = _key(image, "filename", path, f"images[{i}]", str)
+        texts = [_text(_key(s, "raw", path, f"images[{i}].sentences[{j}]"), path, f"images[{i}].sentences[{j}].raw")
                  for j, s in enumerate(_key(image, "sentences", path, f"images[{i}]", list))]
         texts = [t for t in texts if t]
         if not texts:
@@ -299,8 +354,10 @@ def karpathy_images(path: str, out: str, splits: tuple[str, ...] = ("train", "re
         rows.append({"image_id": stem, "captions": texts})
         items += len(texts)
         if image_root is not None:
-            inputs.append({"path": os.path.abspath(os.path.join(image_root, image.get("filepath", ""), filename)),
-                           "video_id": stem})
+            folder = image.get("filepath") or ""   # Flickr30k has none
+            if not isinstance(folder, str):
+                raise ConvertError(f"{path}: images[{i}].filepath must be a string, not {type(folder).__name__}")
+            inputs.append({"path": os.path.abspath(os.path.join(image_root, folder, filename)), "video_id": stem})
     if not rows:
         raise ConvertError(f"{path}: no image with split {' or '.join(splits)}")
     results = [_write(out, rows, items)]
@@ -318,9 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("media", help="extraction manifest of a media folder (id = file name)")
     m.add_argument("root")
     m.add_argument("out")
+    m.add_argument("--ids", help="a CSV with a video_id column: only these")
+    m.add_argument("--videos-only", action="store_true", help="leave photos out (thumbnails beside videos)")
     h = sub.add_parser("howto100m", help="HowTo100M raw_caption.json (or a folder of CSVs) -> ASR manifest")
     h.add_argument("source")
     h.add_argument("out")
+    h.add_argument("--ids", help="a CSV with a video_id column (HowTo100M_v1.csv): only these")
     y = sub.add_parser("youcook2", help="youcookii_annotations_trainval.json -> caption / ASR manifest")
     y.add_argument("annotations")
     y.add_argument("out")
@@ -333,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--ids", help="MSRVTT_train.9k.csv (exactly these videos)")
     v.add_argument("--holdout", type=int, default=0)
     v.add_argument("--holdout-out")
+    v.add_argument("--seed", type=int, default=0, help="the held-out draw's seed")
     k = sub.add_parser("karpathy", help="dataset_coco.json / dataset_flickr30k.json -> image manifest")
     k.add_argument("annotations")
     k.add_argument("out")
@@ -343,13 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.cmd == "media":
-            media_inputs(args.root, args.out)
+            media_inputs(args.root, args.out, csv_ids(args.ids) if args.ids else None, args.videos_only)
         elif args.cmd == "howto100m":
-            howto100m_asr(args.source, args.out)
+            howto100m_asr(args.source, args.out, csv_ids(args.ids) if args.ids else None)
         elif args.cmd == "youcook2":
             youcook2_manifest(args.annotations, args.out, args.subset, args.kind)
         elif args.cmd == "msrvtt":
-            msrvtt_captions(args.annotations, args.out, args.exclude, args.ids, args.holdout, args.holdout_out)
+            msrvtt_captions(args.annotations, args.out, args.exclude, args.ids, args.holdout, args.holdout_out,
+                            args.seed)
         else:
             karpathy_images(args.annotations, args.out, tuple(args.split or ("train", "restval")), args.image_root,
                             args.inputs_out)

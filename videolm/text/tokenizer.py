@@ -63,7 +63,36 @@ def load_tokenizer(path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise TextError(f"{directory}: not a tokenizer directory ({first_line(err)})") from None
+        tokenizer = _bare_wordpiece(directory)   # Google's BERT release: vocab.txt and no tokenizer config
+        if tokenizer is None:
+            raise TextError(f"{directory}: not a tokenizer directory ({first_line(err)})") from None
     finally:
         hf_logging.set_verbosity(level)
     return tokenizer
+
+
+def _bare_wordpiece(directory: str):
+    """A BERT WordPiece tokenizer from a directory whose only tokenizer file is
+    ``vocab.txt`` (Google's original checkpoints: vocab.txt, bert_config.json);
+    None otherwise. Such a directory does not say whether text is lower-cased:
+    an uncased vocabulary holds no upper-case letter outside its [SPECIAL]
+    tokens, a cased one does (``The``), and the tokenizer follows it."""
+    vocab = os.path.join(directory, "vocab.txt")
+    if not os.path.isfile(vocab) or any(os.path.isfile(os.path.join(directory, name))
+                                        for name in TOKENIZER_FILES if name != "vocab.txt"):
+        return None
+    from transformers import BertTokenizerFast
+
+    with open(vocab, encoding="utf-8") as f:
+        tokens = [line.rstrip("\n") for line in f]
+    cased = any(t != t.lower() for t in tokens if not (t.startswith("[") and t.endswith("]")))
+    import inspect
+
+    # transformers 5's fast tokenizer takes the vocabulary itself; 4.x's a vocab_file
+    given = ({"vocab": {t: i for i, t in enumerate(tokens)}}
+             if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else {"vocab_file": vocab})
+    try:
+        tokenizer = BertTokenizerFast(**given, do_lower_case=not cased)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return tokenizer if len(tokenizer) == len(tokens) else None
