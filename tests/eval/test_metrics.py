@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from videolm.eval.metrics import (GroundTruth, chance_metrics, dual_softmax, group_max, recall_at, rank_stats,
+from videolm.eval.metrics import (GroundTruth, chance_metrics, dual_softmax, group_max, recall_at, rank_stats, ranks,
                                   retrieval_metrics)
 
 
@@ -199,3 +199,34 @@ def test_paired_recall_change_by_hand_and_against_scipy():
     assert c.p == pytest.approx(by_hand, rel=1e-9) and c.p == pytest.approx(binomtest(9, 27).pvalue, rel=1e-9)
     with pytest.raises(ValueError, match="rank arrays"):
         paired_recall_change(before, after[:3], 1)
+
+
+def test_chance_median_rank_pools_queries_with_different_numbers_of_correct_items():
+    """1000 queries with 1 correct item and 1000 with 100, gallery 1000: random
+    scorers' MdR (measured, 10 draws) against the computed chance MdR; the
+    median of the two groups' own medians (500.5 and about 7) would be 254."""
+    n = 1000
+    gt = GroundTruth.from_lists([[0]] * 1000 + [list(range(100))] * 1000)
+    rng = np.random.default_rng(0)
+    measured = [retrieval_metrics(rng.random((2000, n)).astype(np.float32), gt).median_rank for _ in range(10)]
+    assert chance_metrics(gt, n).median_rank == pytest.approx(np.mean(measured), abs=3.0)
+
+
+def test_nan_scores_rank_below_every_number():
+    """A model whose weights overflowed scores NaN: every comparison with NaN is
+    false, which without care ranks each query first (R@1 = 100)."""
+    gt = GroundTruth.single(np.arange(5))
+    nan = retrieval_metrics(np.full((5, 5), np.nan, np.float32), gt)
+    assert nan.recall[1] == 0.0 and nan.median_rank == 5.0                    # a constant scorer's figures
+    s = np.eye(5, dtype=np.float32)
+    s[2, 2] = np.nan                                                          # one correct score lost
+    one = retrieval_metrics(s, gt)
+    assert one.recall[1] == 80.0 and one.ranks.tolist() == [1, 1, 5, 1, 1]
+
+
+def test_ground_truth_lists_count_an_item_once_and_stay_in_the_gallery():
+    s = np.array([[0.1, 0.5, 0.9], [0.2, 0.8, 0.3]], np.float32)   # a wrong item above item 1 in query 0
+    stats = rank_stats(s, GroundTruth.from_lists([[1, 1], [1]]))
+    assert stats.tied.tolist() == [0, 0] and ranks(stats).tolist() == [2, 1]
+    with pytest.raises(ValueError, match="outside the gallery of 3"):
+        rank_stats(s, GroundTruth.from_lists([[-1], [1]]))

@@ -140,3 +140,25 @@ def test_missing_items_change_the_protocol(tmp_path):
         resolve(p, store)
     r = resolve(p, store, allow_missing=True)
     assert [i.media_id for i in r.items] == ["video0", "video2", "video4"] and r.dropped == ["video1", "video3"]
+
+
+def test_bad_bytes_and_values_are_one_line_and_spans_never_merge(tmp_path):
+    latin = tmp_path / "MSRVTT_JSFUSION_test.csv"
+    latin.write_bytes("key,vid_key,video_id,sentence\nret0,msr1,video1,un caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ProtocolError, match="MSRVTT_JSFUSION_test.csv: not UTF-8 text"):
+        load_protocol("msrvtt-1ka", [str(latin)])
+    bom = write(tmp_path / "bom.csv", "\ufeffkey,vid_key,video_id,sentence\nret0,msr1,video1,a dog\n")
+    assert [i.media_id for i in load_protocol("msrvtt-1ka", [bom]).items] == ["video1"]
+    listed = write(tmp_path / "test_videodatainfo.json", json.dumps({
+        "videos": [{"video_id": "video1", "split": "test"}],
+        "sentences": [{"video_id": ["video1"], "caption": "a dog"}]}))
+    with pytest.raises(ProtocolError, match=r"sentences\[0\].video_id must be a non-empty string"):
+        load_protocol("msrvtt-full", [listed], "test")
+    # two spans that agree to 6 digits: two items, each with its own caption
+    close = write(tmp_path / "lecture.jsonl", json.dumps({"video_id": "lecture", "captions": [
+        {"text": "first", "start": 12345.61, "end": 12350.01},
+        {"text": "second", "start": 12345.64, "end": 12350.04}]}) + "\n")
+    items = load_protocol("captions", [close]).items
+    assert [(i.span, i.captions) for i in items] == [((12345.61, 12350.01), ["first"]),
+                                                     ((12345.64, 12350.04), ["second"])]
+    assert len({i.id for i in items}) == 2

@@ -45,6 +45,15 @@ def test_validation_config_is_checked(tmp_path):
         load_config(None, ["eval.protocol=captions", "eval.every=5", "eval.metric=R1"])
     with pytest.raises(ConfigError, match="eval.every is set but eval.protocol is empty"):
         load_config(None, ["eval.every=5"])
+    # figures validation would never produce: refused at load, not at the first validation hours in
+    for metric, message in (("mean/MdR", "mean is of R@K only"), ("t2v/R@3", r"R@3 is not among eval.ks \[1, 5, 10\]"),
+                            ("x2v/R@1", "eval.metric must look like")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, ["eval.protocol=captions", "eval.every=5", f"eval.metric={metric}"])
+    from videolm.eval.errors import EvalError
+    from videolm.eval.validation_config import ValidationConfig
+    with pytest.raises(EvalError, match="the protocol's items give t2v, v2t, not i2t"):
+        ValidationConfig(protocol="captions", every=5, metric="i2t/R@1").check_directions({"video"})
 
 
 @pytest.mark.parametrize("name", ["videobert_tiny", "cbt_tiny"])

@@ -103,3 +103,22 @@ def test_masked_template_against_the_mlm_head(tiny_models, eval_corpus, tmp_path
     assert "slot 1: top-1" in capsys.readouterr().out
     saved = json.loads((tmp_path / "z" / "zeroshot.json").read_text())
     assert [s["top1"] for s in saved["slots"]] == [s["top1"] for s in result.slots]
+
+
+def test_labels_files_are_checked_row_by_row(tmp_path):
+    from videolm.eval.zeroshot import read_labels
+
+    words = tmp_path / "truth.jsonl"
+    words.write_text(json.dumps({"video_id": "a", "words": ["cut", "onion"]}) + "\n" +
+                     json.dumps({"video_id": "b", "words": "star"}) + "\n")
+    with pytest.raises(EvalError, match=r"truth.jsonl:2: words must be a list of words"):
+        read_labels(str(words), "words")   # not the letters s, t, a, r
+    short = tmp_path / "labels.csv"
+    short.write_text("video_id,label\na,dancing\nb\n")
+    with pytest.raises(EvalError, match=r"labels.csv:3: empty label"):
+        read_labels(str(short), "label")
+    short.write_bytes("video_id,label\na,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(EvalError, match="labels.csv: not UTF-8 text"):
+        read_labels(str(short), "label")
+    short.write_text("\ufeffvideo_id,label\na,dancing\n")
+    assert read_labels(str(short), "label") == {"a": "dancing"}

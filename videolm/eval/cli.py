@@ -218,6 +218,8 @@ def run_search(args) -> int:
         raise CliError("empty query; give some text (or --image PATH / --video PATH)")
     if args.k < 1:
         raise CliError(f"-k must be at least 1, not {args.k}")
+    if args.rerank < 0:
+        raise CliError(f"--rerank must be at least 1 (or left out), not {args.rerank}")
     if args.png is not None:   # before the model loads: not after the hits are printed
         folder = os.path.dirname(os.path.abspath(args.png))
         if os.path.isdir(args.png) or not os.path.isdir(folder):

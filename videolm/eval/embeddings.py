@@ -108,10 +108,16 @@ class Encoder:
                 vocab = Vocabulary.from_pretrained(vocab_dir)
             except TokenizeError as err:
                 raise EvalError(f"{directory}: VideoBERT model without its visual vocabulary ({err})") from None
-        h = hashlib.sha256()
-        for name in (io.CONFIG_FILE, io.WEIGHTS_FILE, io.PREPROCESSOR_FILE):
+        from videolm.text.tokenizer import TOKENIZER_FILES
+
+        h = hashlib.sha256()   # every file the embeddings depend on: weights, tokenizer, visual vocabulary
+        vocab_files = sorted(os.path.join(io.VOCAB_DIR, f) for f in os.listdir(os.path.join(directory, io.VOCAB_DIR))
+                             ) if vocab is not None else []
+        for name in (io.CONFIG_FILE, io.WEIGHTS_FILE, io.PREPROCESSOR_FILE, *TOKENIZER_FILES, "special_tokens_map.json",
+                     *vocab_files):
             path = os.path.join(directory, name)
             if os.path.isfile(path):
+                h.update(name.encode())
                 file_digest(path, h)
         fingerprint = h.hexdigest()[:16] if untrained_seed is None else f"untrained-{untrained_seed}-{h.hexdigest()[:8]}"
         return cls(model, tokenizer, settings, vocab, fingerprint, directory, batch_size)
@@ -277,23 +283,37 @@ def cache_key(encoder: Encoder, store, items, texts: list[str]) -> str:
     return h.hexdigest()[:24]
 
 
-@dataclass
 class Embedded:
-    """Inputs and embeddings of one gallery (items) and its captions."""
+    """Embeddings of one gallery (items) and its captions, and their model
+    inputs, built when first asked for (only re-ranking needs them once the
+    embeddings come from the cache: a cached search reads no gallery features)."""
 
-    text_inputs: list[np.ndarray]
-    visual_inputs: list[np.ndarray]
-    text: np.ndarray       # (C, E)
-    visual: np.ndarray     # (N, E)
-    cached: bool           # embeddings were read from the cache
+    def __init__(self, text_inputs: Callable[[], list[np.ndarray]], visual_inputs: Callable[[], list[np.ndarray]],
+                 text: np.ndarray, visual: np.ndarray, cached: bool):
+        self._make = {"text": text_inputs, "visual": visual_inputs}
+        self._built: dict[str, list[np.ndarray]] = {}
+        self.text, self.visual, self.cached = text, visual, cached   # (C, E), (N, E); read from the cache
+
+    def _inputs(self, what: str) -> list[np.ndarray]:
+        if what not in self._built:
+            self._built[what] = self._make[what]()
+        return self._built[what]
+
+    @property
+    def text_inputs(self) -> list[np.ndarray]:
+        return self._inputs("text")
+
+    @property
+    def visual_inputs(self) -> list[np.ndarray]:
+        return self._inputs("visual")
 
 
 def embed(encoder: Encoder, store, items, texts: list[str], cache_dir: str | None,
           progress: Callable[[str, int], Progress] | None = None) -> Embedded:
     """Embeddings of the items and the texts, from the cache when it has them.
     ``progress(what, total)`` returns a per-batch callback (a progress bar)."""
-    text_inputs = encoder.text_inputs(texts) if texts else []
-    visual_inputs = encoder.visual_inputs(store, items)
+    made = Embedded(lambda: encoder.text_inputs(texts) if texts else [],
+                    lambda: encoder.visual_inputs(store, items), None, None, False)
     path = None
     if cache_dir:
         path = os.path.join(cache_dir, f"embeddings-{cache_key(encoder, store, items, texts)}.npz")
@@ -303,14 +323,16 @@ def embed(encoder: Encoder, store, items, texts: list[str], cache_dir: str | Non
                     text, visual = data["text"], data["visual"]
                 if len(text) == len(texts) and len(visual) == len(items):
                     log.info("embeddings from the cache %s", path)
-                    return Embedded(text_inputs, visual_inputs, text, visual, True)
+                    made.text, made.visual, made.cached = text, visual, True
+                    return made
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # cut short, or not an npz
                 log.warning("%s: unreadable cache file; recomputing", path)
-    bar = progress("texts", len(text_inputs)) if progress and texts else None
-    text = encoder.embed_texts(text_inputs, bar) if texts else np.zeros((0, encoder.config.embed_dim), np.float32)
-    bar = progress("visual", len(visual_inputs)) if progress else None
-    visual = encoder.embed_visuals(visual_inputs, bar)
+    bar = progress("texts", len(made.text_inputs)) if progress and texts else None
+    text = encoder.embed_texts(made.text_inputs, bar) if texts else np.zeros((0, encoder.config.embed_dim), np.float32)
+    bar = progress("visual", len(made.visual_inputs)) if progress else None
+    visual = encoder.embed_visuals(made.visual_inputs, bar)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         atomic_save_npz(path, text=text, visual=visual)
-    return Embedded(text_inputs, visual_inputs, text, visual, False)
+    made.text, made.visual = text, visual
+    return made

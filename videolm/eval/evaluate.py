@@ -34,7 +34,7 @@ from videolm.eval.metrics import (GroundTruth, Metrics, chance_metrics, dual_sof
                                   retrieval_metrics)
 from videolm.eval.protocols import Protocol, load_protocol, resolve
 from videolm.eval.config import EvalConfig
-from videolm.eval.rerank import rerank
+from videolm.eval.rerank import rerank, rerank_groups
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,12 @@ def _directions_of(kind: str, items, embedded: Embedded, encoder: Encoder, cfg: 
         scale = encoder.dual_scale()
         t_scores[f"{prefix}reranked"] = rerank(sim, cfg.rerank_k, score_t2v, cfg.rerank_score, scale,
                                                    cfg.rerank_weight)
-        v_scores[f"{prefix}reranked"] = v2t_view(rerank(sim.T, cfg.rerank_k, score_v2t, cfg.rerank_score, scale,
-                                                              cfg.rerank_weight))
+        if cfg.v2t_rule == "group-max":   # the top k videos' caption sets, not the top k captions
+            v_scores[f"{prefix}reranked"] = rerank_groups(sim.T, caption_item, n_items, cfg.rerank_k, score_v2t,
+                                                          cfg.rerank_score, scale, cfg.rerank_weight)
+        else:
+            v_scores[f"{prefix}reranked"] = rerank(sim.T, cfg.rerank_k, score_v2t, cfg.rerank_score, scale,
+                                                   cfg.rerank_weight)
 
     def figures(scores, gt, n):
         out = {} if prefix else {"chance": chance_metrics(gt, n, cfg.ks)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -77,7 +77,8 @@ def build_index(gallery: np.ndarray, config: IndexConfig | None = None) -> Searc
     config = (config or IndexConfig()).validate()
     x = np.ascontiguousarray(gallery, dtype=np.float32)
     n, d = x.shape
-    if config.kind == "flat" or n < 2:
+    if config.kind == "flat" or n < 2:   # one item: nothing to approximate, and recorded as flat
+        config = replace(config, kind="flat")
         index = faiss.IndexFlatIP(d)
     elif config.kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)

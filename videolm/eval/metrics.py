@@ -23,12 +23,20 @@ wrong items scoring above it, ``t`` the wrong items scoring exactly ``s*`` and
 R@K is in percent; MdR and MnR are 1-based (MdR is numpy's median, the mean of
 the two middle ranks for an even count).
 
+**NaN** scores (a model whose weights overflowed) rank below every number,
+ties among themselves: a model that scores everything NaN gets a constant
+scorer's figures (pessimistic R@1 = 0), never a perfect one (every
+comparison with NaN is false, which would rank each query first).
+
 **Chance** is computed, not sampled: for a query with ``c`` correct items in a
 gallery of ``n``, a random order puts the first correct item within the top K
 with probability ``1 - C(n-c, K) / C(n, K)`` (``K / n`` when c = 1); its
 expected rank is ``(n + 1) / (c + 1)``; its median is where the rank's
 distribution function reaches 1/2 (``(n + 1) / 2`` when c = 1). Chance R@K
-and MnR average over queries; chance MdR is the median of the per-query medians.
+and MnR average over queries; chance MdR is the median of the pooled
+distribution (the queries' distribution functions averaged), which a random
+scorer's MdR over many queries approaches, also when queries have different
+numbers of correct items (v2t with ragged caption counts).
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ class GroundTruth:
 
     @classmethod
     def from_lists(cls, lists) -> "GroundTruth":
-        lists = [np.asarray(x, dtype=np.int64).ravel() for x in lists]
+        lists = [np.unique(np.asarray(x, dtype=np.int64).ravel()) for x in lists]   # an item listed twice counts once
         if any(len(x) == 0 for x in lists):
             raise ValueError("every query needs at least one correct gallery item")
         indptr = np.zeros(len(lists) + 1, dtype=np.int64)
@@ -105,12 +113,16 @@ def rank_stats(scores: np.ndarray, gt: GroundTruth) -> RankStats:
     if scores.ndim != 2 or scores.shape[0] != len(gt):
         raise ValueError(f"scores {scores.shape} do not match {len(gt)} queries")
     Q, N = scores.shape
+    if len(gt.indices) and (gt.indices.min() < 0 or gt.indices.max() >= N):
+        raise ValueError(f"a correct item's index is outside the gallery of {N} (0..{N - 1})")
     greater = np.zeros(Q, np.int64)
     tied = np.zeros(Q, np.int64)
     tied_correct = np.zeros(Q, np.int64)
     for start in range(0, Q, BLOCK):
         stop = min(Q, start + BLOCK)
         block, sub = scores[start:stop], gt.rows(start, stop)
+        if block.dtype.kind == "f" and np.isnan(block).any():   # NaN: below every number (module doc)
+            block = np.where(np.isnan(block), -np.inf, block)
         row_of = np.repeat(np.arange(stop - start), sub.counts())      # (nnz,)
         correct = block[row_of, sub.indices]                            # (nnz,) scores of the correct items
         best = np.full(stop - start, -np.inf, dtype=np.float64)
@@ -228,14 +240,14 @@ def chance_metrics(gt: GroundTruth, num_gallery: int, ks=DEFAULT_KS) -> Metrics:
     n = num_gallery
     recall = {int(k): float(100.0 * np.mean(_first_hit_within(np.full(len(c), k), n - c, c))) for k in ks}
     expected = (n + 1) / (c + 1)
-    medians = np.empty(len(c), dtype=np.float64)
-    for value in np.unique(c):
-        r = np.arange(1, n - value + 2)                                  # possible ranks of the first correct item
-        cdf = _first_hit_within(r, np.full(len(r), n - value), np.full(len(r), value))
-        first = int(np.searchsorted(cdf, 0.5 - 1e-12))                   # first rank with cdf >= 1/2
-        median = r[first] + (0.5 if abs(cdf[first] - 0.5) < 1e-9 else 0.0)
-        medians[c == value] = median
-    return Metrics(recall, float(np.median(medians)), float(np.mean(expected)), len(c), n)
+    r = np.arange(1, n - int(c.min()) + 2) if len(c) else np.arange(1, 2)   # possible ranks of the first hit
+    cdf = np.zeros(len(r), dtype=np.float64)                              # pooled over the queries
+    values, share = np.unique(c, return_counts=True)
+    for value, count in zip(values, share):
+        cdf += count / len(c) * _first_hit_within(r, np.full(len(r), n - value), np.full(len(r), value))
+    first = min(int(np.searchsorted(cdf, 0.5 - 1e-12)), len(r) - 1)      # first rank with cdf >= 1/2
+    median = r[first] + (0.5 if abs(cdf[first] - 0.5) < 1e-9 else 0.0)
+    return Metrics(recall, float(median) if len(c) else float("nan"), float(np.mean(expected)), len(c), n)
 
 
 def group_max(scores: np.ndarray, group_of: np.ndarray, num_groups: int) -> np.ndarray:
@@ -249,6 +261,20 @@ def group_max(scores: np.ndarray, group_of: np.ndarray, num_groups: int) -> np.n
         raise ValueError(f"group {int(np.flatnonzero(counts == 0)[0])} has no column")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return np.maximum.reduceat(np.asarray(scores)[:, order], starts, axis=1)
+
+
+def group_argmax(scores: np.ndarray, group_of: np.ndarray, num_groups: int) -> np.ndarray:
+    """(Q, G) column of ``scores`` that gives each query its ``group_max`` of
+    each group (the first such column on ties)."""
+    scores = np.asarray(scores)
+    group_of = np.asarray(group_of, dtype=np.int64)
+    order = np.argsort(group_of, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(group_of, minlength=num_groups))[:-1]])
+    best = group_max(scores, group_of, num_groups)                       # (Q, G)
+    hit = scores[:, order] == np.repeat(best, np.diff(np.append(starts, len(order))), axis=1)
+    position = np.arange(len(order))
+    first = np.where(hit, position, len(order))                          # the first hit of each group
+    return order[np.minimum.reduceat(first, starts, axis=1)]
 
 
 def dual_softmax(scores: np.ndarray, temperature: float = 100.0) -> np.ndarray:

@@ -106,17 +106,22 @@ def load_msrvtt_1ka(annotations: list[str], split: str) -> Protocol:
     if not os.path.isfile(path):
         raise ProtocolError(f"{path}: no such annotation file")
     items: dict[str, Item] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("video_id", "sentence") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ProtocolError(f"{path}:1: missing column {missing[0]!r} (expected key,vid_key,video_id,sentence)")
-        for line, row in enumerate(reader, 2):
-            vid = (row.get("video_id") or "").strip()
-            if not vid:
-                raise ProtocolError(f"{path}:{line}: empty video_id")
-            text = _text(row.get("sentence"), path, f"line {line} sentence")
-            items.setdefault(vid, Item(vid, vid, "video")).captions.append(text)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:   # -sig: a spreadsheet's byte-order mark
+            reader = csv.DictReader(f)
+            missing = [c for c in ("video_id", "sentence") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ProtocolError(f"{path}:1: missing column {missing[0]!r} "
+                                    f"(expected key,vid_key,video_id,sentence)")
+            for row in reader:
+                line = reader.line_num
+                vid = (row.get("video_id") or "").strip()
+                if not vid:
+                    raise ProtocolError(f"{path}:{line}: empty video_id")
+                text = _text(row.get("sentence"), path, f"line {line} sentence")
+                items.setdefault(vid, Item(vid, vid, "video")).captions.append(text)
+    except UnicodeDecodeError as err:
+        raise ProtocolError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     if not items:
         raise ProtocolError(f"{path}: no rows")
     return Protocol("msrvtt-1ka", split, [path], list(items.values()),
@@ -138,7 +143,7 @@ def load_msrvtt_full(annotations: list[str], split: str) -> Protocol:
         other = "train_val_videodatainfo.json" if split == "val" else "test_videodatainfo.json"
         raise ProtocolError(f"{path}: no video with split {want!r} (for --split {split} use {other})")
     for i, sentence in enumerate(sentences):
-        vid = _get(sentence, "video_id", path, f"sentences[{i}]")
+        vid = _text(_get(sentence, "video_id", path, f"sentences[{i}]"), path, f"sentences[{i}].video_id")
         if vid in items:
             items[vid].captions.append(_text(_get(sentence, "caption", path, f"sentences[{i}]"), path,
                                              f"sentences[{i}].caption"))
@@ -203,7 +208,8 @@ def load_captions(annotations: list[str], split: str) -> Protocol:
 
     if not annotations:
         raise ProtocolError("protocol captions needs --annotations MANIFEST.jsonl (one or more)")
-    items: dict[str, Item] = {}
+    items: dict[tuple, Item] = {}   # (media id, span) -> item
+    names: set[str] = set()
     for path in annotations:
         for line_no, row in iter_jsonl(path, ProtocolError, "annotation file"):
             kind = "image" if isinstance(row, dict) and "image_id" in row else "video"
@@ -213,8 +219,13 @@ def load_captions(annotations: list[str], split: str) -> Protocol:
                 raise ProtocolError(f"{path}:{line_no}: {err}") from None
             for text, start, end in captions:
                 span = None if start is None else (start, end)
-                key = media_id if span is None else f"{media_id}@{start:g}-{end:g}"
-                items.setdefault(key, Item(key, media_id, kind, [], span)).captions.append(text.strip())
+                key = (media_id, span)
+                if key not in items:   # named by its span, to 6 digits unless two spans would share a name
+                    name = media_id if span is None else f"{media_id}@{start:g}-{end:g}"
+                    name = f"{media_id}@{start!r}-{end!r}" if name in names else name
+                    names.add(name)
+                    items[key] = Item(name, media_id, kind, [], span)
+                items[key].captions.append(text.strip())
     if not items:
         raise ProtocolError(f"{annotations[0]}: no rows")
     return Protocol("captions", split, list(annotations), list(items.values()),

@@ -12,6 +12,11 @@ decides nearly alone). In the sums the logit can be weighted
 dual-encoder order below every re-scored candidate, so R@K for K > k is the
 dual encoder's. A query's candidates are its k best by dual score (ties: the
 lower gallery index first, as ``argsort`` with a stable sort gives).
+
+Where a gallery item is a group of columns (video->text under ``group-max``,
+a video's caption set scored as its best caption), the candidates are each
+query's k best *groups*, each re-scored through the caption that gave it
+its dual score (``rerank_groups``): k pairs per query, as for single items.
 """
 
 from __future__ import annotations
@@ -49,3 +54,21 @@ def rerank(dual: np.ndarray, k: int, score_pairs: Callable[[np.ndarray], np.ndar
     out = out - shift
     out[np.arange(Q)[:, None], cand] = new
     return out
+
+
+def rerank_groups(dual: np.ndarray, group_of: np.ndarray, num_groups: int, k: int,
+                  score_pairs: Callable[[np.ndarray], np.ndarray], how: str = "align", dual_scale: float = 1.0,
+                  weight: float = 1.0) -> np.ndarray:
+    """(Q, G) re-ranked scores of groups of the (Q, M) ``dual`` columns (column j
+    is in group ``group_of[j]``): ``rerank`` of the groups' max scores, a
+    group's pair being [query, its best column]; ``score_pairs`` gets
+    [query, column] pairs, as for ``rerank`` of the columns."""
+    from videolm.eval.metrics import group_argmax, group_max
+
+    best = group_argmax(dual, group_of, num_groups)                       # (Q, G) the column behind each group
+    grouped = group_max(dual, group_of, num_groups)
+
+    def via_best(pairs: np.ndarray) -> np.ndarray:                        # [query, group] -> [query, column]
+        return score_pairs(np.stack([pairs[:, 0], best[pairs[:, 0], pairs[:, 1]]], 1))
+
+    return rerank(grouped, k, via_best, how, dual_scale, weight)

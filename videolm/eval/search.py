@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from videolm.eval.embeddings import Encoder, EvalError, cache_key, embed
+from videolm.eval.embeddings import Embedded, Encoder, EvalError, cache_key, embed
 from videolm.eval.index import IndexConfig, SearchIndex, build_index, load_index
 from videolm.eval.protocols import Item
 
@@ -47,11 +47,18 @@ class Hit:
 @dataclass
 class Gallery:
     items: list[Item]
-    visual_inputs: list[np.ndarray]
-    embeddings: np.ndarray
+    embedded: Embedded             # its model inputs are built only when re-ranking asks for them
     index: SearchIndex
     cache_dir: str | None
     cached: bool
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self.embedded.visual
+
+    @property
+    def visual_inputs(self) -> list[np.ndarray]:
+        return self.embedded.visual_inputs
 
 
 def store_items(store, kind: str = "all") -> list[Item]:
@@ -85,7 +92,7 @@ def open_gallery(encoder: Encoder, store, kind: str = "all", index_config: Index
         index = build_index(embedded.visual, index_config)
         if cache_dir:
             index.save(cache_dir)
-    return Gallery(items, embedded.visual_inputs, embedded.visual, index, cache_dir, cached and embedded.cached)
+    return Gallery(items, embedded, index, cache_dir, cached and embedded.cached)
 
 
 def _hits(gallery: Gallery, store, scores: np.ndarray, ids: np.ndarray, align=None) -> list[Hit]:

@@ -56,6 +56,7 @@ class Validator:
             self.store = FeatureStore(cfg.store or store_root)
         except (ProtocolError, StoreError) as err:
             raise EvalError(f"eval: {err}") from None
+        cfg.check_directions({item.kind for item in self.protocol.items})
         self.tokenizer, self.vocab, self.inputs = tokenizer, vocab, inputs
         self.eval_config = EvalConfig(protocol=cfg.protocol, annotations=cfg.annotations, split=cfg.split,
                                       ks=tuple(cfg.ks), ties=cfg.ties, v2t_rule=cfg.v2t_rule, rerank_k=cfg.rerank_k,

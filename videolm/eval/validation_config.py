@@ -10,6 +10,10 @@ from videolm.eval.config import check_ranking
 from videolm.eval.errors import EvalError
 
 
+KIND_DIRECTIONS = {"video": ("t2v", "v2t"), "image": ("t2i", "i2t")}
+DIRECTIONS = KIND_DIRECTIONS["video"] + KIND_DIRECTIONS["image"]
+
+
 @dataclass
 class ValidationConfig:
     protocol: str = ""               # "" = no validation; e.g. captions (with annotations), msrvtt-full
@@ -40,8 +44,24 @@ class ValidationConfig:
             raise EvalError("eval.split=test: validation picks checkpoints, and picking them on the test split "
                             "inflates the reported figure; hold out a validation split")
         name, _, what = self.metric.partition("/")
-        if not name or not what or not (what in ("MdR", "MnR") or (what.startswith("R@") and what[2:].isdigit())):
-            raise EvalError(f"eval.metric must look like t2v/R@1, mean/R@5 or v2t/MdR, not {self.metric!r}")
+        if name not in DIRECTIONS + ("mean",) or not (what in ("MdR", "MnR") or
+                                                      (what.startswith("R@") and what[2:].isdigit())):
+            raise EvalError(f"eval.metric must look like t2v/R@1, mean/R@5 or v2t/MdR (directions "
+                            f"{', '.join(DIRECTIONS)}, or mean of R@K), not {self.metric!r}")
+        if name == "mean" and not what.startswith("R@"):
+            raise EvalError(f"eval.metric={self.metric!r}: mean is of R@K only; name a direction for {what} "
+                            f"(e.g. t2v/{what})")
+        if what.startswith("R@") and int(what[2:]) not in self.ks:
+            raise EvalError(f"eval.metric={self.metric!r}: {what} is not among eval.ks {list(self.ks)}")
+
+    def check_directions(self, kinds: set[str]) -> None:
+        """The metric's direction exists for a protocol of items of ``kinds``
+        (video: t2v, v2t; image: t2i, i2t), checked when the protocol loads,
+        before the first step, not at the first validation."""
+        name = self.metric.partition("/")[0]
+        have = [d for kind in sorted(kinds) for d in KIND_DIRECTIONS[kind]]
+        if name != "mean" and name not in have:
+            raise EvalError(f"eval.metric={self.metric!r}: the protocol's items give {', '.join(have)}, not {name}")
 
     def lower_is_better(self) -> bool:
         return self.metric.endswith(("MdR", "MnR"))

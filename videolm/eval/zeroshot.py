@@ -56,20 +56,31 @@ def read_labels(path: str, key: str) -> dict[str, object]:
         raise EvalError(f"{path}: no such labels file")
     out: dict[str, object] = {}
     if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            id_col = "video_id" if "video_id" in (reader.fieldnames or []) else "image_id"
-            if id_col not in (reader.fieldnames or []) or key not in reader.fieldnames:
-                raise EvalError(f"{path}:1: needs columns video_id (or image_id) and {key}")
-            for line, row in enumerate(reader, 2):
-                value = row[key].strip()
-                out[row[id_col].strip()] = value.split() if key == "words" else value
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                id_col = "video_id" if "video_id" in (reader.fieldnames or []) else "image_id"
+                if id_col not in (reader.fieldnames or []) or key not in reader.fieldnames:
+                    raise EvalError(f"{path}:1: needs columns video_id (or image_id) and {key}")
+                for row in reader:
+                    media_id, value = (row.get(id_col) or "").strip(), (row.get(key) or "").strip()
+                    if not media_id or not value:
+                        raise EvalError(f"{path}:{reader.line_num}: empty {id_col if not media_id else key}")
+                    out[media_id] = value.split() if key == "words" else value
+        except UnicodeDecodeError as err:
+            raise EvalError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
         return out
     for line_no, row in iter_jsonl(path, EvalError, "labels file"):
         media_id = row.get("video_id", row.get("image_id")) if isinstance(row, dict) else None
         if media_id is None or key not in row:
             raise EvalError(f"{path}:{line_no}: needs 'video_id' (or 'image_id') and {key!r}")
-        out[str(media_id)] = row[key]
+        value = row[key]
+        if key == "words" and not (isinstance(value, list) and value and all(isinstance(w, str) and w.strip()
+                                                                              for w in value)):
+            raise EvalError(f"{path}:{line_no}: words must be a list of words, one per slot, not {value!r:.40}")
+        if key != "words" and not (isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip()):
+            raise EvalError(f"{path}:{line_no}: {key} must be a class name, not {value!r:.40}")
+        out[str(media_id)] = value if key == "words" else str(value).strip()
     if not out:
         raise EvalError(f"{path}: no rows")
     return out
