@@ -316,3 +316,21 @@ def test_clip_subsample_in_the_dataset(tiny, tmp_path, jsonl, tokenizer):
     assert {1, 2, 3} <= strides  # 8 clips (tiny store): stride 1 keeps all, 3 keeps 2 or 3
     with pytest.raises(DataError, match="data.clip_subsample must be at least 1"):
         DataConfig(store="s", sources=[SourceConfig("caption", path)], clip_subsample=0).validate()
+
+
+def test_a_batch_pins_every_tensor_when_the_loader_pins_memory(monkeypatch):
+    """torch's pin_memory pins tensors, mappings, sequences and objects with a
+    pin_memory method; a dataclass without one came back unpinned."""
+    import torch
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from videolm.data.batch import Batch
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self.shape) or self.clone())
+    b = Batch(text_ids=torch.zeros(2, 3, dtype=torch.long), text_attention=torch.ones(2, 3, dtype=torch.bool),
+              text_labels=torch.zeros(2, 3, dtype=torch.long), visual_attention=torch.ones(2, 4, dtype=torch.bool),
+              visual_masked=torch.zeros(2, 4, dtype=torch.bool), group_ids=torch.arange(2),
+              visual_feats=torch.zeros(2, 4, 5))
+    out = pin_memory(b)
+    assert isinstance(out, Batch) and len(pinned) == 7 and out.visual_ids is None

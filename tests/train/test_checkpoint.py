@@ -73,3 +73,33 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "checkpoints" / "latest").write_text("step_00000005")
     with pytest.raises(CheckpointError, match="names 'step_00000005', which is not a checkpoint"):
         latest_checkpoint(str(tmp_path))
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch ran",))
+
+
+def test_a_pickled_payload_is_refused_in_one_line_and_never_runs(tmp_path, monkeypatch):
+    model, opt, sched = trained()
+    path = save_checkpoint(str(tmp_path), model, opt, sched, None, TrainState(1, 0, 0, {}, 1),
+                           [torch_rng_state(torch.device("cpu"))], keep=2)
+    torch.save({"weight": Payload()}, os.path.join(path, "model.pt"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="refused to load: it holds objects other than tensors") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value) and not (tmp_path / "ran").exists()
+
+
+def test_a_stop_while_replacing_a_checkpoint_keeps_the_old_one(tmp_path):
+    """Killed inside atomic_directory between moving step N aside (.old-PID)
+    and moving its replacement in: latest names a step that is not there."""
+    model, opt, sched = trained()
+    path = save_checkpoint(str(tmp_path), model, opt, sched, None, TrainState(2, 0, 0, {}, 1),
+                           [torch_rng_state(torch.device("cpu"))], keep=2)
+    os.replace(path, path + ".old-4242")
+    assert latest_checkpoint(str(tmp_path)) == path and load_checkpoint(path).state.step == 2
+    os.makedirs(path + ".old-77")   # a leftover beside a whole checkpoint: never counted as kept, removed
+    save_checkpoint(str(tmp_path), model, opt, sched, None, TrainState(3, 0, 0, {}, 1),
+                    [torch_rng_state(torch.device("cpu"))], keep=2)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step_00000002", "step_00000003"]

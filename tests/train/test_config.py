@@ -130,3 +130,29 @@ def test_every_shipped_config_passes_the_early_checks():
     assert len(paths) >= 10
     for path in paths:
         load_config(path)   # raises on a key the early checks reject
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-1", "train.lr must be >= 0, not -1.0"),   # 0 is allowed: a run that keeps its init
+    ("train.eps=0", "train.eps must be a finite number > 0, not 0.0"),
+    ("train.betas=[0.9,2]", r"train.betas must be two numbers in \[0, 1\), not \[0.9, 2.0\]"),
+    ("train.num_workers=-1", "train.num_workers must be >= 0, not -1"),
+    ("train.warmup_steps=-3", "train.warmup_steps must be >= 0, not -3"),
+    ("train.clip_grad_norm=-1", r"train.clip_grad_norm must be >= 0 \(0 switches clipping off\), not -1.0"),
+    ("train.min_lr_ratio=2", r"train.min_lr_ratio must be in \[0, 1\], not 2.0"),
+])
+def test_train_values_are_checked_before_training(override, message):
+    """Each of these got past the config and failed in AdamW or the DataLoader
+    after the data had loaded (a traceback, exit 1), or trained wrongly."""
+    with pytest.raises(ConfigError, match=f"^override '{re.escape(override)}': {message}$"):
+        load_config(None, [override])
+
+
+def test_a_source_without_its_kind_or_a_file_that_is_not_a_mapping(tmp_path):
+    path = write(tmp_path, "data:\n  sources:\n    - {manifest: x.jsonl}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: data.sources.0.kind is required$"):
+        load_config(path)
+    path = write(tmp_path, "hello\n")
+    for overrides in ([], ["train.out=x"]):   # with an override it was an AttributeError
+        with pytest.raises(ConfigError, match="c.yaml: the file must be a mapping of sections"):
+            load_config(path, overrides)

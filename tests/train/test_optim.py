@@ -39,3 +39,19 @@ def test_scheduler_drives_the_optimizer_lr():
         sched.step()
     assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
     assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)))
+
+
+def test_a_metrics_row_cut_short_at_the_end_does_not_block_a_resume(tmp_path, caplog):
+    import pytest
+
+    from videolm.train.metrics import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "loss": 7.1}\n{"step": 20, "loss": 6.9}\n{"step": 30, "lo')
+    log = MetricsLog(str(path))
+    log.truncate_after(20)
+    assert log.rows() == [{"step": 10, "loss": 7.1}, {"step": 20, "loss": 6.9}]
+    assert "cut short" in caplog.text
+    path.write_text('{"step": 10}\n{"ste\n{"step": 30}\n')   # not at the end: not a kill, an error naming the line
+    with pytest.raises(ValueError, match="metrics.jsonl:2: not a metrics row"):
+        log.rows()

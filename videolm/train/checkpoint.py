@@ -16,7 +16,9 @@ with ``torch.load(..., weights_only=True)``: no pickled code runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ import torch
 
 from videolm.errors import first_line
 from videolm.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
 
 FORMAT = "videolm-checkpoint"
 
@@ -92,7 +96,14 @@ def latest_checkpoint(run_dir: str) -> str | None:
         name = f.read().strip()
     path = os.path.join(root, name)
     if not os.path.isdir(path):
-        raise CheckpointError(f"{pointer}: names {name!r}, which is not a checkpoint directory")
+        # killed while a rerun replaced this step's checkpoint: between moving the old one aside
+        # (fileio.atomic_directory's NAME.old-PID) and moving the new one in; the old one is whole
+        aside = sorted(n for n in os.listdir(root) if n.startswith(name + ".old-"))
+        if aside:
+            os.replace(os.path.join(root, aside[-1]), path)
+            log.warning("%s: restored from %s (a run was stopped while replacing it)", path, aside[-1])
+        else:
+            raise CheckpointError(f"{pointer}: names {name!r}, which is not a checkpoint directory")
     return path
 
 
@@ -117,11 +128,11 @@ def save_checkpoint(run_dir: str, model: torch.nn.Module, optimizer, scheduler, 
 
 
 def _prune(root: str, keep: int) -> None:
-    names = sorted(n for n in os.listdir(root) if n.startswith("step_") and ".tmp-" not in n)
+    names = sorted(n for n in os.listdir(root) if n.startswith("step_") and ".tmp-" not in n and ".old-" not in n)
     for name in names[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    for name in os.listdir(root):  # temporaries of a killed run
-        if ".tmp-" in name:
+    for name in os.listdir(root):  # temporaries of a killed run (never counted as kept checkpoints)
+        if ".tmp-" in name or ".old-" in name:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
@@ -146,7 +157,10 @@ def load_checkpoint(path: str) -> Checkpoint:
         rng = torch.load(os.path.join(path, "rng.pt"), map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: not a checkpoint directory (missing {os.path.basename(e.filename)})") from None
-    except (json.JSONDecodeError, RuntimeError, KeyError, EOFError) as e:
+    except pickle.UnpicklingError as e:   # weights_only refused an object: nothing of it ran
+        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain "
+                              f"containers (torch.load weights_only=True; {first_line(e)})") from None
+    except (json.JSONDecodeError, RuntimeError, KeyError, EOFError, ValueError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first_line(e)})") from None
     state = TrainState(meta["step"], meta["epoch"], meta["position"], meta["config"], meta["world_size"],
                        meta.get("schedule_steps", 0))

@@ -65,8 +65,22 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}")
         if self.schedule_steps < 0:
             raise ConfigError(f"train.schedule_steps must be >= 0 (0: train.steps), not {self.schedule_steps}")
-        if len(self.betas) != 2:
-            raise ConfigError(f"train.betas must be two numbers, not {self.betas}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), not {self.betas}")
+        positive = {"eps": self.eps}
+        at_least_zero = {"lr": self.lr, "weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
+                         "clip_grad_norm": self.clip_grad_norm, "num_workers": self.num_workers,
+                         "max_steps_per_run": self.max_steps_per_run}
+        for name, value in positive.items():   # checked before torch loads, not by AdamW after the data has
+            if not (value > 0 and value != float("inf")):
+                raise ConfigError(f"train.{name} must be a finite number > 0, not {value}")
+        for name, value in at_least_zero.items():
+            if not (value >= 0 and value != float("inf")):
+                raise ConfigError(f"train.{name} must be >= 0"
+                                  + (" (0 switches clipping off)" if name == "clip_grad_norm" else "")
+                                  + f", not {value}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
 
 
 @dataclass
@@ -155,6 +169,11 @@ def _build(cls, data, where: str, source: _Sources):
             full = [f"{where}.{n}" if where else n for n in names]
             raise ConfigError(f"{source.of(dotted)}: unknown key {dotted!r}{_suggest(dotted, full)}")
         kwargs[key] = _coerce(hints[key], value, dotted, source)
+    required = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if required:   # e.g. a data source without its kind or manifest
+        dotted = f"{where}.{required[0]}" if where else required[0]
+        raise ConfigError(f"{source.of(where) if where else source.default}: {dotted} is required")
     return cls(**kwargs)
 
 
@@ -255,6 +274,9 @@ def load_config(path: str | None, overrides: list[str] = ()) -> PretrainConfig:
             at = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     source = path or "defaults"
+    if not isinstance(tree, dict):   # a bare scalar or a list at the top
+        raise ConfigError(f"{source}: the file must be a mapping of sections (model, data, train, eval), "
+                          f"not {type(tree).__name__}")
     overridden: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")

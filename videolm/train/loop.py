@@ -163,8 +163,8 @@ def load_init_from(model: VideoLMForPretraining, directory: str, data_cfg, datas
 class StopRequest:
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler preempting the job) asks the
     loop to stop after the current step, with a checkpoint, so nothing done is
-    lost; a second Ctrl-C stops at once. Handlers are installed only in the
-    main thread and restored on exit."""
+    lost; a second Ctrl-C (or SIGTERM) stops at once. Handlers are installed
+    only in the main thread and restored on exit."""
 
     def __init__(self):
         self.requested = False
@@ -174,6 +174,7 @@ class StopRequest:
         self.requested = True
         log.warning("stopping after this step with a checkpoint (Ctrl-C again to stop at once)")
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -287,7 +288,7 @@ def _pretrain(cfg: PretrainConfig, env: D.DistEnv, device: torch.device, progres
     if saved is not None:
         model_cfg.check_data_keys(saved, cfg.model.init_from)
         given_config["_init"] = {"config": saved.to_dict()}
-    model = VideoLMForPretraining(model_cfg)
+    model = VideoLMForPretraining(model_cfg, load_init=ckpt is None)   # resumed: the weights are the checkpoint's
     if saved is not None and ckpt is None:  # a resumed run has its weights in the checkpoint
         load_init_from(model, cfg.model.init_from, cfg.data, dataset)
         if env.is_main:

@@ -15,9 +15,12 @@ atomically), so the file reads as one uninterrupted run (row for row when
 from __future__ import annotations
 
 import json
+import logging
 import os
 
-from videolm.fileio import atomic_savefig, atomic_write_jsonl, read_jsonl
+from videolm.fileio import atomic_savefig, atomic_write_jsonl
+
+log = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "mlm", "visual", "align", "contrastive")
 
@@ -27,7 +30,22 @@ class MetricsLog:
         self.path = path
 
     def rows(self) -> list[dict]:
-        return read_jsonl(self.path) if os.path.exists(self.path) else []
+        """The rows written; a last line cut short (a kill or a full disk during
+        the append) is dropped with a warning, so the run still resumes."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.strip()]
+        rows = []
+        for n, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if n < len(lines):
+                    raise ValueError(f"{self.path}:{n}: not a metrics row (not JSON)") from None
+                log.warning("%s:%d: a last row cut short (the run was stopped while writing it); dropped",
+                            self.path, n)
+        return rows
 
     def truncate_after(self, step: int) -> None:
         if os.path.exists(self.path):
@@ -46,7 +64,7 @@ def plot_losses(metrics_path: str, png_path: str, title: str | None = None) -> s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+    rows = MetricsLog(metrics_path).rows()
     keys = [k for k in LOSS_KEYS if any(k in r for r in rows)]
     # validation rows (videolm.eval.validation): R@K per direction, beside the losses
     val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and k.endswith("/R@1") and "/mean/" not in k})
