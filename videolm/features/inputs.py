@@ -152,7 +152,8 @@ def collect_inputs(args: list[str]) -> tuple[list[InputItem], list[InputError]]:
             errors.append(entry)
         elif entry.video_id in seen:
             errors.append(InputError(_where(entry), f"duplicate id {entry.video_id!r} ({entry.path}; "
-                                                    f"first from {seen[entry.video_id]})"))
+                                                    f"first from {seen[entry.video_id]}; ids can be given in a "
+                                                    f".csv or .jsonl manifest's video_id)"))
         else:
             seen[entry.video_id] = _where(entry)
             items.append(entry)

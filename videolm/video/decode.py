@@ -7,6 +7,14 @@ PyAV, which resizes in swscale before the RGB conversion. At native resolution
 both give identical RGB frames (both use FFmpeg's YUV->RGB conversion); after
 resizing their scalers differ by a few grey levels.
 
+A video whose stream carries a display rotation (a phone's portrait video,
+stored landscape with a 90 degree display matrix) is read upright: PyAV's
+frames are turned by the matrix and resized by the upright size; decord
+turns them itself at native size, but its resize squashes a turned picture,
+so a rotated video that is to be resized is read with PyAV. A packet the decoder cannot
+decode (a damaged stretch of the file) is skipped and counted
+(``VideoInfo.skipped_packets``) instead of failing the whole video.
+
 Frames are addressed by decode index ``i`` (presentation order). Each frame
 also has a *position*: its presentation timestamp, relative to the first
 frame, in units of ``1 / fps`` (the stream's average rate). On a
@@ -52,6 +60,8 @@ class VideoInfo:
     # (num_frames,) position of each frame (timestamp x fps, see the module doc);
     # None for a constant-rate stream (frame i at position i) or while unknown.
     positions: np.ndarray | None = None
+    rotation: int = 0           # display rotation applied (degrees counter-clockwise: 0, 90, 180, 270)
+    skipped_packets: int = 0    # undecodable packets skipped (PyAV)
 
     @property
     def variable_rate(self) -> bool:
@@ -73,11 +83,15 @@ def is_image(path: str) -> bool:
 
 
 def resized_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    """(width, height) after scaling the short side to ``short_side``, aspect kept."""
+    """(width, height) after scaling the short side to ``short_side``, aspect
+    kept, the long side truncated as torchvision's ``resize`` and
+    pytorchvideo's ``ShortSideScale`` compute it (``int(short_side * long /
+    short)``), so the centre crop that follows cuts where theirs does."""
     if short_side is None:
         return width, height
-    scale = short_side / min(width, height)
-    return max(short_side, round(width * scale)), max(short_side, round(height * scale))
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
 
 
 def center_crop(frame: Frame, crop: int | None) -> Frame:
@@ -128,8 +142,24 @@ def _one_line(err: BaseException) -> str:
     return line.strip()[:300] or type(err).__name__
 
 
-def probe(path: str) -> tuple[int, int, float, int | None]:
-    """(width, height, fps, frame count or None) from the container header, no decoding."""
+def _rotation_of(container, stream) -> int:
+    """The stream's display rotation in degrees counter-clockwise (0, 90, 180,
+    270), from its first frame's display matrix (PyAV's ``frame.rotation``);
+    0 when there is none or the frame does not decode (decoding reports that)."""
+    import av
+
+    try:
+        for frame in container.decode(stream):
+            return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) * 90 % 360
+    except (av.FFmpegError, ValueError, TypeError):
+        pass
+    return 0
+
+
+def probe(path: str) -> tuple[int, int, float, int | None, int]:
+    """(width, height, fps, frame count or None, rotation) from the container
+    header and the first frame's display matrix; width and height are the
+    upright picture's (swapped for a 90 or 270 degree rotation)."""
     import av
 
     try:
@@ -140,11 +170,14 @@ def probe(path: str) -> tuple[int, int, float, int | None]:
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             width, height = stream.codec_context.width, stream.codec_context.height
             frames = stream.frames or None
+            rotation = _rotation_of(container, stream)
     except av.FFmpegError as err:
         raise DecodeError(f"cannot decode ({_one_line(err)})") from None
     if not rate or not width or not height:
         raise DecodeError("no frame rate or frame size in the video stream")
-    return width, height, float(rate), frames
+    if rotation in (90, 270):
+        width, height = height, width
+    return width, height, float(rate), frames, rotation
 
 
 class DecordVideo:
@@ -154,7 +187,12 @@ class DecordVideo:
         import decord
 
         _check_file(path)
-        width, height, _, _ = probe(path)
+        width, height, _, _, rotation = probe(path)   # the upright size: decord turns the frames itself
+        if rotation and short_side is not None:
+            # decord's resize scales the turned picture into the stored shape (squashed), or fails on a
+            # size check: measured with decord 0.6 on 90/180/270 degree clips; PyAV reads these
+            raise DecodeError(f"a video displayed rotated by {rotation} degrees: decord cannot resize it "
+                              f"upright (read with PyAV: --reader pyav or auto)")
         rw, rh = resized_size(width, height, short_side)
         kwargs = {} if short_side is None else {"width": rw, "height": rh}
         try:
@@ -170,7 +208,7 @@ class DecordVideo:
         except decord.DECORDError as err:
             raise DecodeError(f"decord cannot read the frame timestamps ({_one_line(err)})") from None
         self.crop = crop
-        self.info = VideoInfo(path, width, height, fps, n, "decord", grid_positions(starts, fps))
+        self.info = VideoInfo(path, width, height, fps, n, "decord", grid_positions(starts, fps), rotation)
 
     def frames(self, indices: list[int]) -> FrameStream:
         """Yield ``(i, position, get)`` for the given increasing indices; one decode pass."""
@@ -192,19 +230,36 @@ class PyAVVideo:
 
     def __init__(self, path: str, short_side: int | None = None, crop: int | None = None, threads: int = 1):
         _check_file(path)
-        width, height, fps, frames = probe(path)
+        width, height, fps, frames, rotation = probe(path)
         self.size = resized_size(width, height, short_side) if short_side is not None else None
         self.crop = crop
         self.threads = threads
-        self.info = VideoInfo(path, width, height, fps, None, "pyav")
+        self.info = VideoInfo(path, width, height, fps, None, "pyav", None, rotation)
 
     def _convert(self, frame) -> Frame:
+        turns = self.info.rotation // 90   # np.rot90 turns counter-clockwise, as the display matrix says
         if self.size is None:
             out = frame.to_ndarray(format="rgb24")
         else:
-            w, h = self.size
+            w, h = self.size if turns % 2 == 0 else self.size[::-1]   # the stored (unrotated) frame's size
             out = frame.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+        if turns:
+            out = np.ascontiguousarray(np.rot90(out, turns))
         return center_crop(out, self.crop)
+
+    def _decoded(self, container, stream):
+        """Every frame, packet by packet: a packet that does not decode is
+        skipped and counted, so one damaged stretch costs its frames, not the video."""
+        import av
+
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as err:
+                self.info.skipped_packets += 1
+                log.debug("%s: skipped an undecodable packet (%s)", self.info.path, _one_line(err))
+                continue
+            yield from frames
 
     def frames(self, indices: list[int] | None = None) -> FrameStream:
         """Yield ``(i, position, get)`` for every decoded frame; ``get``
@@ -219,7 +274,7 @@ class PyAVVideo:
                 stream.codec_context.thread_count = self.threads
                 count, first, last = 0, None, 0.0
                 seconds = []
-                for i, frame in enumerate(container.decode(stream)):
+                for i, frame in enumerate(self._decoded(container, stream)):
                     count = i + 1
                     t = frame.time
                     if t is None:  # no timestamp: the grid time
@@ -256,6 +311,16 @@ def open_video(path: str, short_side: int | None = None, crop: int | None = None
         return video
 
 
+def _to_8bit(grey: np.ndarray, sixteen: bool) -> np.ndarray:
+    """A 16-bit grey image's values (0-65535) scaled to 0-255, as a 16-bit
+    PNG means them; a 32-bit ``I`` image is taken as 16-bit unless all its
+    values fit in 8 bits."""
+    grey = grey.astype(np.int64)
+    if sixteen or (grey.size and grey.max() > 255):
+        grey = np.clip(grey, 0, 65535) * 255 // 65535
+    return np.clip(grey, 0, 255).astype(np.uint8)
+
+
 def load_image(path: str, short_side: int | None = None, crop: int | None = None) -> tuple[Frame, tuple[int, int]]:
     """A still as one RGB frame, resized and cropped like video frames, and its
     source (width, height)."""
@@ -265,6 +330,8 @@ def load_image(path: str, short_side: int | None = None, crop: int | None = None
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # a phone's portrait photo is stored landscape + an EXIF tag
+            if img.mode.startswith("I"):   # 16-bit (or 32-bit integer) grey: Pillow's convert would clip, not scale
+                img = Image.fromarray(_to_8bit(np.asarray(img), sixteen=img.mode.startswith("I;16")), "L")
             img = img.convert("RGB")
             source_size = img.size
             if short_side is not None:

@@ -17,9 +17,10 @@ Which windows a video has:
 - then one partial tail window, only when the windows so far leave the end
   of the video uncovered (with overlapping strides the last full window may
   already reach the end) and the tail covers at least ``min_tail`` of a
-  window (its missing samples repeat the last frame);
-- a video shorter than one window gives one padded clip, unless
-  ``drop_short`` is set.
+  window (its missing samples repeat the last frame; the clip's end time is
+  the video's end, not the window's);
+- a video shorter than one window gives one padded clip, ``[0, duration)``,
+  unless ``drop_short`` is set.
 """
 
 from __future__ import annotations
@@ -113,9 +114,12 @@ def _sample_points(k: int, src_fps: float, spec: ClipSpec) -> list[float]:
     return [(start + (j + 0.5) * step) * src_fps + 1e-6 for j in range(spec.frames)]
 
 
-def _bounds(k: int, spec: ClipSpec) -> tuple[float, float]:
+def _bounds(k: int, spec: ClipSpec, duration: float = math.inf) -> tuple[float, float]:
+    """Window ``k``'s [start, end) in seconds; a tail window ends where the
+    video does (its samples past the end repeat the last frame, but the clip
+    covers no time beyond it)."""
     start = k * spec.stride
-    return round(start, 6), round(start + spec.window_s, 6)
+    return round(start, 6), round(min(start + spec.window_s, duration), 6)
 
 
 def _frame_at(p: float, positions: np.ndarray | None) -> int:
@@ -167,10 +171,11 @@ def make_windows(num_frames: int, src_fps: float, spec: ClipSpec,
     if positions is not None and len(positions) != num_frames:
         raise ValueError(f"{len(positions)} frame positions for {num_frames} frames")
     windows = []
-    for k in range(window_count(_end_position(num_frames, positions), src_fps, spec)):
+    end = _end_position(num_frames, positions)
+    for k in range(window_count(end, src_fps, spec)):
         idx = [_frame_at(p, positions) for p in _sample_points(k, src_fps, spec)]
         padded = max(idx) >= num_frames
-        windows.append(Window(*_bounds(k, spec), tuple(min(i, num_frames - 1) for i in idx), padded))
+        windows.append(Window(*_bounds(k, spec, end / src_fps), tuple(min(i, num_frames - 1) for i in idx), padded))
     return windows
 
 
@@ -274,7 +279,7 @@ def _cut_streaming(frames, src_fps, spec):
     for w in list(open_)[: count - emitted]:  # the tail, or a short video's one clip
         beyond = any(p >= end for p in w.points[len(w.indices):])
         w.fill(float("inf"), i, frame)
-        yield Window(*_bounds(w.k, spec), tuple(w.indices), beyond), np.stack(w.frames)
+        yield Window(*_bounds(w.k, spec, end / src_fps), tuple(w.indices), beyond), np.stack(w.frames)
 
 
 @dataclass
