@@ -248,3 +248,100 @@ def test_readers_keep_a_bounded_number_of_shards_open(tmp_path):
     for v in ids[1:]:
         store.features(v)
     assert np.array_equal(kept, np.load(tmp_path / "s" / "shards" / "00000.npy"))
+
+
+def test_a_value_beyond_float16_fails_its_input_not_the_store(tmp_path):
+    w = StoreWriter(str(tmp_path / "s"), dict(META), 2)
+    w.plan(["big", "ok"])
+    w.add(_result("big", 1, value=70000.0))   # float16's largest is 65504: it would be stored as inf
+    w.add(_result("ok", 1))
+    w.finalize()
+    store = FeatureStore(str(tmp_path / "s"))
+    assert store.ids() == ["ok"] and np.isfinite(np.asarray(store.features("ok"))).all()
+    (error,) = store.errors()
+    assert error["video_id"] == "big" and "does not fit float16" in error["reason"] and "float32" in error["reason"]
+
+
+def test_a_killed_retry_run_resumes_from_its_log(tmp_path):
+    root = tmp_path / "s"
+    _write(root, ["a", "b", "c"], {"a": 1, "b": 2, "c": 1}, fail={"b"})
+    w = StoreWriter(str(root), dict(META), 1)
+    w.plan(["b", "c2"])
+    w.add(_result("c2", 1))   # waits for b's shard
+    w.add(_result("b", 2))    # b's shard commits; c2's too
+    w2_ids = ["b2", "x"]
+    w.plan(w2_ids)
+    w.add(_result("x", 1))    # logged, waiting for b2: then the run is killed
+    w.close()
+    again = StoreWriter(str(root), dict(META), 1)
+    again.plan([v for v in w2_ids if not again.is_done(v, retry_failed=True)])
+    assert again.has_partial("x") and not again.has_partial("b2")
+    again.add(_result("b2", 1))
+    again.finalize()
+    assert sorted(FeatureStore(str(root)).ids()) == ["a", "b", "b2", "c", "c2", "x"]
+
+
+def test_the_log_holds_what_waits_not_every_feature(tmp_path):
+    """Results out of order (decode workers): each commit rewrites the waiting
+    records into a fresh log, so the logs stay the size of what waits."""
+    ids = [f"v{i:03d}" for i in range(200)]
+    w = StoreWriter(str(tmp_path / "s"), dict(META), 4)
+    w.plan(ids)
+    order = [ids[i + 1] if i % 2 == 0 else ids[i - 1] for i in range(len(ids))]   # pairs swapped
+    for n, v in enumerate(order, 1):
+        w.add(_result(v, 3))
+        logs = os.listdir(tmp_path / "s" / ".partial")
+        size = sum(os.path.getsize(tmp_path / "s" / ".partial" / f) for f in logs)
+        assert size < 6 * (3 * 4 * 2 + 400), (n, logs, size)   # a few records' worth, never the run's
+    w.finalize()
+    assert FeatureStore(str(tmp_path / "s")).ids() == ids
+
+
+def test_store_files_damaged_or_missing_times_are_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from videolm.features.store import join_stores
+
+    _write(tmp_path / "s", ["a", "b", "c"], {"a": 1, "b": 1, "c": 1}, fail={"b"})
+    jsonl = tmp_path / "s" / "shards" / "00000.jsonl"
+    lines = jsonl.read_text().splitlines()
+    failed_line = next(i for i, line in enumerate(lines) if '"failed"' in line)
+    lines[failed_line] = lines[failed_line][:-12]   # cut inside the row, its "failed" kept
+    jsonl.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StoreError, match=rf"00000.jsonl:{failed_line + 1}: damaged shard row"):
+        StoreWriter(str(tmp_path / "s"), dict(META), 2)
+    # running out of file descriptors is not a damaged shard
+    _write(tmp_path / "t", ["a"], {"a": 1})
+    store = FeatureStore(str(tmp_path / "t"))
+    monkeypatch.setattr(np, "load", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EMFILE, "Too many open files")))
+    with pytest.raises(StoreError, match="cannot be opened .*ulimit -n"):
+        store.features("a")
+    monkeypatch.undo()
+    # join: clip times 30 ms apart at one hour are not the same clips (the tolerance was relative too)
+    for name, start in (("p", 3600.0), ("q", 3600.03)):
+        w = StoreWriter(str(tmp_path / name), dict(META), 2)
+        w.plan(["v"])
+        w.add(Finished("v", "/v.mp4", np.ones((1, 4), np.float32), {"kind": "video", "clip_start": [start],
+                                                                     "clip_end": [start + 1.5]}))
+        w.finalize()
+    with pytest.raises(StoreError, match="'v' has 1 clips .* with other times"):
+        join_stores(str(tmp_path / "j"), [str(tmp_path / "p"), str(tmp_path / "q")])
+    with pytest.raises(StoreError, match="a store is given twice"):
+        join_stores(str(tmp_path / "j"), [str(tmp_path / "p"), str(tmp_path / "p")])
+
+
+def test_a_stopped_merge_can_be_run_again(tmp_path, monkeypatch):
+    import videolm.features.store as store_module
+
+    _write(tmp_path / "p0", ["a", "b"], {"a": 1, "b": 1})
+    _write(tmp_path / "p1", ["c"], {"c": 1})
+    parts = [str(tmp_path / "p0"), str(tmp_path / "p1")]
+    real = store_module.write_index_dir
+    monkeypatch.setattr(store_module, "write_index_dir", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        merge_stores(str(tmp_path / "m"), parts)
+    monkeypatch.setattr(store_module, "write_index_dir", real)
+    with pytest.raises(StoreError, match="unfinished merge of other stores"):
+        merge_stores(str(tmp_path / "m"), parts[:1])
+    merged = merge_stores(str(tmp_path / "m"), parts)
+    assert merged.ids() == ["a", "b", "c"] and not (tmp_path / "m" / ".merging.json").exists()

@@ -77,8 +77,8 @@ def test_round_trip_every_id_against_what_was_written(tmp_path):
         assert np.array_equal(np.load(tmp_path / "s" / shard)[offset : offset + len(feats)], feats.astype(np.float16))
         if "clip_start" in row:
             assert store.clip_times(v).tolist() == [[s, e] for s, e in zip(row["clip_start"], row["clip_end"])]
-    with pytest.raises(KeyError):
-        store.clip_times("v6")  # written without clip times, as format 1 did
+    with pytest.raises(StoreError, match="'v6' has no clip times recorded"):
+        store.clip_times("v6")  # written without clip times, as format 1 did (a KeyError before)
     assert store.is_image("v5") and not store.is_image("v4")
     for missing in ["bad1", "nope", "", "v" * 500, "v1\0"]:
         assert missing not in store
@@ -282,6 +282,13 @@ def test_format_1_is_read_and_upgraded_to_the_same_rows_and_features(tmp_path, c
     inode = os.stat(root / "shards" / "00001.npy").st_ino
     with pytest.raises(StoreError, match="videolm store upgrade"):
         StoreWriter(str(root), dict(META))
+    (root / "tokens" / "k4").mkdir(parents=True)   # what tokenize encode writes there, and a user's notes
+    np.save(root / "tokens" / "k4" / "index.npy", np.arange(3))
+    (root / "NOTES.txt").write_text("extracted on the lab machine")
+    # an upgrade stopped between its two renames: the store moved aside; a reader says how to recover
+    os.replace(root, str(root) + ".old-4242")
+    with pytest.raises(StoreError, match=r"old-4242 is the store as it was .* `videolm store upgrade"):
+        FeatureStore(str(root))
 
     assert cli_main(["store", "upgrade", str(root)]) == 0
     assert "upgraded" in capsys.readouterr().out
@@ -292,6 +299,8 @@ def test_format_1_is_read_and_upgraded_to_the_same_rows_and_features(tmp_path, c
     assert all(np.array_equal(new.clip_times(v), times[v]) for v in times)
     assert [e["video_id"] for e in new.errors()] == ["bad"] and new.summary()["failed"] == 1
     assert os.stat(root / "shards" / "00001.npy").st_ino == inode  # linked, not copied
+    assert np.array_equal(np.load(root / "tokens" / "k4" / "index.npy"), np.arange(3))   # kept, not deleted
+    assert (root / "NOTES.txt").read_text() == "extracted on the lab machine"
     assert not [p for p in os.listdir(tmp_path) if p != "old"]  # nothing left beside it
     assert cli_main(["store", "upgrade", str(root)]) == 0 and "already format 2" in capsys.readouterr().out
 

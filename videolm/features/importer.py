@@ -570,7 +570,12 @@ def export_store(store_dir: str, out: str, dtype: str | None = None,
                 result.skipped += 1
             else:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                atomic_save_npy(path, np.asarray(features, dtype=dtype or store.dtype))
+                cast = np.asarray(features, dtype=dtype or store.dtype)
+                if not np.isfinite(cast).all() and np.isfinite(np.asarray(features)).all():
+                    raise ImportUsageError(f"{video_id!r}: a value of magnitude "
+                                           f"{float(np.abs(np.asarray(features, np.float32)).max()):.4g} does not "
+                                           f"fit {cast.dtype}; export with --dtype float32")
+                atomic_save_npy(path, cast)
                 result.written += 1
             times = store.clip_times(video_id)
             listing.write(json.dumps({"video_id": video_id, "file": file,

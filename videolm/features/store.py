@@ -44,6 +44,7 @@ the next one.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import glob
 import json
@@ -433,7 +434,8 @@ def _load_index(root: str, info: dict, unreadable: list[str] | None = None) -> S
         if unreadable is not None:
             unreadable.append(str(err))
         return None
-    if (len(index), len(index.clip_start)) != (info["videos"], info["clips"]) or read_index_info(root) != info:
+    inputs = info.get("inputs", info["videos"])   # index.json before "inputs" counted images under "videos"
+    if (len(index), len(index.clip_start)) != (inputs, info["clips"]) or read_index_info(root) != info:
         return None
     return index
 
@@ -444,11 +446,17 @@ def _scan_errors(root: str, numbers: list[int]) -> "OrderedDict[str, tuple[int, 
     that can hold one are parsed."""
     found: OrderedDict[str, tuple[int, dict]] = OrderedDict()
     for number in numbers:
-        with open(_shard_files(root, number)[1], encoding="utf-8") as f:
-            for line in f:
+        path = _shard_files(root, number)[1]
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
                 if '"failed"' not in line and '"warnings"' not in line:
                     continue
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                    row["video_id"]
+                except (ValueError, KeyError, TypeError) as err:
+                    raise StoreError(f"{path}:{lineno}: damaged shard row ({first_line(err)}); extract that "
+                                     f"shard's inputs again into a new store") from None
                 found.pop(row["video_id"], None)
                 if row.get("status") == "failed" or row.get("warnings"):
                     found[row["video_id"]] = (number, row)
@@ -475,8 +483,9 @@ def error_rows(root: str, index: StoreIndex, input_errors: list[dict]) -> list[d
 
 def write_index_dir(root: str, index: StoreIndex, shards: int, errors: list[dict]) -> None:
     """``index/`` (built aside and renamed into place) describing ``shards`` committed shards."""
-    info = {"format": INDEX_FORMAT, "format_version": FORMAT_VERSION, "shards": shards, "videos": len(index),
-            "images": int(np.count_nonzero(index.is_image)), "clips": int(np.asarray(index.num_clips).sum()),
+    images = int(np.count_nonzero(index.is_image))
+    info = {"format": INDEX_FORMAT, "format_version": FORMAT_VERSION, "shards": shards, "inputs": len(index),
+            "videos": len(index) - images, "images": images, "clips": int(np.asarray(index.num_clips).sum()),
             "id_width": index.video_id.dtype.itemsize,
             "failed": sum(1 for e in errors if e.get("level") == "error"),
             "warnings": sum(1 for e in errors if e.get("level") == "warning"),
@@ -502,9 +511,11 @@ def write_index(root: str, input_errors: list[dict]) -> StoreIndex:
 
 class MappedFiles:
     """``.npy`` files under ``root``, memory-mapped on first use; at most
-    ``limit`` stay open (least recently used closed first: each holds a file
-    descriptor, and a common open-file limit is 1,024). Views handed out stay
-    valid after their file is closed here."""
+    ``limit`` stay open here (least recently used closed first: each holds a
+    file descriptor, and a common open-file limit is 1,024). Views handed out
+    stay valid after their file is closed here, and each keeps its mapping,
+    and so a descriptor, for as long as it lives: a caller that keeps views of
+    many shards (``dict(store)``) holds one descriptor per shard."""
 
     def __init__(self, root: str, limit: int = MAX_OPEN_SHARDS):
         self.root = root
@@ -517,7 +528,14 @@ class MappedFiles:
             path = os.path.join(self.root, name)
             try:
                 array = np.load(path, mmap_mode="r")
-            except (ValueError, OSError, EOFError) as err:
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE, errno.EACCES, errno.ENOMEM):   # not the file's fault
+                    raise StoreError(f"{path}: cannot be opened ({first_line(err)}); every feature view still "
+                                     f"held keeps its shard's file open: copy what you keep (np.array), or raise "
+                                     f"the open-file limit (ulimit -n)") from None
+                raise StoreError(f"{path}: damaged feature shard ({first_line(err)}); extract its inputs again "
+                                 "into a new store") from None
+            except (ValueError, EOFError) as err:
                 raise StoreError(f"{path}: damaged feature shard ({first_line(err)}); extract its inputs again "
                                  "into a new store") from None
             self._open[name] = array
@@ -565,6 +583,10 @@ class FeatureStore:
         self.max_open_shards = max_open_shards
         meta_path = os.path.join(root, "meta.json")
         if not os.path.isfile(meta_path):
+            aside = _moved_aside(root) if not os.path.exists(root) else None
+            if aside:
+                raise StoreError(f"{root}: missing; {aside} is the store as it was before an upgrade stopped while "
+                                 f"swapping it: `videolm store upgrade {root}` puts it back and finishes")
             raise StoreError(f"{root}: not a feature store (no meta.json)")
         self.meta = _read_json(meta_path)
         if self.meta.get("format") != FORMAT:
@@ -667,7 +689,10 @@ class FeatureStore:
         row = self._row(video_id)
         if self.index.has_clip_times[row]:
             return self.index.times_at(row)
-        entry = self.entry_at(row)  # no (valid) times recorded: as the row has them, or KeyError
+        entry = self.entry_at(row)  # no (valid) times recorded: as the row has them
+        if "clip_start" not in entry or "clip_end" not in entry:
+            raise StoreError(f"{self.root}: {video_id!r} has no clip times recorded (a format 1 row without them); "
+                             f"extract it again into a new store")
         return np.stack([entry["clip_start"], entry["clip_end"]], axis=1)
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
@@ -676,7 +701,13 @@ class FeatureStore:
 
     def errors(self) -> list[dict]:
         path = os.path.join(self.root, "errors.jsonl")
-        return read_jsonl(path) if os.path.isfile(path) else []
+        if not os.path.isfile(path):
+            return []
+        try:
+            return read_jsonl(path)
+        except ValueError as err:   # JSON and UTF-8 errors
+            raise StoreError(f"{path}: damaged ({first_line(err)}); the next `videolm extract` into the store "
+                             f"writes it again from the shards") from None
 
     def summary(self) -> dict:
         if self._info is not None:
@@ -921,6 +952,8 @@ class StoreWriter:
                 os.remove(path)
         for path in glob.glob(os.path.join(self.root, ".partial", "*.tmp-*")):
             os.remove(path)
+        for path in glob.glob(os.path.join(glob.escape(self.root), "*.old-*")):   # index/ moved aside by a
+            shutil.rmtree(path, ignore_errors=True)   # killed swap: the index is rebuilt from the shards
         for npy in glob.glob(os.path.join(self.root, "shards", "*.npy")) + glob.glob(
                 os.path.join(self.root, TIMES_DIR, "*.npy")):
             number = os.path.basename(npy)[: -len(".npy")]
@@ -1015,7 +1048,7 @@ class StoreWriter:
                             path, what, damage)
             pending = set()
             for result, compact, times in records:
-                if self.is_done(result.video_id):
+                if self.committed_status(result.video_id) == "ok":   # a failed one may be a retry's result
                     continue
                 pending.add(result.video_id)
                 old = self._log_of.get(result.video_id)
@@ -1044,8 +1077,16 @@ class StoreWriter:
             if result.features.ndim != 2 or result.features.shape[1] != self.meta["dim"]:
                 raise StoreError(f"{result.path}: features of shape {result.features.shape}, "
                                  f"store expects (n, {self.meta['dim']})")
-            result.features = result.features.astype(self.dtype, copy=False)
-            compact, times = _split_times(result.row, result.features.shape[0])
+            with np.errstate(over="ignore"):   # an overflow is this input's error, below
+                cast = result.features.astype(self.dtype, copy=False)
+            if cast is not result.features and not np.isfinite(cast).all() and np.isfinite(result.features).all():
+                top = float(np.abs(result.features).max())
+                result = dataclasses.replace(result, features=None, error=(
+                    f"a feature value of magnitude {top:.4g} does not fit {self.dtype} (at most "
+                    f"{float(np.finfo(self.dtype).max):g}); extract into a --dtype float32 store"))
+            else:
+                result.features = cast
+                compact, times = _split_times(result.row, result.features.shape[0])
         self._append_log(PartialLog.record(result, compact, times), result.video_id)
         self._have(result.video_id)
         self.results[result.video_id] = result
@@ -1088,8 +1129,24 @@ class StoreWriter:
             done.append(self._commit(self.groups[self.next_group]))
             self.next_group += 1
         if done:
+            self._compact_log()
             self._drop_empty_logs()
         return done
+
+    def _compact_log(self) -> None:
+        """After a commit, the records of this run's log still waiting for
+        their shard (results that came before their turn) go into a fresh log
+        and the old one is dropped: the log holds what is waiting, not every
+        feature of the run (results arriving out of order left one waiting
+        record in every log, so none was ever dropped)."""
+        waiting = sorted(self._pending.get(self._log_path, ())) if self._log_path is not None else []
+        if self._log_path is None:
+            return
+        os.close(self._log_fd)
+        self._log_fd, self._log_path = None, None
+        for video_id in waiting:
+            if video_id in self.results and video_id in self._prepared:
+                self._append_log(PartialLog.record(self.results[video_id], *self._prepared[video_id]), video_id)
 
     def _commit(self, group: list[str]) -> int:
         number = self.num_shards
@@ -1234,6 +1291,10 @@ def upgrade_store(root: str) -> bool:
     an unfinished run carried over) and swapped in by renames, so a reader
     sees the old store or the new one. False when it is format 2 already."""
     meta_path = os.path.join(root, "meta.json")
+    aside = _moved_aside(root)
+    if not os.path.exists(root) and aside:   # an upgrade stopped between its two renames: the old store is whole
+        os.replace(aside, root)
+        log.warning("%s: put back from %s (an upgrade was stopped while swapping it)", root, aside)
     if not os.path.isfile(meta_path):
         raise StoreError(f"{root}: not a feature store (no meta.json)")
     meta = _read_json(meta_path)
@@ -1254,6 +1315,7 @@ def upgrade_store(root: str) -> bool:
             for number in numbers:
                 _take_shard(root, number, tmp, number)
             _carry_partials_v1(root, tmp, meta)
+            _carry_the_rest(root, tmp)
             errors = os.path.join(root, "errors.jsonl")
             input_errors = [e for e in read_jsonl(errors) if "video_id" not in e] if os.path.isfile(errors) else []
             write_index(tmp, input_errors)
@@ -1261,6 +1323,33 @@ def upgrade_store(root: str) -> bool:
     finally:
         os.close(lock)
     return True
+
+
+REBUILT_BY_UPGRADE = {"shards", TIMES_DIR, INDEX_DIR, "index.jsonl", "errors.jsonl", "meta.json", ".partial", LOCK_FILE}
+
+
+def _carry_the_rest(root: str, tmp: str) -> None:
+    """What a store holds besides its own files (``tokens/`` that `tokenize
+    encode` writes there, a user's notes) into the upgraded store, hard-linked
+    where the filesystem allows: the swap replaces the whole directory."""
+    for name in sorted(os.listdir(root)):
+        if name in REBUILT_BY_UPGRADE or ".tmp-" in name or ".old-" in name:
+            continue
+        src, dst = os.path.join(root, name), os.path.join(tmp, name)
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy_file)
+        else:
+            _link_or_copy_file(src, dst)
+
+
+def _link_or_copy_file(src: str, dst: str) -> None:
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _carry_partials_v1(root: str, tmp: str, meta: dict) -> None:
@@ -1288,6 +1377,13 @@ def _carry_partials_v1(root: str, tmp: str, meta: dict) -> None:
         f.write(b"".join(records))
 
 
+def _moved_aside(root: str) -> str | None:
+    """The newest ``ROOT.old-PID`` that ``fileio.atomic_directory`` moves a
+    directory to while swapping in its replacement; None when there is none."""
+    found = sorted(glob.glob(glob.escape(os.path.normpath(root)) + ".old-*"), key=os.path.getmtime)
+    return found[-1] if found else None
+
+
 # ---------------------------------------------------------------- merge and join
 
 
@@ -1306,9 +1402,40 @@ def merge_stores(out: str, parts: list[str], link: bool = True) -> FeatureStore:
         diff = describe_mismatch(first.meta, store.meta)
         if diff:
             raise StoreError(f"{store.root}: cannot merge with {first.root} ({', '.join(diff)} differ)")
-    if os.path.exists(os.path.join(out, "meta.json")) or (os.path.isdir(out) and
-                                                         set(os.listdir(out)) - {os.path.basename(p) for p in parts}):
+    marker = os.path.join(out, MERGE_MARKER)   # what an unfinished merge into OUT was merging
+    given = [os.path.realpath(p) for p in parts]
+    if os.path.isfile(marker) and not os.path.exists(os.path.join(out, "meta.json")):
+        try:
+            with open(marker) as f:
+                was = json.load(f)
+        except (OSError, ValueError):
+            was = None
+        if was != given:
+            raise StoreError(f"{out}: holds an unfinished merge of other stores ({marker}); merge into a new "
+                             f"directory")
+        for name in os.listdir(out):   # a merge of the same parts that was stopped: start it again
+            if name not in (MERGE_MARKER, LOCK_FILE) and name not in {os.path.basename(p) for p in parts}:
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    elif os.path.exists(os.path.join(out, "meta.json")) or (os.path.isdir(out) and set(os.listdir(out)) -
+                                                           {os.path.basename(p) for p in parts} - {LOCK_FILE}):
         raise StoreError(f"{out}: already exists and is not empty; merge into a new directory")
+    os.makedirs(out, exist_ok=True)
+    lock = os.open(os.path.join(out, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _flock_or_refuse(lock, fcntl.LOCK_EX, out, "wait for that merge to finish")
+        atomic_write_json(marker, given)
+        merged = _merge_into(out, stores, first, link)
+        os.remove(marker)
+    finally:
+        os.close(lock)
+    return merged
+
+
+MERGE_MARKER = ".merging.json"
+
+
+def _merge_into(out: str, stores: list, first, link: bool) -> FeatureStore:
     numbers = [committed_shards(s.root) for s in stores]
     failed = [[v for v, (_, r) in _scan_errors(s.root, n).items() if r.get("status") == "failed" and v not in s]
               for s, n in zip(stores, numbers)]
@@ -1378,7 +1505,11 @@ def join_stores(out: str, parts: list[str], videos_per_shard: int = 512, atol: f
     seconds). Written with StoreWriter (locked, shard by shard, resumable)."""
     if len(parts) < 2:
         raise StoreError("join: give at least two stores")
+    if len({os.path.realpath(p) for p in parts}) < len(parts):
+        raise StoreError("join: a store is given twice; give each part once")
     stores = [FeatureStore(p) for p in parts]
+    for store in stores:
+        _check_finished(store.root, store.format_version)
     first = stores[0]
     ids = [v for v in first.ids() if all(v in s for s in stores[1:])]
     if not ids:
@@ -1386,7 +1517,7 @@ def join_stores(out: str, parts: list[str], videos_per_shard: int = 512, atol: f
     for store in stores[1:]:
         for v in ids:
             a, b = first.clip_times(v), store.clip_times(v)
-            if a.shape != b.shape or not np.allclose(a, b, atol=atol):
+            if a.shape != b.shape or not np.allclose(a, b, rtol=0.0, atol=atol):   # atol at any time, not relative
                 raise StoreError(f"join: {v!r} has {len(a)} clips in {first.root} and {len(b)} with other times "
                                  f"in {store.root}; extract both with the same --window/--stride")
     meta = {"backbone": "+".join(str(s.meta.get("backbone")) for s in stores),
