@@ -292,3 +292,28 @@ def test_config_is_checked():
         KMeansConfig(k=1)
     with pytest.raises(ValueError, match="int32"):
         KMeansConfig(k=1000, depth=4)
+
+
+def test_word_ids_do_not_depend_on_the_batch_far_from_the_origin():
+    """Features with a large common offset: faiss.knn's BLAS path (used above
+    a batch-size threshold) rounds ||x||^2 + ||c||^2 - 2xc and picked other
+    words than one-row-at-a-time encoding; the root is searched exactly."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2400, 256)) + 100).astype(np.float32)
+    tree = HierarchicalKMeans.fit(x, KMeansConfig(k=8, depth=2, seed=0))
+    one_by_one = np.concatenate([tree.encode(x[i : i + 1]).ids for i in range(0, 600)])
+    assert np.array_equal(tree.encode(x[:600], batch_size=600).ids, one_by_one)
+    exact = ((x[:600, None, :].astype(np.float64) - tree.centroids[0][None].astype(np.float64)) ** 2).sum(-1)
+    assert np.array_equal(tree.encode(x[:600], batch_size=600).ids // 8, exact.argmin(1))   # the root's choice
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        tree.encode(x, batch_size=0)
+
+
+def test_a_tree_whose_levels_disagree_on_dim_is_refused():
+    rng = np.random.default_rng(0)
+    tree = HierarchicalKMeans.fit(rng.standard_normal((200, 8)).astype(np.float32), KMeansConfig(k=2, depth=2))
+    cut = [tree.centroids[0], np.ascontiguousarray(tree.centroids[1][:, :2])]
+    with pytest.raises(ValueError, match="level 1: centroids of shape"):
+        HierarchicalKMeans(2, 2, cut, tree.children)
+    with pytest.raises(ValueError, match="child counts must be 0, 1 or k=2"):
+        HierarchicalKMeans(2, 2, tree.centroids, [tree.children[0], np.array([5, 2], np.int32)])

@@ -149,3 +149,56 @@ def test_nan_clips_and_unreadable_sources_exit_1(nan_store, sample_store, tmp_pa
                    "--media-root", str(tmp_path / "nowhere")) == 2
     assert capsys.readouterr().err.strip() == (f"error: --media-root {tmp_path / 'nowhere'}: no such directory "
                                                "(give DIR, or OLD=NEW to replace the stored paths' prefix OLD)")
+
+
+def test_encode_never_reuses_tokens_of_another_store(sample_store, tmp_path, capsys):
+    """Tokens of store A in -o, then store B encoded into the same -o: B's
+    shards are encoded, not skipped for having as many rows."""
+    import shutil
+
+    import numpy as np
+
+    from videolm.features.store import FeatureStore
+    from videolm.tokenize.vocab import TokenStore, Vocabulary
+
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "v", "--k", 3, "--depth", 1, "-q") == 0
+    assert run_cli("tokenize", "encode", sample_store, "--vocab", tmp_path / "v", "-o", tmp_path / "t", "-q") == 0
+    other = tmp_path / "b"
+    shutil.copytree(sample_store, other)
+    for shard in (other / "shards").glob("*.npy"):   # the same shapes, other features
+        a = np.load(shard)
+        np.save(shard, (a[::-1] * 3).astype(a.dtype))
+    capsys.readouterr()
+    assert run_cli("tokenize", "encode", other, "--vocab", tmp_path / "v", "-o", tmp_path / "t", "-q") == 0
+    tokens, vocab, store = TokenStore(str(tmp_path / "t")), Vocabulary.from_pretrained(str(tmp_path / "v")), \
+        FeatureStore(str(other))
+    for video_id in store.ids():
+        assert np.array_equal(np.asarray(tokens.tokens(video_id)), vocab.encode(np.asarray(store.features(video_id))).ids)
+    assert run_cli("tokenize", "encode", other, "--vocab", tmp_path / "v", "-o", tmp_path / "t", "--batch-size", "-5",
+                   "-q") == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+
+
+def test_bad_outputs_and_vocabulary_files_are_one_line(sample_store, tmp_path, capsys):
+    import json
+
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "no" / "such" / "v", "--k", 3, "--depth", 1,
+                   "-q") == 2
+    assert "is not a writable directory" in capsys.readouterr().err   # before the fit, not after it
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "big", "--k", 64, "--depth", 5, "-q") == 2
+    assert "GiB of centroid tables" in capsys.readouterr().err
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "v", "--k", 3, "--depth", 1, "-q") == 0
+    assert run_cli("tokenize", "gallery", sample_store, "--vocab", tmp_path / "v", "-o",
+                   tmp_path / "nowhere" / "g.png") == 2
+    assert "no such directory" in capsys.readouterr().err
+    meta_path = tmp_path / "v" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(meta, config=dict(meta["config"], k="x"))))
+    assert run_cli("tokenize", "info", tmp_path / "v") == 2
+    err = capsys.readouterr().err
+    assert f"{meta_path}: config:" in err and "centroids.safetensors" not in err
+    meta_path.write_text(json.dumps(meta))
+    assert run_cli("tokenize", "encode", sample_store, "--vocab", tmp_path / "v", "-o", tmp_path / "t", "-q") == 0
+    (tmp_path / "t" / "meta.json").write_text("{oops")
+    assert run_cli("tokenize", "encode", sample_store, "--vocab", tmp_path / "v", "-o", tmp_path / "t", "-q") == 2
+    assert "meta.json" in capsys.readouterr().err

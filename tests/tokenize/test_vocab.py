@@ -94,8 +94,8 @@ def test_encode_store_writes_ids_in_store_order_and_resumes(vocab, sample_store,
     in_shard1 = len(np.load(os.path.join(store_copy, "shards", "00001.npy"), mmap_mode="r"))
     assert (again.shards_encoded, again.shards_skipped, again.clips) == (1, 1, in_shard1)
     assert Path(shard1).read_bytes() == before
-    assert sorted(os.listdir(os.path.join(result.out, "shards"))) == [
-        "00000.dist.npy", "00000.npy", "00001.dist.npy", "00001.npy"]
+    assert sorted(os.listdir(os.path.join(result.out, "shards"))) == [   # .source.json: the feature shard it read
+        "00000.dist.npy", "00000.npy", "00000.source.json", "00001.dist.npy", "00001.npy", "00001.source.json"]
 
     other = fit_vocabulary(store_copy, KMeansConfig(k=3, depth=2))
     with pytest.raises(TokenizeError, match="tokens of another vocabulary") as err:

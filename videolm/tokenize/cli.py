@@ -150,6 +150,10 @@ def _fit(args) -> bool:
         raise TokenizeError(str(err)) from None
     if os.path.exists(args.out) and not args.overwrite and (not os.path.isdir(args.out) or os.listdir(args.out)):
         raise TokenizeError(f"{args.out}: already exists; choose another --out or pass --overwrite")
+    parent = os.path.dirname(os.path.abspath(args.out))   # checked before the fit, not after it
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise TokenizeError(f"{args.out}: cannot be written ({parent} is not a writable directory)")
+    _check_word_tables(config, args.store)
     started = time.perf_counter()
     bars = _bars(args.quiet)
     try:
@@ -164,6 +168,29 @@ def _fit(args) -> bool:
         print(f"skipped {s['skipped_nonfinite']} sampled clips with NaN/Inf features in "
               f"{s['videos_with_nonfinite']} video(s)")
     return True
+
+
+TABLE_BUDGET = 4 << 30   # bytes of centroid tables a fit may allocate before it is refused
+
+
+def _check_word_tables(config, store_dir: str) -> None:
+    """Every level's centroid table is k^level x dim float32 whatever the
+    sample: a vocabulary far larger than its sample is refused before the fit
+    (k=12, depth=6 at dim 1024 would be 12 GB)."""
+    import json
+    import os
+
+    from videolm.tokenize.vocab import TokenizeError
+
+    try:
+        with open(os.path.join(store_dir, "meta.json")) as f:
+            dim = int(json.load(f)["dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return   # the fit names what is wrong with the store
+    size = sum(config.k ** (level + 1) for level in range(config.depth)) * dim * 4
+    if size > TABLE_BUDGET:
+        raise TokenizeError(f"k={config.k}, depth={config.depth} at dim {dim} needs {size / 2**30:.1f} GiB of "
+                            f"centroid tables (at most {TABLE_BUDGET / 2**30:.0f}); lower --k or --depth")
 
 
 def _encode(args) -> bool:
@@ -214,10 +241,17 @@ def _info(args) -> bool:
 
 
 def _gallery(args) -> bool:
+    import os
+
     from videolm.tokenize.gallery import GalleryConfig, draw_gallery
     from videolm.tokenize.vocab import TokenizeError
 
     from videolm.features.media_root import MediaRoot
+
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out) or not os.path.isdir(folder):
+        raise TokenizeError(f"-o {args.out}: " + ("a directory; give a file name" if os.path.isdir(args.out)
+                                                  else f"no such directory {folder}"))
 
     try:
         config = GalleryConfig(words=args.words, num_words=args.num_words, per_word=args.per_word, size=args.size)

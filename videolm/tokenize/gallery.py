@@ -13,6 +13,7 @@ import numpy as np
 
 from videolm.features.media_root import MediaRoot, NoSource
 from videolm.features.store import FeatureStore
+from videolm.fileio import atomic_savefig
 from videolm.tokenize.kmeans import Progress
 from videolm.tokenize.vocab import TokenizeError, Vocabulary, open_for_encoding
 from videolm.video.decode import IMAGE_EXTENSIONS, DecodeError, load_image, open_video
@@ -206,6 +207,4 @@ def _draw(store, vocab, words, counts, chosen, frames, config: GalleryConfig, ou
                  f"on {os.path.basename(os.path.normpath(store.root))}: clips nearest each centroid", fontsize=8)
     fig.subplots_adjust(left=1.2 / width, right=0.98, top=1 - 0.55 / height, bottom=0.02,
                         wspace=0.08, hspace=0.35)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out)
+    atomic_savefig(fig, out)

@@ -157,9 +157,16 @@ def nearest_child(x: np.ndarray, centroids: np.ndarray, node: np.ndarray | None,
     for name, a in (("x", x), ("centroids", centroids)):
         if a.dtype != np.float32 or not a.flags.c_contiguous:  # faiss reads raw memory
             raise TypeError(f"{name} must be a C-contiguous float32 array")
-    if node is None:  # the root: every row has the same candidates, a matrix product (BLAS) is fastest
-        dist, slot = faiss.knn(x, centroids[: children[0]], 1)  # (N, 1) each
-        return slot[:, 0], np.maximum(dist[:, 0], 0.0)  # ||x||^2 + ||c||^2 - 2xc can dip below 0
+    if node is None and children[0] > EXACT_ROOT:
+        # a wide root (a flat vocabulary of many words): a matrix product (BLAS) is what makes it fast;
+        # ||x||^2 + ||c||^2 - 2xc loses digits when features sit far from the origin, so both are taken
+        # relative to the centroids' mean first (distances do not change; the rounding does)
+        top = centroids[: children[0]]
+        origin = top.mean(0, dtype=np.float64).astype(np.float32)
+        dist, slot = faiss.knn(np.ascontiguousarray(x - origin), np.ascontiguousarray(top - origin), 1)
+        return slot[:, 0], np.maximum(dist[:, 0], 0.0)  # can still dip below 0 by rounding
+    if node is None:   # the root, every row against all its children: exact, whatever the batch (BLAS is not)
+        node = np.zeros(n, np.int64)
     last = children[node] - 1  # (N,) missing children repeat child 0's slot
     subset = node[:, None] * k + np.minimum(np.arange(k)[None, :], last[:, None])  # (N, k) candidate slots
     dist = np.empty((n, 1), np.float32)
@@ -167,6 +174,9 @@ def nearest_child(x: np.ndarray, centroids: np.ndarray, node: np.ndarray | None,
     faiss.knn_L2sqr_by_idx(faiss.swig_ptr(x), faiss.swig_ptr(centroids), faiss.swig_ptr(subset), dim, n,
                            len(centroids), k, 1, faiss.swig_ptr(dist), faiss.swig_ptr(slot), k)
     return slot[:, 0], dist[:, 0]
+
+
+EXACT_ROOT = 256   # a root of at most this many children is searched exactly (knn_L2sqr_by_idx), not by BLAS
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, node: np.ndarray | None, children: np.ndarray,
@@ -413,6 +423,11 @@ class HierarchicalKMeans:
             if centroids[level].shape[0] != k ** (level + 1) or children[level].shape != (k**level,):
                 raise ValueError(f"level {level}: centroids {centroids[level].shape} / children "
                                  f"{children[level].shape} do not match k={k}")
+            if centroids[level].ndim != 2 or centroids[level].shape[1] != centroids[0].shape[1]:
+                raise ValueError(f"level {level}: centroids of shape {centroids[level].shape}, where level 0's "
+                                 f"dim is {centroids[0].shape[1]}")   # faiss would read past the arrays
+            if not np.isin(children[level], (0, 1, k)).all():
+                raise ValueError(f"level {level}: child counts must be 0, 1 or k={k}")
 
     @property
     def dim(self) -> int:
@@ -505,6 +520,8 @@ class HierarchicalKMeans:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected features of shape (N, {self.dim}), got {x.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         ids = np.full(len(x), NO_WORD, np.int64)
         distances = np.full(len(x), np.nan, np.float32)
         for start in range(0, len(x), batch_size):

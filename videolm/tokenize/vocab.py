@@ -56,7 +56,8 @@ import numpy as np
 from videolm import __version__
 from videolm.features.store import (MAX_OPEN_SHARDS, FeatureStore, MappedFiles, StoreError, shard_name,
                                    shard_number)
-from videolm.fileio import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, read_jsonl
+from videolm.fileio import (atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, read_json_file,
+                            read_jsonl)
 from videolm.tokenize.kmeans import (ENCODE_BATCH, NO_WORD, Encoding, HierarchicalKMeans, KMeansConfig, Progress,
                                      finite_rows, word_path)
 
@@ -215,8 +216,13 @@ class Vocabulary:
         unknown = sorted(set(meta.get("config", {})) - known)
         if unknown:
             raise TokenizeError(f"{meta_path}: unknown config key {unknown[0]!r}")
-        try:
+        try:   # the config's values are meta.json's, and so is a mistake in them
             config = KMeansConfig(**meta["config"])
+        except KeyError as err:
+            raise TokenizeError(f"{meta_path}: missing key {err.args[0]!r}") from None
+        except (ValueError, TypeError) as err:
+            raise TokenizeError(f"{meta_path}: config: {err}") from None
+        try:
             arrays = load_file(arrays_path)
             tree = HierarchicalKMeans.from_state_dict(arrays, int(meta["k"]), int(meta["depth"]),
                                                       bool(meta["spherical"]), meta.get("inertia"))
@@ -226,6 +232,8 @@ class Vocabulary:
             raise TokenizeError(f"{arrays_path}: cannot read ({err})") from None
         except (ValueError, TypeError) as err:
             raise TokenizeError(f"{arrays_path}: {err}") from None
+        if "dim" in meta and meta["dim"] != tree.dim:
+            raise TokenizeError(f"{arrays_path}: centroids of dim {tree.dim}, where {meta_path} says {meta['dim']}")
         return cls(tree, config, meta.get("source", {}), meta.get("sample", {}),
                    tuple(meta.get("special_tokens", SPECIAL_TOKENS)), os.path.normpath(directory))
 
@@ -460,6 +468,8 @@ def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | 
     features are read ``batch_size`` rows at a time."""
     started = time.perf_counter()
     progress = progress or Progress()
+    if batch_size < 1:   # a negative one wrote uninitialised memory as tokens
+        raise TokenizeError(f"--batch-size must be >= 1, not {batch_size}")
     store, vocab = open_for_encoding(store, vocab)
     if out is None:
         if vocab.path is None:
@@ -476,7 +486,8 @@ def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | 
         ids_path = os.path.join(out, shard.name)
         dist_path = ids_path[: -len(".npy")] + ".dist.npy"
         os.makedirs(os.path.dirname(ids_path), exist_ok=True)
-        done = _finished(ids_path, dist_path, len(data))
+        source = _source_of(store, shard.name)
+        done = _finished(ids_path, dist_path, len(data)) and _same_source(ids_path, source, out)
         if done:
             ids = np.load(ids_path, mmap_mode="r")
             skipped_shards += 1
@@ -493,6 +504,7 @@ def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | 
         nonfinite.update(_check_nonfinite(store, shard, ids, strict))  # raises before anything is written
         if not done:
             atomic_save_npy(dist_path, dist)
+            atomic_write_json(ids_path[: -len(".npy")] + ".source.json", source)
             atomic_save_npy(ids_path, ids)  # last: its presence marks the shard finished
             encoded += 1
             clips += len(data)
@@ -513,9 +525,8 @@ def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> dic
                       "weights": store.meta.get("weights"), "dim": store.dim}}
     meta_path = os.path.join(out, "meta.json")
     if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            old = json.load(f)
-        if old.get("format") != TOKENS_FORMAT:
+        old = read_json_file(meta_path, TokenizeError, "tokens meta")
+        if not isinstance(old, dict) or old.get("format") != TOKENS_FORMAT:
             raise TokenizeError(f"{out}: exists and is not a tokens directory; choose another output")
         if old.get("vocab_fingerprint") != meta["vocab_fingerprint"]:
             raise TokenizeError(f"{out}: holds tokens of another vocabulary ({old.get('vocab')}); "
@@ -528,6 +539,30 @@ def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> dic
     if not os.path.isfile(meta_path):
         atomic_write_json(meta_path, meta)
     return meta
+
+
+def _source_of(store: FeatureStore, shard_name: str) -> dict:
+    """Which feature shard a tokens shard was encoded from: the store and the
+    shard file's size and modification time (a rebuilt store, or another
+    store encoded into the same output, is another source)."""
+    st = os.stat(os.path.join(store.root, shard_name))
+    return {"store": os.path.abspath(store.root), "shard": shard_name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _same_source(ids_path: str, source: dict, out: str) -> bool:
+    """A finished tokens shard was encoded from this feature shard. Shards
+    written before the record existed count when the directory's meta names
+    this store."""
+    path = ids_path[: -len(".npy")] + ".source.json"
+    if not os.path.isfile(path):
+        previous = read_json_file(os.path.join(out, "meta.json"), TokenizeError, "tokens meta") \
+            if os.path.isfile(os.path.join(out, "meta.json")) else {}
+        return (previous.get("store") or {}).get("path") == source["store"]
+    try:
+        with open(path) as f:
+            return json.load(f) == source
+    except (OSError, ValueError):
+        return False
 
 
 def _finished(ids_path: str, dist_path: str, rows: int) -> bool:
