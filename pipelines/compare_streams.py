@@ -1,4 +1,4 @@
-"""Single-stream vs two-stream at matched compute: the claim behind VideoBERT-style fusion, measured.
+"""Single-stream vs two-stream at matched depth and matched parameters: the claim behind VideoBERT-style fusion, measured.
 
     python pipelines/compare_streams.py --store S --vocab V --train caption:train_captions.jsonl \
         --train image:train_images.jsonl --eval test_captions.jsonl --eval test_images.jsonl \
@@ -13,6 +13,17 @@ Every architecture trains on the same data, steps and batch, in both modes
   layers in both (**matched depth**, against ``single``);
 - ``single_wide``: a joint stack with as many layers as ``two`` holds in all
   (``2 * (depth - 2) + 4``): **matched parameters**, against ``two``.
+
+FLOPs are not matched (``single_wide`` spends about twice ``two``'s per
+example); the report counts them. The dual-encoder figures of ``two`` come
+from its unimodal stacks alone (``depth - 2`` layers each: the cross layers
+are what re-ranking reads), as in ViLBERT / LXMERT, so at matched depth its
+dual encoder is shallower than ``single``'s: that is part of what the
+comparison measures, not an accident of it. VideoBERT mode uses the
+quickstart's visual table (initialised from the centroids, frozen). The
+spread is the sample standard deviation over seeds (ddof 1); "beyond
+spread" (the seeds' ranges do not overlap) is a description, not a test:
+with 3 seeds a side, the smallest two-sided permutation p is 0.1.
 
 Each run is evaluated by ``videolm.eval.evaluate`` (every direction the
 protocol holds; dual encoder and re-ranked) and, with ``--attributes``,
@@ -69,8 +80,9 @@ def train(args, mode: str, arch: str, seed: int) -> str:
               "train.steps": args.steps, "train.batch_size": args.batch, "train.lr": 3e-3, "train.seed": seed,
               "train.warmup_steps": max(1, args.steps // 15), "train.log_every": max(1, args.steps // 10),
               "train.save_every": 10 ** 9, **ARCHS[arch](args.depth)}
-    if mode == "videobert":
-        values["data.vocab"] = args.vocab
+    if mode == "videobert":   # the quickstart's table: from the centroids, frozen (a learned one stayed at chance)
+        values.update({"data.vocab": args.vocab, "model.init_visual_from_centroids": True,
+                       "model.freeze_visual_table": True})
     return pretrain(load_config(data, [f"{k}={v}" for k, v in values.items()])).model_dir
 
 
@@ -141,10 +153,12 @@ def report(args, results: dict, seconds: float) -> str:
     import matplotlib.pyplot as plt
 
     cells = {(mode, arch): [figures(r) for r in runs] for (mode, arch), runs in results.items()}
-    lines = ["# Single- vs two-stream at matched compute\n",
+    lines = ["# Single- vs two-stream at matched depth and matched parameters\n",
              f"{args.steps} steps x batch {args.batch}, hidden {args.hidden}, depth {args.depth}, "
              f"{args.seeds} seeds per cell; mean +- std over seeds. Wall time {seconds / 60:.1f} min.\n",
-             "Higher is better except MdR / MnR. 'beyond spread': the two arms' seed ranges do not overlap.\n"]
+             "Higher is better except MdR / MnR. +- is the sample std over seeds (ddof 1). 'beyond spread': the "
+             "two arms' seed ranges do not overlap (a description, not a test: with 3 seeds a side the smallest "
+             "two-sided permutation p is 0.1). FLOPs are not matched.\n"]
     summary = {}
     for setting, (a, b) in SETTINGS.items():
         for mode in args.modes:
@@ -156,7 +170,8 @@ def report(args, results: dict, seconds: float) -> str:
                 lower = key.endswith(("MdR", "MnR", "params", "flops_per_example"))
                 win = "tie" if x.mean() == y.mean() else (a if (x.mean() < y.mean()) == lower else b)
                 beyond = x.max() < y.min() or y.max() < x.min()
-                lines.append(f"| {key} | {x.mean():.4g} +- {x.std():.2g} | {y.mean():.4g} +- {y.std():.2g} | "
+                sx, sy = (v.std(ddof=1) if len(v) > 1 else 0.0 for v in (x, y))
+                lines.append(f"| {key} | {x.mean():.4g} +- {sx:.2g} | {y.mean():.4g} +- {sy:.2g} | "
                              f"{y.mean() - x.mean():+.4g} | {win} | {'yes' if beyond else 'no'} |")
                 summary[f"{mode} / {setting} / {key}"] = {"winner": win, "beyond_spread": bool(beyond),
                                                           a: x.tolist(), b: y.tolist()}
@@ -168,9 +183,10 @@ def report(args, results: dict, seconds: float) -> str:
     for ax, mode in zip(axes[0], args.modes):
         for i, arch in enumerate(ARCHS):
             vals = np.array([[r[k] for k in keys] for r in cells[(mode, arch)]])  # (seeds, figures)
-            ax.bar(np.arange(len(keys)) + 0.27 * (i - 1), vals.mean(0), 0.27, yerr=vals.std(0), label=arch)
+            ax.bar(np.arange(len(keys)) + 0.27 * (i - 1), vals.mean(0), 0.27,
+                   yerr=vals.std(0, ddof=1) if len(vals) > 1 else None, label=arch)
         ax.set_xticks(np.arange(len(keys)), [k.replace(" R@1", "") for k in keys], rotation=60, fontsize=7)
-        ax.set_title(f"{mode}: R@1 (mean +- std over seeds)")
+        ax.set_title(f"{mode}: R@1 (mean +- sample std over seeds)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_savefig(fig, os.path.join(args.out, "compare_streams.png"), dpi=120)
@@ -180,11 +196,40 @@ def report(args, results: dict, seconds: float) -> str:
     return path
 
 
+def _source(text: str) -> tuple[str, str]:
+    kind, sep, manifest = text.partition(":")
+    if not sep or kind not in ("caption", "asr", "image") or not manifest:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KIND:MANIFEST with KIND caption, asr or image")
+    return kind, manifest
+
+
 def main(argv=None) -> str:
+    """One line and exit 2 for a user's mistake the library names (a missing
+    manifest or vocabulary, a bad store), as the recipes do."""
+    import sys
+
+    from videolm.data.errors import DataError
+    from videolm.errors import first_line
+    from videolm.eval.errors import EvalError
+    from videolm.eval.protocols import ProtocolError
+    from videolm.features.store import StoreError
+    from videolm.model.errors import ModelError
+    from videolm.tokenize.vocab import TokenizeError
+    from videolm.train.config import ConfigError
+
+    try:
+        return _main(argv)
+    except (DataError, EvalError, ProtocolError, StoreError, ModelError, TokenizeError, ConfigError,
+            FileNotFoundError) as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--store", required=True)
     p.add_argument("--vocab", required=True, help="the visual vocabulary the store's tokens were encoded with")
-    p.add_argument("--train", action="append", required=True, type=lambda s: tuple(s.split(":", 1)),
+    p.add_argument("--train", action="append", required=True, type=_source,
                    help="KIND:MANIFEST, a pre-training source (repeat)")
     p.add_argument("--eval", action="append", required=True, help="a caption manifest of the test split (repeat)")
     p.add_argument("--attributes", help="attributes.jsonl (id, split, one column per attribute)")

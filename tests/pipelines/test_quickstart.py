@@ -206,3 +206,10 @@ def test_the_code_fingerprint_follows_the_python_source(tmp_path):
     kmeans.write_bytes(kmeans.read_bytes() + b"#")
     _fingerprint.cache_clear()
     assert _fingerprint(("tokenize",), str(tmp_path / "b")) != first
+
+
+def test_zero_shot_above_chance_is_a_binomial_test():
+    from videolm.quickstart_report import _above_chance_p
+
+    assert _above_chance_p({"top1": 100.0, "n": 4, "chance": 50.0}) == pytest.approx(1 / 16)    # 4 of 4 by luck
+    assert _above_chance_p({"top1": 75.0, "n": 4, "chance": 50.0}) == pytest.approx(5 / 16)     # 3 or 4 of 4

@@ -202,3 +202,24 @@ def test_bad_outputs_and_vocabulary_files_are_one_line(sample_store, tmp_path, c
     (tmp_path / "t" / "meta.json").write_text("{oops")
     assert run_cli("tokenize", "encode", sample_store, "--vocab", tmp_path / "v", "-o", tmp_path / "t", "-q") == 2
     assert "meta.json" in capsys.readouterr().err
+
+
+def test_fit_on_listed_ids_samples_only_their_clips(sample_store, tmp_path, capsys):
+    """The training split's vocabulary: held-out clips never shape a word."""
+    import json
+
+    from videolm.features.store import FeatureStore
+
+    store = FeatureStore(sample_store)
+    videos = [v for v in store.ids() if store.entry(v)["num_clips"] >= 2][:2]
+    ids = tmp_path / "train.txt"
+    ids.write_text("# the training split\n" + "".join(f"{v}\n" for v in videos))
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "v", "--k", 2, "--depth", 1, "--ids", ids,
+                   "-q") == 0
+    meta = json.loads((tmp_path / "v" / "meta.json").read_text())
+    clips = sum(store.entry(v)["num_clips"] for v in videos)
+    assert meta["sample"]["points"] == clips and meta["source"]["fit_on_ids"] == 2
+    ids.write_text("nope\n")
+    assert run_cli("tokenize", "fit", sample_store, "-o", tmp_path / "w", "--k", 2, "--depth", 1, "--ids", ids,
+                   "-q") == 2
+    assert "1 of the 1 ids to fit on are not in the store (e.g. 'nope')" in capsys.readouterr().err

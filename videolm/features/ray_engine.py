@@ -29,11 +29,13 @@ not depend on which clips shared its batch, on either engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import socket
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -56,6 +58,7 @@ MAX_INPUT_BLOCKS = 10_000  # the input list's blocks: one input per decode task 
 MIN_BLOCK_BYTES = 1 << 20  # a decode task emits a block of clips at least this often (and once per backbone batch)
 ACTOR_CPUS = 1  # each backbone actor's CPU reservation, on CUDA too (its Python side feeds the GPU)
 RAY_WORKER_NICENESS = 15  # Ray's default nice value for its workers (RAY_worker_niceness); a local Ray of ours uses 0
+DECODE_RETRIES = 2  # a decode task that dies (a decoder crash, an OOM kill) is tried again this many times
 CONNECT_TIMEOUT_S = 10.0  # a HOST:PORT that does not accept a TCP connection in this long is reported, not retried
 
 
@@ -75,8 +78,11 @@ class RayConfig:
     def __post_init__(self):
         if self.actors < 1:
             raise ValueError(f"--ray-actors must be >= 1, got {self.actors}")
-        if not self.gpus_per_actor > 0:
-            raise ValueError(f"--ray-gpus-per-actor must be > 0, got {self.gpus_per_actor}")
+        if not 0 < self.gpus_per_actor <= 1:   # an actor embeds on one device; Ray refuses fractions above 1
+            raise ValueError(f"--ray-gpus-per-actor must be in (0, 1] (a fraction puts several actors on one GPU), "
+                             f"got {self.gpus_per_actor}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ValueError(f"--ray-cpus must be >= 1, got {self.num_cpus}")
         if self.address is not None and self.num_cpus is not None:
@@ -160,7 +166,7 @@ class _Embedder:
         from videolm.features.extract import check_input_size
 
         if self.device.type == "cpu":
-            torch.set_num_threads(self.threads or os.cpu_count() or 1)
+            torch.set_num_threads(self.threads or usable_cpus())
         elif not torch.cuda.is_available():  # Ray reserved a GPU that this node's torch cannot use
             import ray  # in an actor: there
             raise BackboneError(f"--device cuda: the backbone actor on node {ray.util.get_node_ip_address()} got GPU "
@@ -173,6 +179,10 @@ class _Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
+            if self.error is not None:   # the build failed, whatever the error: the run stops in one line
+                raise BackboneError(f"the backbone actor could not build {self.cfg.backbone}: "
+                                    f"{first_line(self.error)}") if not isinstance(self.error, BackboneError) \
+                    else self.error
             return self._embed(batch)
         except BackboneError as err:
             return {"pos": np.array([-1]), "attempt": np.array([0]), "idx": np.array([-1]), "start": np.array([0.0]),
@@ -212,11 +222,15 @@ def extract_ray(items: list[InputItem], out: str, cfg: ExtractConfig, ray_cfg: R
     progress = progress or Progress()
     t0 = time.perf_counter()
     spec = clip_spec_for(cfg)
-    if cfg.device.startswith("cuda:"):
-        raise RayEngineError(f"--device {cfg.device}: with --engine ray, Ray gives each actor its GPU; "
-                             "use --device cuda")
+    if cfg.device not in ("cpu", "cuda"):
+        raise RayEngineError(f"--device {cfg.device}: with --engine ray, use cpu or cuda (Ray gives each actor "
+                             "its GPU)")
+    # the decode tasks and the actors open these on other nodes, in the raylet's working directory
+    items = [dataclasses.replace(it, path=os.path.abspath(it.path)) for it in items]
+    if cfg.weights and os.path.exists(cfg.weights):
+        cfg = dataclasses.replace(cfg, weights=os.path.abspath(cfg.weights))
     if ray_cfg.address is None and not ray.is_initialized():  # a local Ray of ours: its CPUs are known now
-        short = _pool_shortfall(ray_cfg, ray_cfg.num_cpus or os.cpu_count() or 1, 0, cuda=False)
+        short = _pool_shortfall(ray_cfg, ray_cfg.num_cpus or usable_cpus(), 0, cuda=False)
         if short:  # said before Ray starts or the store is begun
             raise RayEngineError(f"{short}: use fewer --ray-actors or more --ray-cpus")
     warn_random_weights(cfg)
@@ -289,9 +303,21 @@ def _init(ray, ray_cfg: RayConfig) -> None:
     # address="local": a new Ray even where `ray start` left a cluster (running, or stale in
     # /tmp/ray/ray_current_cluster), which ray.init() without an address would try to join, and refuse
     # because num_cpus is given
-    ray.init(address="local", num_cpus=ray_cfg.num_cpus or os.cpu_count(),
+    ray.init(address="local", num_cpus=ray_cfg.num_cpus or usable_cpus(),
              object_store_memory=ray_cfg.object_store_memory, include_dashboard=False, logging_level=logging.WARNING,
              _system_config={"worker_niceness": 0})
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: Ray's own count (it reads a container's
+    cgroup quota), else the affinity mask; not os.cpu_count(), which in a pod
+    capped at 4 CPUs on a 64-core host says 64."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return max(1, int(get_num_cpus()))
+    except Exception:   # a Ray without it: the affinity mask (taskset, cpusets)
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def _pool_shortfall(ray_cfg: RayConfig, cpus: float, gpus: float, cuda: bool) -> str:
@@ -313,8 +339,10 @@ def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, dec
     cuda = cfg.device == "cuda"
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     if cuda and gpus < ray_cfg.gpus_per_actor:
-        raise RayEngineError(f"--device cuda: the Ray cluster has {gpus:g} GPUs "
-                             f"(each actor takes {ray_cfg.gpus_per_actor:g}); start GPU nodes or use --device cpu")
+        line = (f"--device cuda: the Ray cluster has {gpus:g} GPUs (each actor takes {ray_cfg.gpus_per_actor:g})")
+        if own:
+            raise RayEngineError(f"{line}; start GPU nodes or use --device cpu")
+        log.warning("%s: the run waits for GPU nodes (an autoscaling cluster starts them on request)", line)
     line = _pool_shortfall(ray_cfg, cpus, gpus, cuda)
     if line:
         if own:
@@ -323,7 +351,8 @@ def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, dec
     log.info("ray: %g CPUs, %g GPUs; %d backbone actor(s) on %s; %d inputs to extract",
              cpus, gpus, ray_cfg.actors, "cuda" if cuda else "cpu", len(run.decode))
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start)
+    saved = (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start,
+             ctx.max_errored_blocks)
     ray_log = logging.getLogger("ray.data")  # Ray Data's own lines ("progress bars disabled", "finished")
     ray_level = ray_log.level
     if not log.isEnabledFor(logging.DEBUG):
@@ -333,19 +362,30 @@ def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, dec
     ctx.target_max_block_size = max(MIN_BLOCK_BYTES, clip_bytes * cfg.batch_size)
     ctx.enable_progress_bars = False  # progress is ours (Progress), as in the local engine
     ctx.print_on_execution_start = False
+    ctx.max_errored_blocks = -1   # a block whose task died DECODE_RETRIES + 1 times is dropped; its inputs fail
     try:
         inputs = [{"pos": pos, "video_id": it.video_id, "path": it.path} for pos, it in enumerate(run.decode)]
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", module="videolm")
         ds = (ray.data.from_items(inputs, override_num_blocks=min(len(inputs), MAX_INPUT_BLOCKS))
               .flat_map(decode_rows, fn_kwargs={"spec": spec.to_dict(), "reader": cfg.reader,
                                                  "threads": cfg.decode_threads, "nice": decode_nice},
-                        num_cpus=1)
+                        num_cpus=1, **_decode_task_options())
               .map_batches(_Embedder, fn_constructor_kwargs={"cfg": cfg, "spec": spec.to_dict(),
                                                              "threads": ray_cfg.threads},
                            batch_size=cfg.batch_size, batch_format="numpy", **actor_options(ray, cuda, ray_cfg)))
         _collect(ds.iter_rows(), run)
     finally:
-        ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+        (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start,
+         ctx.max_errored_blocks) = saved
         ray_log.setLevel(ray_level)
+
+
+def _decode_task_options() -> dict:
+    """Each decode task's Ray options: a task that dies is tried again
+    DECODE_RETRIES times, not forever (Ray Data's default max_retries is -1).
+    Ray 2.60 has no named parameter for it and deprecates passing it this
+    way (removal announced for 2.64; the extra asks for an older Ray)."""
+    return {"max_retries": DECODE_RETRIES}
 
 
 def actor_options(ray, cuda: bool, ray_cfg: RayConfig) -> dict:
@@ -402,3 +442,7 @@ def _collect(rows, run) -> None:
             closed.add(pos)
             del attempts[pos]
             run.record(pos, video.finished(run.decode[pos], run.dim))
+    for pos in range(len(run.decode)):   # inputs of a dropped block: their task died every time it was tried
+        if pos not in closed:
+            run.failed(pos, f"its decode task died {DECODE_RETRIES + 1} times (a decoder crash, or out of memory), "
+                            f"with any other input of its block; --retry-failed tries it again")

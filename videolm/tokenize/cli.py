@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
     fit.add_argument("--spherical", action="store_true", help="L2-normalise features and centroids (cosine)")
     fit.add_argument("--seed", type=int, default=d.seed, help="seed of the sample and of every node's k-means")
     fit.add_argument("--strict", action="store_true", help="refuse NaN/Inf features instead of skipping those clips")
+    fit.add_argument("--ids", default=None, metavar="FILE",
+                     help="fit on these inputs' clips only (the training split: held-out clips never shape the "
+                          "words): one id a line, or a .jsonl / .csv with video_id (or image_id)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing vocabulary directory")
     fit.add_argument("--threads", type=int, default=None, help="faiss threads (default: all cores)")
     fit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -156,8 +159,9 @@ def _fit(args) -> bool:
     _check_word_tables(config, args.store)
     started = time.perf_counter()
     bars = _bars(args.quiet)
+    ids = read_ids(args.ids) if args.ids else None
     try:
-        vocab = fit_vocabulary(args.store, config, strict=args.strict, progress=bars)
+        vocab = fit_vocabulary(args.store, config, strict=args.strict, progress=bars, ids=ids)
     finally:
         bars.close()
     vocab.save_pretrained(args.out, overwrite=args.overwrite)
@@ -168,6 +172,42 @@ def _fit(args) -> bool:
         print(f"skipped {s['skipped_nonfinite']} sampled clips with NaN/Inf features in "
               f"{s['videos_with_nonfinite']} video(s)")
     return True
+
+
+def read_ids(path: str) -> list[str]:
+    """Ids from a text file (one a line, # comments), a .jsonl (video_id or
+    image_id of each row) or a .csv (its video_id or image_id column)."""
+    import csv
+    import os
+
+    from videolm.fileio import iter_jsonl
+    from videolm.tokenize.vocab import TokenizeError
+
+    if not os.path.isfile(path):
+        raise TokenizeError(f"--ids {path}: no such file")
+    ids: list[str] = []
+    try:
+        if path.endswith(".jsonl"):
+            for line, row in iter_jsonl(path, TokenizeError, "ids file"):
+                value = row.get("video_id", row.get("image_id")) if isinstance(row, dict) else None
+                if value in (None, ""):
+                    raise TokenizeError(f"{path}:{line}: no video_id (or image_id)")
+                ids.append(str(value))
+        elif path.endswith(".csv"):
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                column = next((c for c in ("video_id", "image_id") if c in (reader.fieldnames or [])), None)
+                if column is None:
+                    raise TokenizeError(f"{path}:1: no video_id (or image_id) column")
+                ids = [row[column].strip() for row in reader if (row.get(column) or "").strip()]
+        else:
+            with open(path, encoding="utf-8") as f:
+                ids = [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
+    except UnicodeDecodeError as err:
+        raise TokenizeError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    if not ids:
+        raise TokenizeError(f"--ids {path}: no ids in it")
+    return list(dict.fromkeys(ids))
 
 
 TABLE_BUDGET = 4 << 30   # bytes of centroid tables a fit may allocate before it is refused

@@ -50,6 +50,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field, fields
+from typing import Sequence
 
 import numpy as np
 
@@ -274,7 +275,7 @@ class Shard:
 SHARD_FILE = re.compile(r"\d{5,}\.npy")  # a shard's file name in STORE/shards/
 
 
-def store_shards(store: FeatureStore) -> list[Shard]:
+def store_shards(store: FeatureStore, ids: Sequence[str] | None = None) -> list[Shard]:
     """The store's shards in name order, each with the rows that hold its clips.
 
     Normally every row of every shard file is a clip of the index, and the
@@ -282,15 +283,24 @@ def store_shards(store: FeatureStore) -> list[Shard]:
     the number of videos): their rows add up to ``store.num_clips``, and
     the index's clips are disjoint rows of those files. When they do not
     add up (a shard file a killed writer left behind, say), the rows come
-    from the index's columns (``store.index``)."""
-    folder = os.path.join(store.root, "shards")
-    files = os.listdir(folder) if os.path.isdir(folder) else []
-    names = sorted(f"shards/{f}" for f in files if SHARD_FILE.fullmatch(f))  # not temp files, not others
-    whole = [Shard(name, np.array([[0, len(store.shard(name))]], np.int64)) for name in names]
-    if sum(s.clips for s in whole) == store.num_clips:
-        return whole
+    from the index's columns (``store.index``). ``ids``: only those inputs'
+    clips (a fit on the training split), from the index's columns."""
+    if ids is None:
+        folder = os.path.join(store.root, "shards")
+        files = os.listdir(folder) if os.path.isdir(folder) else []
+        names = sorted(f"shards/{f}" for f in files if SHARD_FILE.fullmatch(f))  # not temp files, not others
+        whole = [Shard(name, np.array([[0, len(store.shard(name))]], np.int64)) for name in names]
+        if sum(s.clips for s in whole) == store.num_clips:
+            return whole
     shard, offset, num_clips = _columns(store)
     keep = np.flatnonzero(num_clips > 0)
+    if ids is not None:
+        rows = store.locate(list(ids))
+        if (rows < 0).any():
+            missing = [i for i, r in zip(ids, rows) if r < 0]
+            raise TokenizeError(f"{store.root}: {len(missing)} of the {len(rows)} ids to fit on are not in the store "
+                                f"(e.g. {missing[0]!r})")
+        keep = np.intersect1d(keep, rows)
     keep = keep[np.lexsort((offset[keep], shard[keep]))]  # by shard, then row
     spans = np.stack([offset[keep], offset[keep] + num_clips[keep]], axis=1)  # (videos, 2)
     numbers, first = np.unique(shard[keep], return_index=True)
@@ -362,7 +372,7 @@ def shard_share(rng: np.random.Generator, clips: int, left: int, need: int) -> i
 
 
 def sample_store(store: FeatureStore, size: int, seed: int = 0, strict: bool = False,
-                 progress: Progress | None = None) -> StoreSample:
+                 progress: Progress | None = None, ids: Sequence[str] | None = None) -> StoreSample:
     """A uniform sample of ``size`` clips (all of them if fewer), without
     replacement, read shard by shard in order from the memory-mapped shards.
     Each shard's share is drawn when it is reached (``shard_share``), then
@@ -371,10 +381,11 @@ def sample_store(store: FeatureStore, size: int, seed: int = 0, strict: bool = F
     alone would be 80 MB). Only sampled clips are checked for NaN/Inf;
     ``encode_store`` checks all."""
     progress = progress or Progress()
-    shards = store_shards(store)
+    shards = store_shards(store, ids)
     total = sum(s.clips for s in shards)
     if total == 0:
-        raise TokenizeError(f"{store.root}: the store has no clips; extract features into it first")
+        raise TokenizeError(f"{store.root}: the store has no clips" + (" among the ids to fit on" if ids is not None
+                                                                      else "; extract features into it first"))
     if total >= MAX_STORE_CLIPS:
         raise TokenizeError(f"{store.root}: {total} clips; sampling supports stores of fewer than "
                             f"{MAX_STORE_CLIPS} (fit on a part store)")
@@ -416,10 +427,11 @@ def sample_store(store: FeatureStore, size: int, seed: int = 0, strict: bool = F
 
 
 def fit_vocabulary(store: FeatureStore | str, config: KMeansConfig, strict: bool = False,
-                   progress: Progress | None = None) -> Vocabulary:
-    """Fit a vocabulary on a sample of a store's clips."""
+                   progress: Progress | None = None, ids: Sequence[str] | None = None) -> Vocabulary:
+    """Fit a vocabulary on a sample of a store's clips; ``ids``: of those
+    inputs only (the training split: held-out clips never shape the words)."""
     store = open_store(store)
-    sample = sample_store(store, config.sample_size, config.seed, strict, progress)
+    sample = sample_store(store, config.sample_size, config.seed, strict, progress, ids)
     n = len(sample.features)
     if n < config.k:
         raise TokenizeError(f"{store.root}: {n} usable clip(s), need at least k={config.k} to fit; "
@@ -427,7 +439,8 @@ def fit_vocabulary(store: FeatureStore | str, config: KMeansConfig, strict: bool
     tree = HierarchicalKMeans.fit(sample.features, config, progress, copy_x=False)
     source = {"store": os.path.abspath(store.root), "backbone": store.meta.get("backbone"),
               "weights": store.meta.get("weights"), "dim": store.dim, "dtype": store.dtype,
-              "clip_spec": store.meta.get("clip_spec"), "videos": len(store), "clips": store.num_clips}
+              "clip_spec": store.meta.get("clip_spec"), "videos": len(store), "clips": store.num_clips,
+              **({"fit_on_ids": len(set(ids)), "fit_on_clips": sample.num_clips} if ids is not None else {})}
     stats = {"points": n, "skipped_nonfinite": sum(sample.skipped.values()),
              "videos_with_nonfinite": len(sample.skipped)}
     return Vocabulary(tree, config, source, stats)
