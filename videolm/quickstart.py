@@ -80,7 +80,8 @@ EXTRACT = ["--backbone", "mobilenet_v2", "--window", "0.5", "--frames", "2", "--
            "--batch-size", "32"]
 # spherical (cosine) k-means: against Euclidean words, VideoBERT mode's held-out t2v R@1 rose from 11.5 % / 15.1 %
 # to 23.7 % / 18.5 % (training seeds 0 / 1) and its video-colour zero-shot from 9.8 % / 11.3 % (chance 12.5 %)
-# to 37.9 % / 35.2 % (docs/results.md)
+# to 37.9 % / 35.2 % (docs/results.md). Those figures, on test, came from words fit on every clip; fit on the
+# training split alone (since 2026-12-08) VideoBERT mode's t2v R@1 is 8.6 % (docs/results.md, top)
 WORDS = {"k": 12, "depth": 3, "spherical": True}
 
 TINY_MODEL = {**MODEL, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "embed_dim": 16}
