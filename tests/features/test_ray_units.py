@@ -50,6 +50,7 @@ def test_an_input_whose_decode_task_kept_dying_is_failed_not_lost():
     feature = np.ones(2, np.float32).tobytes()
     rows = [
         {"pos": 0, "attempt": 0, "idx": 0, "start": 0.0, "end": 1.0, "feature": feature, "info": ""},
+        {"pos": 0, "attempt": 0, "idx": 0, "start": 0.0, "end": 1.0, "feature": feature, "info": ""},   # again
         {"pos": 0, "attempt": 0, "idx": -1, "start": 0.0, "end": 0.0, "feature": b"",
          "info": json.dumps(["done", {"kind": "video"}, 1, []])},
         {"pos": 2, "attempt": 0, "idx": -1, "start": 0.0, "end": 0.0, "feature": b"",
@@ -58,3 +59,4 @@ def test_an_input_whose_decode_task_kept_dying_is_failed_not_lost():
     _collect(iter(rows), run)
     assert sorted(run.recorded) == [0] and run.failures[2] == "cannot decode (test)"
     assert f"its decode task died {DECODE_RETRIES + 1} times" in run.failures[1]
+    assert run.result.clips == 1   # a clip delivered twice (a retried task) counts once

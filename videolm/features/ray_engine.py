@@ -426,10 +426,12 @@ def _collect(rows, run) -> None:
         video = attempts.setdefault(pos, {}).setdefault(attempt, _Video())
         if row["feature"]:
             idx = int(row["idx"])
+            new = idx not in video.features   # a retried task may deliver a clip again: counted once
             video.features[idx] = np.frombuffer(row["feature"], np.float32)  # (D,)
             video.times[idx] = (float(row["start"]), float(row["end"]))
-            run.progress.advance(1, "clips")
-            run.result.clips += 1
+            if new:
+                run.progress.advance(1, "clips")
+                run.result.clips += 1
         else:
             kind, *rest = json.loads(row["info"])
             if kind == "error":
