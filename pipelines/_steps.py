@@ -52,9 +52,10 @@ def log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
 
-def run_recipe(main) -> None:
+def run_recipe(main, log: bool = True):
     """`python pipelines/X.py ...`: a user's mistake the library names (a missing media folder, a bad
-    annotation file, a store that does not open) is one line on stderr and exit status 2."""
+    annotation file, a store that does not open) is one line on stderr and exit status 2. Returns
+    what ``main()`` returns; ``log``: the library's INFO lines on stderr (the recipes' default)."""
     from videolm.data.errors import DataError
     from videolm.datasets.convert import ConvertError
     from videolm.errors import first_line
@@ -67,9 +68,10 @@ def run_recipe(main) -> None:
     from videolm.tokenize.vocab import TokenizeError
     from videolm.train.config import ConfigError
 
-    log_to_stderr()
+    if log:
+        log_to_stderr()
     try:
-        main()
+        return main()
     except (ConvertError, DataError, EvalError, ProtocolError, StoreError, TokenizeError, ConfigError,
             ImportUsageError, ModelError, TextError, FileNotFoundError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)

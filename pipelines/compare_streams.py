@@ -39,11 +39,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
 from videolm.fileio import atomic_savefig, atomic_write_bytes, atomic_write_json
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _steps as S  # noqa: E402
 
 ARCHS = {  # name -> model overrides, from the depth
     "single": lambda d: {"model.arch": "single_stream", "model.num_layers": d},
@@ -206,23 +210,7 @@ def _source(text: str) -> tuple[str, str]:
 def main(argv=None) -> str:
     """One line and exit 2 for a user's mistake the library names (a missing
     manifest or vocabulary, a bad store), as the recipes do."""
-    import sys
-
-    from videolm.data.errors import DataError
-    from videolm.errors import first_line
-    from videolm.eval.errors import EvalError
-    from videolm.eval.protocols import ProtocolError
-    from videolm.features.store import StoreError
-    from videolm.model.errors import ModelError
-    from videolm.tokenize.vocab import TokenizeError
-    from videolm.train.config import ConfigError
-
-    try:
-        return _main(argv)
-    except (DataError, EvalError, ProtocolError, StoreError, ModelError, TokenizeError, ConfigError,
-            FileNotFoundError) as err:
-        print(f"error: {first_line(err)}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return S.run_recipe(lambda: _main(argv), log=False)
 
 
 def _main(argv=None) -> str:

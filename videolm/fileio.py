@@ -9,6 +9,7 @@ never a truncated mix.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -124,6 +125,33 @@ def atomic_directory(directory: str):
             _replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def moved_aside(directory: str) -> str | None:
+    """The newest ``DIRECTORY.old-PID`` that ``atomic_directory`` left when it
+    was stopped between moving the old directory aside and moving the new one
+    in (the old one is whole); None when there is none."""
+    found = glob.glob(glob.escape(os.path.normpath(directory)) + ".old-*")
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def restore_moved_aside(directory: str) -> str | None:
+    """Put back the directory ``atomic_directory`` moved aside when it is
+    missing (see ``moved_aside``); returns where it came from, or None."""
+    aside = moved_aside(directory) if not os.path.exists(directory) else None
+    if aside:
+        os.replace(aside, os.path.normpath(directory))
+    return aside
+
+
+@contextmanager
+def utf8_errors_as(error: type[Exception], path: str):
+    """A text file read in the block that is not UTF-8: ``error`` with one
+    line naming ``path`` and the byte, instead of a UnicodeDecodeError."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
 
 
 def atomic_savefig(fig, path: str, dpi: int = 100) -> str:

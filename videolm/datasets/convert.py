@@ -44,8 +44,8 @@ import sys
 from dataclasses import dataclass
 
 from videolm.features.inputs import MEDIA_EXTENSIONS
+from videolm.fileio import atomic_write_jsonl, read_json_file, utf8_errors_as
 from videolm.video.decode import VIDEO_EXTENSIONS
-from videolm.fileio import atomic_write_jsonl, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _csv_rows(path: str, columns: tuple[str, ...]):
     if not os.path.isfile(path):
         raise ConvertError(f"{path}: no such file")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with utf8_errors_as(ConvertError, path), open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
@@ -111,8 +111,6 @@ def _csv_rows(path: str, columns: tuple[str, ...]):
                 if short:
                     raise ConvertError(f"{path}:{reader.line_num}: no value for {short[0]!r} (a short row)")
                 yield reader.line_num, row
-    except UnicodeDecodeError as err:
-        raise ConvertError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except csv.Error as err:
         raise ConvertError(f"{path}: not a readable CSV ({err})") from None
 

@@ -31,7 +31,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 
-from videolm.fileio import iter_jsonl, read_json_file
+from videolm.fileio import iter_jsonl, read_json_file, utf8_errors_as
 
 PROTOCOLS = ("msrvtt-1ka", "msrvtt-full", "youcook2", "coco-5k", "flickr30k-1k", "captions")
 SPLITS = ("val", "test")
@@ -106,22 +106,19 @@ def load_msrvtt_1ka(annotations: list[str], split: str) -> Protocol:
     if not os.path.isfile(path):
         raise ProtocolError(f"{path}: no such annotation file")
     items: dict[str, Item] = {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:   # -sig: a spreadsheet's byte-order mark
-            reader = csv.DictReader(f)
-            missing = [c for c in ("video_id", "sentence") if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ProtocolError(f"{path}:1: missing column {missing[0]!r} "
-                                    f"(expected key,vid_key,video_id,sentence)")
-            for row in reader:
-                line = reader.line_num
-                vid = (row.get("video_id") or "").strip()
-                if not vid:
-                    raise ProtocolError(f"{path}:{line}: empty video_id")
-                text = _text(row.get("sentence"), path, f"line {line} sentence")
-                items.setdefault(vid, Item(vid, vid, "video")).captions.append(text)
-    except UnicodeDecodeError as err:
-        raise ProtocolError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    with utf8_errors_as(ProtocolError, path), open(path, newline="", encoding="utf-8-sig") as f:   # -sig: a BOM
+        reader = csv.DictReader(f)
+        missing = [c for c in ("video_id", "sentence") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ProtocolError(f"{path}:1: missing column {missing[0]!r} "
+                                f"(expected key,vid_key,video_id,sentence)")
+        for row in reader:
+            line = reader.line_num
+            vid = (row.get("video_id") or "").strip()
+            if not vid:
+                raise ProtocolError(f"{path}:{line}: empty video_id")
+            text = _text(row.get("sentence"), path, f"line {line} sentence")
+            items.setdefault(vid, Item(vid, vid, "video")).captions.append(text)
     if not items:
         raise ProtocolError(f"{path}: no rows")
     return Protocol("msrvtt-1ka", split, [path], list(items.values()),

@@ -63,10 +63,11 @@ def rerank_groups(dual: np.ndarray, group_of: np.ndarray, num_groups: int, k: in
     is in group ``group_of[j]``): ``rerank`` of the groups' max scores, a
     group's pair being [query, its best column]; ``score_pairs`` gets
     [query, column] pairs, as for ``rerank`` of the columns."""
-    from videolm.eval.metrics import group_argmax, group_max
+    from videolm.eval.metrics import group_argmax
 
+    dual = np.asarray(dual)
     best = group_argmax(dual, group_of, num_groups)                       # (Q, G) the column behind each group
-    grouped = group_max(dual, group_of, num_groups)
+    grouped = np.take_along_axis(dual, best, axis=1)                      # its score: the group's max
 
     def via_best(pairs: np.ndarray) -> np.ndarray:                        # [query, group] -> [query, column]
         return score_pairs(np.stack([pairs[:, 0], best[pairs[:, 0], pairs[:, 1]]], 1))

@@ -27,7 +27,7 @@ import torch
 from videolm.eval.embeddings import Encoder, EvalError
 from videolm.eval.metrics import GroundTruth, rank_stats, ranks
 from videolm.eval.protocols import Item
-from videolm.fileio import iter_jsonl
+from videolm.fileio import iter_jsonl, utf8_errors_as
 
 DEFAULT_TEMPLATES = ("a video of {}.", "a video of a person {}.", "{}")
 
@@ -56,19 +56,16 @@ def read_labels(path: str, key: str) -> dict[str, object]:
         raise EvalError(f"{path}: no such labels file")
     out: dict[str, object] = {}
     if path.endswith(".csv"):
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                id_col = "video_id" if "video_id" in (reader.fieldnames or []) else "image_id"
-                if id_col not in (reader.fieldnames or []) or key not in reader.fieldnames:
-                    raise EvalError(f"{path}:1: needs columns video_id (or image_id) and {key}")
-                for row in reader:
-                    media_id, value = (row.get(id_col) or "").strip(), (row.get(key) or "").strip()
-                    if not media_id or not value:
-                        raise EvalError(f"{path}:{reader.line_num}: empty {id_col if not media_id else key}")
-                    out[media_id] = value.split() if key == "words" else value
-        except UnicodeDecodeError as err:
-            raise EvalError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+        with utf8_errors_as(EvalError, path), open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            id_col = "video_id" if "video_id" in (reader.fieldnames or []) else "image_id"
+            if id_col not in (reader.fieldnames or []) or key not in reader.fieldnames:
+                raise EvalError(f"{path}:1: needs columns video_id (or image_id) and {key}")
+            for row in reader:
+                media_id, value = (row.get(id_col) or "").strip(), (row.get(key) or "").strip()
+                if not media_id or not value:
+                    raise EvalError(f"{path}:{reader.line_num}: empty {id_col if not media_id else key}")
+                out[media_id] = value.split() if key == "words" else value
         return out
     for line_no, row in iter_jsonl(path, EvalError, "labels file"):
         media_id = row.get("video_id", row.get("image_id")) if isinstance(row, dict) else None

@@ -74,10 +74,10 @@ def decode_input(pos: int, item: InputItem, spec: ClipSpec, reader: str, threads
     if row["kind"] == "video" and row["duration"] < spec.window_s - 1e-9:
         what = "dropped (--drop-short)" if spec.drop_short else "stored as one padded clip"
         warnings.append(f"shorter than one clip ({row['duration']:.2f} s < {spec.window_s:.2f} s); {what}")
-    if getattr(meta, "skipped_packets", 0):
+    if meta.skipped_packets:
         warnings.append(f"{meta.skipped_packets} undecodable packet(s) skipped (a damaged stretch of the file); "
                         f"the clips there hold the frames around it")
-    if getattr(meta, "rotation", 0):
+    if meta.rotation:
         row["rotation"] = meta.rotation
     yield ("done", pos, row, sent, warnings)
 

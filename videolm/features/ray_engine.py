@@ -365,14 +365,16 @@ def _drive(ray, run, cfg: ExtractConfig, spec: ClipSpec, ray_cfg: RayConfig, dec
     ctx.max_errored_blocks = -1   # a block whose task died DECODE_RETRIES + 1 times is dropped; its inputs fail
     try:
         inputs = [{"pos": pos, "video_id": it.video_id, "path": it.path} for pos, it in enumerate(run.decode)]
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", module="videolm")
-        ds = (ray.data.from_items(inputs, override_num_blocks=min(len(inputs), MAX_INPUT_BLOCKS))
-              .flat_map(decode_rows, fn_kwargs={"spec": spec.to_dict(), "reader": cfg.reader,
-                                                 "threads": cfg.decode_threads, "nice": decode_nice},
-                        num_cpus=1, **_decode_task_options())
-              .map_batches(_Embedder, fn_constructor_kwargs={"cfg": cfg, "spec": spec.to_dict(),
-                                                             "threads": ray_cfg.threads},
-                           batch_size=cfg.batch_size, batch_format="numpy", **actor_options(ray, cuda, ray_cfg)))
+        with warnings.catch_warnings():   # only while the pipeline is built: the filters are restored after
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            ds = (ray.data.from_items(inputs, override_num_blocks=min(len(inputs), MAX_INPUT_BLOCKS))
+                  .flat_map(decode_rows, fn_kwargs={"spec": spec.to_dict(), "reader": cfg.reader,
+                                                     "threads": cfg.decode_threads, "nice": decode_nice},
+                            num_cpus=1, **_decode_task_options())
+                  .map_batches(_Embedder, fn_constructor_kwargs={"cfg": cfg, "spec": spec.to_dict(),
+                                                                 "threads": ray_cfg.threads},
+                               batch_size=cfg.batch_size, batch_format="numpy",
+                               **actor_options(ray, cuda, ray_cfg)))
         _collect(ds.iter_rows(), run)
     finally:
         (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.print_on_execution_start,

@@ -62,7 +62,8 @@ import numpy as np
 
 from videolm.errors import first_line
 from videolm.fileio import (atomic_directory, atomic_save_npy, atomic_write_json, atomic_write_jsonl,  # noqa: F401
-                            fsync_directory, iter_jsonl, now_iso, read_json_file, read_jsonl)
+                            fsync_directory, iter_jsonl, moved_aside, now_iso, read_json_file, read_jsonl,
+                            restore_moved_aside)
 
 log = logging.getLogger(__name__)
 
@@ -583,7 +584,7 @@ class FeatureStore:
         self.max_open_shards = max_open_shards
         meta_path = os.path.join(root, "meta.json")
         if not os.path.isfile(meta_path):
-            aside = _moved_aside(root) if not os.path.exists(root) else None
+            aside = moved_aside(root) if not os.path.exists(root) else None
             if aside:
                 raise StoreError(f"{root}: missing; {aside} is the store as it was before an upgrade stopped while "
                                  f"swapping it: `videolm store upgrade {root}` puts it back and finishes")
@@ -1139,9 +1140,9 @@ class StoreWriter:
         and the old one is dropped: the log holds what is waiting, not every
         feature of the run (results arriving out of order left one waiting
         record in every log, so none was ever dropped)."""
-        waiting = sorted(self._pending.get(self._log_path, ())) if self._log_path is not None else []
         if self._log_path is None:
             return
+        waiting = sorted(self._pending.get(self._log_path, ()))
         os.close(self._log_fd)
         self._log_fd, self._log_path = None, None
         for video_id in waiting:
@@ -1291,9 +1292,8 @@ def upgrade_store(root: str) -> bool:
     an unfinished run carried over) and swapped in by renames, so a reader
     sees the old store or the new one. False when it is format 2 already."""
     meta_path = os.path.join(root, "meta.json")
-    aside = _moved_aside(root)
-    if not os.path.exists(root) and aside:   # an upgrade stopped between its two renames: the old store is whole
-        os.replace(aside, root)
+    aside = restore_moved_aside(root)   # an upgrade stopped between its two renames: the old store is whole
+    if aside:
         log.warning("%s: put back from %s (an upgrade was stopped while swapping it)", root, aside)
     if not os.path.isfile(meta_path):
         raise StoreError(f"{root}: not a feature store (no meta.json)")
@@ -1375,13 +1375,6 @@ def _carry_partials_v1(root: str, tmp: str, meta: dict) -> None:
         records.append(PartialLog.record(result, compact, times))
     with open(os.path.join(tmp, ".partial", f"log-{time.time_ns():020d}-{os.getpid()}.bin"), "wb") as f:
         f.write(b"".join(records))
-
-
-def _moved_aside(root: str) -> str | None:
-    """The newest ``ROOT.old-PID`` that ``fileio.atomic_directory`` moves a
-    directory to while swapping in its replacement; None when there is none."""
-    found = sorted(glob.glob(glob.escape(os.path.normpath(root)) + ".old-*"), key=os.path.getmtime)
-    return found[-1] if found else None
 
 
 # ---------------------------------------------------------------- merge and join

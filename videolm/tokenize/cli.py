@@ -180,13 +180,13 @@ def read_ids(path: str) -> list[str]:
     import csv
     import os
 
-    from videolm.fileio import iter_jsonl
+    from videolm.fileio import iter_jsonl, utf8_errors_as
     from videolm.tokenize.vocab import TokenizeError
 
     if not os.path.isfile(path):
         raise TokenizeError(f"--ids {path}: no such file")
     ids: list[str] = []
-    try:
+    with utf8_errors_as(TokenizeError, path):
         if path.endswith(".jsonl"):
             for line, row in iter_jsonl(path, TokenizeError, "ids file"):
                 value = row.get("video_id", row.get("image_id")) if isinstance(row, dict) else None
@@ -203,8 +203,6 @@ def read_ids(path: str) -> list[str]:
         else:
             with open(path, encoding="utf-8") as f:
                 ids = [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
-    except UnicodeDecodeError as err:
-        raise TokenizeError(f"{path}: not UTF-8 text (byte {err.start})") from None
     if not ids:
         raise TokenizeError(f"--ids {path}: no ids in it")
     return list(dict.fromkeys(ids))

@@ -488,7 +488,7 @@ def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | 
         if vocab.path is None:
             raise TokenizeError("the vocabulary has no directory; save it first or pass out=")
         out = default_tokens_dir(store.root, vocab.path)
-    meta = _prepare_tokens_dir(out, vocab, store)
+    meta, encoded_from = _prepare_tokens_dir(out, vocab, store)
 
     shards = store_shards(store)
     progress.start("encode", store.num_clips)
@@ -500,7 +500,7 @@ def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | 
         dist_path = ids_path[: -len(".npy")] + ".dist.npy"
         os.makedirs(os.path.dirname(ids_path), exist_ok=True)
         source = _source_of(store, shard.name)
-        done = _finished(ids_path, dist_path, len(data)) and _same_source(ids_path, source, out)
+        done = _finished(ids_path, dist_path, len(data)) and _same_source(ids_path, source, encoded_from)
         if done:
             ids = np.load(ids_path, mmap_mode="r")
             skipped_shards += 1
@@ -528,8 +528,10 @@ def encode_store(store: FeatureStore | str, vocab: Vocabulary | str, out: str | 
     return EncodeResult(out, encoded, skipped_shards, clips, nonfinite, time.perf_counter() - started)
 
 
-def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> dict:
-    """Claim ``out`` for this vocabulary's tokens (refusing another's); returns the meta to write at the end."""
+def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> tuple[dict, str | None]:
+    """Claim ``out`` for this vocabulary's tokens (refusing another's); returns
+    the meta to write at the end, and the store its existing meta names (the
+    source of shards written before each recorded its own)."""
     meta = {"format": TOKENS_FORMAT, "format_version": TOKENS_FORMAT_VERSION, "videolm_version": __version__,
             "vocab": os.path.abspath(vocab.path) if vocab.path else None, "vocab_fingerprint": vocab.fingerprint(),
             "k": vocab.k, "depth": vocab.depth, "num_words": vocab.num_words, "vocab_size": vocab.vocab_size,
@@ -537,6 +539,7 @@ def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> dic
             "store": {"path": os.path.abspath(store.root), "backbone": store.meta.get("backbone"),
                       "weights": store.meta.get("weights"), "dim": store.dim}}
     meta_path = os.path.join(out, "meta.json")
+    old = None
     if os.path.isfile(meta_path):
         old = read_json_file(meta_path, TokenizeError, "tokens meta")
         if not isinstance(old, dict) or old.get("format") != TOKENS_FORMAT:
@@ -551,7 +554,7 @@ def _prepare_tokens_dir(out: str, vocab: Vocabulary, store: FeatureStore) -> dic
         os.remove(path)
     if not os.path.isfile(meta_path):
         atomic_write_json(meta_path, meta)
-    return meta
+    return meta, ((old or meta).get("store") or {}).get("path")
 
 
 def _source_of(store: FeatureStore, shard_name: str) -> dict:
@@ -562,15 +565,13 @@ def _source_of(store: FeatureStore, shard_name: str) -> dict:
     return {"store": os.path.abspath(store.root), "shard": shard_name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _same_source(ids_path: str, source: dict, out: str) -> bool:
+def _same_source(ids_path: str, source: dict, encoded_from: str | None) -> bool:
     """A finished tokens shard was encoded from this feature shard. Shards
     written before the record existed count when the directory's meta names
-    this store."""
+    this store (``encoded_from``)."""
     path = ids_path[: -len(".npy")] + ".source.json"
     if not os.path.isfile(path):
-        previous = read_json_file(os.path.join(out, "meta.json"), TokenizeError, "tokens meta") \
-            if os.path.isfile(os.path.join(out, "meta.json")) else {}
-        return (previous.get("store") or {}).get("path") == source["store"]
+        return encoded_from == source["store"]
     try:
         with open(path) as f:
             return json.load(f) == source

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from videolm.errors import first_line
-from videolm.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
+from videolm.fileio import atomic_directory, atomic_write_bytes, atomic_write_json, restore_moved_aside
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,11 @@ def latest_checkpoint(run_dir: str) -> str | None:
         name = f.read().strip()
     path = os.path.join(root, name)
     if not os.path.isdir(path):
-        # killed while a rerun replaced this step's checkpoint: between moving the old one aside
-        # (fileio.atomic_directory's NAME.old-PID) and moving the new one in; the old one is whole
-        aside = sorted(n for n in os.listdir(root) if n.startswith(name + ".old-"))
-        if aside:
-            os.replace(os.path.join(root, aside[-1]), path)
-            log.warning("%s: restored from %s (a run was stopped while replacing it)", path, aside[-1])
-        else:
+        # killed while a rerun replaced this step's checkpoint (fileio.atomic_directory's swap)
+        aside = restore_moved_aside(path)
+        if aside is None:
             raise CheckpointError(f"{pointer}: names {name!r}, which is not a checkpoint directory")
+        log.warning("%s: restored from %s (a run was stopped while replacing it)", path, aside)
     return path
 
 
