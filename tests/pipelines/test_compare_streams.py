@@ -80,3 +80,19 @@ def test_compare_streams_tiny(sample_media_store, tmp_path, one_torch_thread):
     before = os.path.getmtime(out / "runs" / "cbt_two_s2" / "compare.json")
     cs.main(argv)
     assert os.path.getmtime(out / "runs" / "cbt_two_s2" / "compare.json") == before
+
+
+def test_a_bad_source_or_a_missing_vocabulary_is_one_line(sample_media_store, tmp_path, capsys):
+    import pytest
+
+    cs = _pipeline()
+    base = ["--store", os.path.join(sample_media_store, "store"), "--eval", str(tmp_path / "e.jsonl"),
+            "--out", str(tmp_path / "out"), "--preset", "tiny", "--modes", "videobert"]
+    with pytest.raises(SystemExit) as stop:
+        cs.main(base + ["--vocab", "v", "--train", "captions.jsonl"])   # no KIND:
+    assert stop.value.code == 2 and "expected KIND:MANIFEST" in capsys.readouterr().err
+    train = _jsonl(tmp_path / "t.jsonl", [{"video_id": "bikes", "captions": ["bikes"]}])
+    with pytest.raises(SystemExit) as stop:
+        cs.main(base + ["--vocab", str(tmp_path / "no_vocab"), "--train", f"caption:{train}"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and "no_vocab" in err and "Traceback" not in err

@@ -213,3 +213,10 @@ def test_zero_shot_above_chance_is_a_binomial_test():
 
     assert _above_chance_p({"top1": 100.0, "n": 4, "chance": 50.0}) == pytest.approx(1 / 16)    # 4 of 4 by luck
     assert _above_chance_p({"top1": 75.0, "n": 4, "chance": 50.0}) == pytest.approx(5 / 16)     # 3 or 4 of 4
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "work").write_text("not a directory")
+    assert cli(["demo", "--tiny", "--out", str(tmp_path / "work"), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {tmp_path / 'work'}: a file, not a directory; choose another (--out / --results)"

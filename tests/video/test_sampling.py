@@ -121,3 +121,17 @@ def test_streaming_holds_a_bounded_buffer():
     tracemalloc.stop()
     assert count == 2400
     assert peak < 20e6
+
+
+def test_a_tail_clip_ends_where_the_video_does():
+    """bikes.mp4's 250 frames at 25 fps (10.0 s) in 1.5 s windows: the tail
+    window starts at 9.0 s and its clip ends at 10.0 s, not 10.5 s; both the
+    indexed and the streaming cut say so."""
+    windows = make_windows(250, 25.0, VIDEOBERT)
+    assert (windows[-1].start_s, windows[-1].end_s, windows[-1].padded) == (9.0, 10.0, True)
+    assert [w.end_s for w in windows[:-1]] == pytest.approx([1.5 * (k + 1) for k in range(6)])
+    frames = ((i, float(i), (lambda: np.zeros((2, 2, 3), np.uint8))) for i in range(250))
+    streamed = [w for w, _ in cut_clips(frames, 25.0, VIDEOBERT)]
+    assert [(w.start_s, w.end_s) for w in streamed] == [(w.start_s, w.end_s) for w in windows]
+    (short,) = make_windows(24, 30.0, VIDEOBERT)   # 0.8 s, one padded clip: [0, 0.8)
+    assert (short.start_s, short.end_s) == (0.0, 0.8)
